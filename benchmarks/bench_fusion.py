@@ -1,0 +1,137 @@
+"""Fusion throughput and training speed of LPM-Net on the available devices and scan backends.
+
+For each device (cpu, and cuda when visible) and each selective-scan backend usable there, fuses one
+pair of random volumes per shape in eval mode (no reconstruction branch) and reports seconds per
+volume, volumes/s and voxels/s. The plain sequential reference scan (the one the tests compare every
+backend against) runs in the same process as the baseline. Then times training iterations on a 64^3
+patch (forward + backward with the reconstruction branch).
+
+    python benchmarks/bench_fusion.py                       # defaults below
+    python benchmarks/bench_fusion.py --shapes 96x160x160 --backends cpu torch reference
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from scan_reference import selective_scan_reference  # noqa: E402
+
+import lpmnet.mamba  # noqa: E402
+from lpmnet.losses import FusionLoss  # noqa: E402
+from lpmnet.models import LPMNet  # noqa: E402
+from lpmnet.scan import available_backends, selective_scan  # noqa: E402
+
+
+def parse_shape(text):
+    return tuple(int(v) for v in text.lower().split("x"))
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
+    return selective_scan_reference(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                    delta_softplus=delta_softplus)
+
+
+def time_fusion(model, shape, device, backend, repeats):
+    x1 = torch.rand(1, 1, *shape, device=device)
+    x2 = torch.rand(1, 1, *shape, device=device)
+    patch = mock.patch.object(lpmnet.mamba, "selective_scan", _reference_scan) if backend == "reference" else None
+    if patch:
+        patch.start()
+    else:
+        model.set_scan_backend(backend)
+    try:
+        with torch.no_grad():
+            if device.type == "cuda":  # warm-up: kernel selection and caches
+                model(x1, x2)
+            synchronize(device)
+            tic = time.perf_counter()
+            for _ in range(repeats):
+                model(x1, x2)
+            synchronize(device)
+    finally:
+        if patch:
+            patch.stop()
+    return (time.perf_counter() - tic) / repeats
+
+
+def time_training(device, backend, patch, iterations):
+    torch.manual_seed(0)
+    model = LPMNet(scan_backend=backend).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = FusionLoss()
+    x1 = torch.rand(1, 1, patch, patch, patch, device=device)
+    x2 = torch.rand(1, 1, patch, patch, patch, device=device)
+
+    def step():
+        out = model(x1, x2)
+        loss, _ = loss_fn(x1, x2, out, iteration=0, iterations=1, step_in_epoch=0, max_epoch=1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up (and the kernel build on first use)
+    synchronize(device)
+    tic = time.perf_counter()
+    for _ in range(iterations):
+        step()
+    synchronize(device)
+    return iterations / (time.perf_counter() - tic)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["96x160x160", "128x192x192"])
+    parser.add_argument("--backends", nargs="+", default=None,
+                        help="scan backends to time (default: all available here plus 'reference')")
+    parser.add_argument("--reference-shapes", nargs="+", default=["96x160x160"],
+                        help="shapes on which the slow reference scan also runs")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--gpu-repeats", type=int, default=10)
+    parser.add_argument("--train-patch", type=int, default=64)
+    parser.add_argument("--train-iterations", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
+          f"GPU {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    print(f"{'device':6} {'backend':9} {'shape':12} {'s/volume':>9} {'volumes/s':>10} {'Mvoxel/s':>9}")
+    for device in devices:
+        backends = args.backends or [*available_backends(device), "reference"]
+        torch.manual_seed(0)
+        model = LPMNet().to(device).eval()
+        for shape_text in args.shapes:
+            shape = parse_shape(shape_text)
+            for backend in backends:
+                if backend == "reference" and shape_text not in args.reference_shapes:
+                    continue
+                if backend != "reference" and backend not in available_backends(device):
+                    continue
+                repeats = args.gpu_repeats if device.type == "cuda" and backend != "reference" else args.repeats
+                seconds = time_fusion(model, shape, device, backend, repeats)
+                voxels = shape[0] * shape[1] * shape[2]
+                print(f"{device.type:6} {backend:9} {shape_text:12} {seconds:9.3f} {1 / seconds:10.2f} "
+                      f"{voxels / seconds / 1e6:9.2f}", flush=True)
+    print(f"\ntraining, {args.train_patch}^3 patch, batch 1, with the reconstruction branch")
+    for device in devices:
+        for backend in args.backends or available_backends(device):
+            if backend == "reference" or backend not in available_backends(device):
+                continue
+            rate = time_training(device, backend, args.train_patch, args.train_iterations)
+            print(f"{device.type:6} {backend:9} {rate:8.3f} it/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

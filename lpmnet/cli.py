@@ -1,0 +1,155 @@
+"""Command line: ``lpmnet train``, ``lpmnet fuse``, ``lpmnet metrics``.
+
+Bad input ends with one line ``lpmnet: error: <file>: <problem>`` on stderr and exit status 2; nothing
+half-written is left behind (every output is written to a temporary name and renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+
+import numpy as np
+
+from lpmnet import __version__
+from lpmnet.errors import LPMNetError
+
+EXIT_BAD_INPUT = 2
+
+
+def _read_pairs(path):
+    """A TSV with columns x1 and x2 (paths relative to the working directory or absolute)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows or not {"x1", "x2"} <= set(rows[0]):
+        raise ValueError(f"{path}: a pairs table needs a header with the columns x1 and x2")
+    return [(row["x1"], row["x2"]) for row in rows]
+
+
+def _cmd_train(args):
+    from lpmnet.train import TrainConfig, train
+
+    pairs = _read_pairs(args.pairs) if args.pairs else list(zip(args.x1 or [], args.x2 or []))
+    if not pairs or (args.x1 and len(args.x1) != len(args.x2 or [])):
+        raise ValueError("give --pairs TSV, or as many --x1 as --x2 volumes")
+    val_pairs = _read_pairs(args.val_pairs) if args.val_pairs else []
+    model = dict(base_c=args.base_c, depth_c=args.depth_c, depth_m=args.depth_m, fuse_method=args.fuse_method,
+                 rec=args.rec, reconstruction=not args.no_reconstruction)
+    config = TrainConfig(
+        iterations=args.iterations, batch_size=args.batch_size,
+        patch_size=None if args.whole_volume else tuple(args.patch_size), lr=args.lr, seed=args.seed,
+        loss_mode=args.loss_mode, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+        checkpoint_every=args.checkpoint_every, val_every=args.val_every, amp=not args.no_amp, model=model,
+    )
+    final = train(pairs, args.out_dir, config, val_pairs=val_pairs, device=args.device)
+    print(final)
+
+
+def _cmd_fuse(args):
+    from lpmnet.fuse import fuse_files
+
+    fuse_files(args.fixed, args.moving, args.output, args.checkpoint, device=args.device, tile=args.tile,
+               overlap=args.overlap, scan_backend=args.scan_backend, components=args.components)
+    print(args.output)
+
+
+def _cmd_metrics(args):
+    from lpmnet.io import atomic_write_json, load_volume, require_same_grid
+    from lpmnet.metrics import CONVENTIONS, compute_all
+    from lpmnet.normalize import minmax01
+
+    a, b, f = (load_volume(p) for p in (args.a, args.b, args.fused))
+    require_same_grid(a, b)
+    require_same_grid(a, f)
+    # Sources in [0, 1] as the model sees them; the fused volume clipped (not stretched) to [0, 1].
+    conventions = CONVENTIONS if args.convention == "both" else (args.convention,)
+    results = compute_all(minmax01(a.data), minmax01(b.data), np.clip(f.data, 0, 1),
+                          conventions=conventions, axis=args.axis)
+    table = {name: ms.values for name, ms in results.items()}
+    if args.output:
+        atomic_write_json(args.output, table)
+    if args.json:
+        print(json.dumps(table, indent=2))
+    elif not args.output:
+        for name, values in table.items():
+            print(f"[{name}]")
+            for metric, value in values.items():
+                print(f"  {metric:5s} {value:.6g}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="lpmnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lpmnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train LPM-Net on pairs of co-registered volumes")
+    p.add_argument("--pairs", help="TSV with columns x1, x2 (training pairs)")
+    p.add_argument("--x1", action="append", help="first volume of a pair (repeatable)")
+    p.add_argument("--x2", action="append", help="second volume of a pair (repeatable)")
+    p.add_argument("--val-pairs", help="TSV with columns x1, x2 (validation pairs)")
+    p.add_argument("-o", "--out-dir", required=True, help="folder for checkpoints and the training log")
+    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--patch-size", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"))
+    p.add_argument("--whole-volume", action="store_true", help="train on whole volumes (GPU)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--loss-mode", choices=("faithful", "fixed"), default="faithful")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--gamma", type=float, default=0.5)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--base-c", type=int, default=8)
+    p.add_argument("--depth-c", type=int, default=2)
+    p.add_argument("--depth-m", type=int, default=2)
+    p.add_argument("--fuse-method", choices=("max", "mean", "min"), default="max")
+    p.add_argument("--rec", type=float, default=0.2, help="block drop probability of the masked branch")
+    p.add_argument("--no-reconstruction", action="store_true", help="train without the masked branch")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("fuse", help="fuse two co-registered NIfTI volumes")
+    p.add_argument("fixed", help="first input; the output takes its grid and affine")
+    p.add_argument("moving", help="second input, already on the fixed grid")
+    p.add_argument("-o", "--output", required=True, help="fused NIfTI (.nii.gz); a .json sidecar is written")
+    p.add_argument("--checkpoint", required=True, help="project checkpoint or original LPM-Net state dict")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tile", type=int, nargs="+", help="sliding-window tile size (multiple of 16)")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--scan-backend", choices=("auto", "cuda", "cpu", "torch"), default="auto")
+    p.add_argument("--components", action="store_true", help="also write the base and detail volumes")
+    p.set_defaults(func=_cmd_fuse)
+
+    p = sub.add_parser("metrics", help="fusion quality metrics of F against sources A and B")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("fused")
+    p.add_argument("--convention", choices=("lpmnet", "standard", "both"), default="both")
+    p.add_argument("--axis", type=int, default=0, help="slice axis of the 2D metrics")
+    p.add_argument("--json", action="store_true", help="print JSON: {convention: {metric: value}}")
+    p.add_argument("-o", "--output", help="also write the JSON to this file")
+    p.set_defaults(func=_cmd_metrics)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except (LPMNetError, ValueError, OSError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"lpmnet: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Fusion quality metrics in two labelled conventions.
+
+The fusion literature uses one name for several different numbers, so every value carries the
+convention that produced it (definitions: ``docs/metrics.md`` of the shared documentation):
+
+- ``"lpmnet"`` (:mod:`lpmnet.metrics.lpmnet_convention`): the LPM-Net code's own 3D definitions,
+  which reproduce the paper's tables; inputs are expected in [0, 1].
+- ``"standard"`` (:mod:`lpmnet.metrics.standard_convention`): the community's 2D toolboxes applied
+  slice by slice on min-max normalised 0..255 data, for comparison with published 2D tables.
+
+A metric that is undefined for the data (0/0, e.g. a constant source) is NaN; PSNR of a fused
+volume equal to both sources is +inf. Both conventions run vectorised on CPU or CUDA in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lpmnet.metrics import lpmnet_convention, standard_convention
+
+METRIC_NAMES = ("SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "SF", "rSFe", "EN", "PSNR", "Nabf")
+CONVENTIONS = ("lpmnet", "standard")
+
+_MODULES = {"lpmnet": lpmnet_convention, "standard": standard_convention}
+
+
+@dataclass(frozen=True)
+class MetricSet:
+    """Metric values of one convention.
+
+    ``values`` maps metric name to float, in ``METRIC_NAMES`` order. ``slices_used`` maps metric
+    name to the number of 2D slices averaged: in ``standard`` the slices left after skipping those
+    without content or where the metric is undefined; in ``lpmnet`` the number of slices for the
+    slice-wise metrics (Qabf, MI, Nabf) and None for whole-volume metrics.
+    """
+
+    convention: str
+    values: dict
+    slices_used: dict
+
+    def to_dict(self) -> dict:
+        return {"convention": self.convention, "values": dict(self.values),
+                "slices_used": dict(self.slices_used)}
+
+
+def _as_tensor(x, name, device):
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        target = t.device if device is None else torch.device(device)
+    else:
+        # A float64 copy also settles byte order and read-only buffers (e.g. nibabel arrays).
+        t = torch.from_numpy(np.array(x, dtype=np.float64))
+        target = torch.device("cpu") if device is None else torch.device(device)
+    if t.ndim != 3:
+        raise ValueError(f"{name} must be a 3D (D, H, W) volume, got shape {tuple(t.shape)}")
+    t = t.to(device=target, dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} has non-finite values")
+    return t
+
+
+def _prepare(a, b, f, axis, device, metrics):
+    a, b, f = (_as_tensor(x, n, device) for x, n in ((a, "A"), (b, "B"), (f, "F")))
+    if not a.shape == b.shape == f.shape:
+        raise ValueError(f"A, B and F must have one shape, got {tuple(a.shape)}, {tuple(b.shape)}, "
+                         f"{tuple(f.shape)}")
+    if min(a.shape) < 2:
+        raise ValueError(f"every dimension must be at least 2, got shape {tuple(a.shape)}")
+    if not b.device == f.device == a.device:
+        raise ValueError("A, B and F must be on one device (or pass device=)")
+    if not -3 <= axis < 3:
+        raise ValueError(f"axis must be in -3..2, not {axis}")
+    names = METRIC_NAMES if metrics is None else tuple(metrics)
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {METRIC_NAMES}")
+    names = tuple(n for n in METRIC_NAMES if n in names)
+    return a, b, f, axis % 3, names
+
+
+def _evaluate(a, b, f, convention, axis, names):
+    if convention not in _MODULES:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
+    with torch.no_grad():
+        values, used = _MODULES[convention].compute(a, b, f, axis, names)
+    return MetricSet(convention, {n: float(values[n]) for n in names}, {n: used[n] for n in names})
+
+
+def compute_metrics(a, b, f, convention: str = "lpmnet", axis: int = 0, device=None,
+                    metrics=None) -> MetricSet:
+    """Metrics of fused ``f`` against sources ``a`` and ``b`` in one convention.
+
+    ``a``, ``b``, ``f``: 3D (D, H, W) numpy arrays or torch tensors of one shape (each dimension >= 2);
+    for ``"lpmnet"`` they should already be in [0, 1]. ``axis``: the slice axis of the slice-wise
+    metrics (0 is the LPM-Net code's). ``device``: where to compute; None means the inputs' device
+    (CPU for numpy). ``metrics``: an optional subset of ``METRIC_NAMES`` (all by default).
+    """
+    a, b, f, axis, names = _prepare(a, b, f, axis, device, metrics)
+    return _evaluate(a, b, f, convention, axis, names)
+
+
+def compute_all(a, b, f, conventions=CONVENTIONS, axis: int = 0, device=None,
+                metrics=None) -> dict:
+    """``compute_metrics`` for each convention: a dict convention -> MetricSet."""
+    a, b, f, axis, names = _prepare(a, b, f, axis, device, metrics)
+    return {c: _evaluate(a, b, f, c, axis, names) for c in conventions}

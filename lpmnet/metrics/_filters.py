@@ -1,0 +1,151 @@
+"""Separable filtering, Sobel gradients and cache blocking shared by both metric conventions.
+
+Everything here is plain torch (any device, any floating dtype, differentiable). A 1D correlation is
+computed as a sum of shifted, scaled views of the input instead of ``conv1d``/``conv3d``: with the
+short kernels of the metrics this is several times faster on CPU (float64 convolutions have no
+optimised CPU kernel) and needs no reshaping to put the filtered axis in a channel position.
+
+On CPU, large arrays are processed in blocks of about ``CPU_BLOCK`` elements: a filter's partial sums
+and an element-wise chain's temporaries then stay in cache and reuse freed heap memory instead of
+faulting in fresh pages, which makes the metrics 3-5 times faster on a volume. On other devices
+every operation runs on the whole array at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+CPU_BLOCK = 1 << 15  # elements (256 KiB of float64)
+
+
+def block_ranges(n: int, item_elements: int, device: torch.device) -> list[tuple[int, int]]:
+    """Consecutive ranges covering 0..n whose items hold about ``CPU_BLOCK`` elements together on
+    CPU (at least one item each); a single range on other devices."""
+    if device.type != "cpu":
+        return [(0, n)]
+    step = max(1, CPU_BLOCK // max(1, item_elements))
+    return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def blockwise_sum(fn, tensors, dim: int):
+    """sum over blocks along ``dim`` of ``fn(*blocks)``, where ``fn`` returns a reduction of its block
+    that adds across blocks (e.g. a sum over ``dim``). ``tensors`` have equal size along ``dim``."""
+    n = tensors[0].shape[dim]
+    item = tensors[0].numel() // max(1, n)
+    total = 0
+    for start, stop in block_ranges(n, item, tensors[0].device):
+        total = total + fn(*(t.narrow(dim, start, stop - start) for t in tensors))
+    return total
+
+
+def gaussian_taps(size: int, sigma: float) -> list[float]:
+    """Normalised 1D Gaussian of odd ``size``; its outer products are the normalised 2D/3D windows
+    (MATLAB ``fspecial('gaussian')`` and the reference 3D kernel factorise exactly)."""
+    if size % 2 == 0:
+        raise ValueError(f"Gaussian window size must be odd, not {size}")
+    half = size // 2
+    weights = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(-half, half + 1)]
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
+def _output_length(n, ntaps, same, step):
+    if same:
+        return n
+    if n < ntaps:
+        raise ValueError(f"a {ntaps}-tap window does not fit in {n} samples")
+    return (n - ntaps) // step + 1
+
+
+def _shifted_sum(x, taps, dim, same, step):
+    ntaps = len(taps)
+    count = _output_length(x.shape[dim], ntaps, same, step)
+    if same:
+        half = ntaps // 2
+        x = F.pad(x, [0, 0] * (x.ndim - 1 - dim) + [half, half])
+    index = [slice(None)] * x.ndim
+    out = None
+    for k, w in enumerate(taps):
+        if w == 0:
+            continue
+        index[dim] = slice(k, k + (count - 1) * step + 1, step)
+        term = x[tuple(index)]
+        out = term * w if out is None else out.add_(term, alpha=w)
+    return out
+
+
+def correlate1d(x: torch.Tensor, taps, dim: int, *, same: bool = False, step: int = 1) -> torch.Tensor:
+    """Correlate ``x`` with ``taps`` along ``dim``: ``out[i] = sum_k taps[k] * x[i*step + k]``.
+
+    ``same=False`` is MATLAB's 'valid' (output length ``n - len(taps) + 1``, then every ``step``-th
+    sample, which is how 'valid' filtering followed by ``[::2]`` decimation is computed without
+    evaluating the discarded samples). ``same=True`` zero-pads ``len(taps) // 2`` on both sides so the
+    output keeps the input length (odd ``taps``).
+    """
+    dim = dim % x.ndim
+    n = x.shape[dim]
+    n_out = _output_length(n, len(taps), same, step)
+    if x.numel() <= CPU_BLOCK or x.device.type != "cpu":
+        return _shifted_sum(x, taps, dim, same, step)
+    # Lines along `dim` are independent: block over the other dimensions, never across `dim`.
+    outer, inner = math.prod(x.shape[:dim]), math.prod(x.shape[dim + 1:])
+    x3 = x.reshape(outer, n, inner)
+    out = x3.new_empty(outer, n_out, inner)
+    if n * inner <= CPU_BLOCK:
+        for start, stop in block_ranges(outer, n * inner, x.device):
+            out[start:stop] = _shifted_sum(x3[start:stop], taps, 1, same, step)
+    else:
+        for o in range(outer):
+            for start, stop in block_ranges(inner, n, x.device):
+                out[o, :, start:stop] = _shifted_sum(x3[o, :, start:stop], taps, 0, same, step)
+    return out.reshape(*x.shape[:dim], n_out, *x.shape[dim + 1:])
+
+
+def _correlate_planes(x, taps, same, step):
+    """``taps`` along each of the last two dimensions; on CPU plane by plane, both passes in cache."""
+    def both(t):
+        return _shifted_sum(_shifted_sum(t, taps, t.ndim - 2, same, step), taps, t.ndim - 1, same, step)
+
+    if x.numel() <= CPU_BLOCK or x.device.type != "cpu":
+        return both(x)
+    height, width = x.shape[-2:]
+    planes = x.reshape(-1, height, width)
+    out = planes.new_empty(planes.shape[0], _output_length(height, len(taps), same, step),
+                           _output_length(width, len(taps), same, step))
+    for start, stop in block_ranges(planes.shape[0], height * width, x.device):
+        out[start:stop] = both(planes[start:stop])
+    return out.reshape(*x.shape[:-2], *out.shape[-2:])
+
+
+def gaussian_blur(x: torch.Tensor, size: int, sigma: float, ndim: int, *, same: bool = False,
+                  step: int = 1) -> torch.Tensor:
+    """Separable Gaussian filtering over the last ``ndim`` (>= 2) dimensions (see ``correlate1d``)."""
+    taps = gaussian_taps(size, sigma)
+    for dim in range(x.ndim - ndim, x.ndim - 2):
+        x = correlate1d(x, taps, dim, same=same, step=step)
+    return _correlate_planes(x, taps, same, step)
+
+
+def sobel(x: torch.Tensor, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel responses over the last two dimensions, same size as ``x``.
+
+    Returns ``(v, h)``: ``v`` is the correlation with [[1, 2, 1], [0, 0, 0], [-1, -2, -1]] (a
+    difference across rows), ``h`` the correlation with [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] (a
+    difference across columns). ``padding`` is ``"zeros"`` (MATLAB ``conv2(..., 'same')``) or
+    ``"reflect"`` (mirror without repeating the edge, as Shreyamsha Kumar's ``per_extn_im_fn``).
+    Each caller assigns the x/y roles and signs of its own reference.
+    """
+    if padding == "zeros":
+        xp = F.pad(x, (1, 1, 1, 1))
+    elif padding == "reflect":
+        lead = x.shape[:-2]
+        xp = F.pad(x.reshape(-1, *x.shape[-2:]), (1, 1, 1, 1), mode="reflect")
+        xp = xp.reshape(*lead, *xp.shape[-2:])
+    else:
+        raise ValueError(f"unknown Sobel padding {padding!r}")
+    v = correlate1d(correlate1d(xp, (1.0, 2.0, 1.0), -1), (1.0, 0.0, -1.0), -2)
+    h = correlate1d(correlate1d(xp, (1.0, 2.0, 1.0), -2), (-1.0, 0.0, 1.0), -1)
+    return v, h

@@ -1,0 +1,377 @@
+"""LPM-Net (Wen & Zhang, Information Fusion 123:103306, 2025), written from the project's specification.
+
+Data flow of :class:`LPMNet` for two co-registered volumes x1, x2 of shape (B, 1, D, H, W) in [0, 1]:
+
+1. ``Conv_in``: Conv3d(2 -> base_c) on cat(x1, x2).
+2. Axis decomposition: the features are viewed as three batches of 2D slices, H x W (P1), D x W (P2)
+   and D x H (P3). Each view has its own dense 2D conv module and windowed Mamba module.
+3. The three views are merged voxel-wise (max, mean or min).
+4. A CfC-style gated head predicts the fused volume plus its "base" and "detail" components.
+5. Training only: both inputs are masked with random 8^3 blocks, go through the same feature
+   extractor and a second head (``cfc_mask``) that reconstructs them (the original also ran this at
+   inference, doubling its cost; here it never runs in eval mode).
+
+Unlike the original, any D, H, W works: inputs are padded to multiples of 16 by edge replication
+(``mode="replicate"``; reflection would fail for dimensions smaller than the padding) and the outputs
+are cropped back, so the output has the input's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lpmnet.errors import InputError
+from lpmnet.mamba import Mamba
+
+WINDOW = 16
+MASK_BLOCK = 8
+CHECKPOINT_FORMAT = "lpmnet-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class FusionOutput(NamedTuple):
+    """What :meth:`LPMNet.forward` returns; tensors are (B, 1, D, H, W) in [0, 1].
+
+    ``base``/``detail`` are None without the CfC head; ``reconstruction`` (B, 2, D, H, W) exists only in
+    training mode, when the model has the reconstruction head.
+    """
+
+    fused: torch.Tensor
+    base: torch.Tensor | None
+    detail: torch.Tensor | None
+    reconstruction: torch.Tensor | None
+
+
+def _to_unit_interval(x):
+    # tanh(x)/2 + 0.5 as in the original (equal to sigmoid(2x)).
+    return torch.tanh(x) / 2 + 0.5
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, in_channels, growth):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, growth, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        # New features go in front of the old ones, as in the original dense module.
+        return torch.cat([F.leaky_relu(self.conv(x), 0.01), x], dim=1)
+
+
+class DenseConv2d(nn.Module):
+    """depth layers of Conv2d(3x3) + LeakyReLU(0.01); output channels = base_c * (depth + 1)."""
+
+    def __init__(self, base_c, depth):
+        super().__init__()
+        self.layers = nn.ModuleList(DenseLayer(base_c * (i + 1), base_c) for i in range(depth))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class WindowMambaLayer(nn.Module):
+    """LayerNorm + Mamba over 16x16 windows of a channels-last slice batch, Swin-style shift.
+
+    There is no residual connection: the Mamba output replaces the features, as in the original.
+    """
+
+    def __init__(self, dim, shifted, d_state, d_conv, expand, window=WINDOW, scan_backend="auto"):
+        super().__init__()
+        self.window = window
+        self.shift = window // 2 if shifted else 0
+        self.norm = nn.LayerNorm(dim)
+        self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
+
+    def forward(self, x):
+        """x: (N, H, W, C) with H, W multiples of the window -> same shape."""
+        n, h, w, c = x.shape
+        ws = self.window
+        if self.shift:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        windows = (
+            x.reshape(n, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        )
+        windows = self.mamba(self.norm(windows))
+        x = windows.reshape(n, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+        if self.shift:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        return x
+
+
+class WindowMamba(nn.Module):
+    def __init__(self, dim, depth, d_state, d_conv, expand, scan_backend="auto"):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            WindowMambaLayer(dim, j % 2 == 1, d_state, d_conv, expand, scan_backend=scan_backend)
+            for j in range(depth)
+        )
+
+    def forward(self, x):
+        """x: (N, C, H, W) -> (N, C, H, W)."""
+        x = x.permute(0, 2, 3, 1)
+        for layer in self.layers:
+            x = layer(x)
+        return x.permute(0, 3, 1, 2)
+
+
+class CfCHead(nn.Module):
+    """Closed-form-continuous-time style gate: out = ff1*(1-t) + t*ff2, t = sigmoid(time_a + time_b).
+
+    The shared ``fc`` maps the gated mix, ff1 ("base") and ff2 ("detail") to the output channels.
+    """
+
+    def __init__(self, dim, out_channels):
+        super().__init__()
+        self.ff1 = nn.Conv3d(dim, dim, 1, bias=False)
+        self.ff2 = nn.Conv3d(dim, dim, 1, bias=False)
+        self.time_a = nn.Conv3d(dim, dim, 1, bias=False)
+        self.time_b = nn.Conv3d(dim, dim, 1, bias=False)
+        self.fc = nn.Conv3d(dim, out_channels, 1, bias=True)
+
+    def forward(self, h, with_components=True):
+        ff1, ff2 = self.ff1(h), self.ff2(h)
+        t = torch.sigmoid(self.time_a(h) + self.time_b(h))
+        mixed = _to_unit_interval(self.fc(ff1 * (1 - t) + t * ff2))
+        if not with_components:
+            return mixed, None, None
+        return mixed, _to_unit_interval(self.fc(ff1)), _to_unit_interval(self.fc(ff2))
+
+
+def random_block_mask(shape, drop_probability, block=MASK_BLOCK, device=None, generator=None):
+    """Keep-mask (1 = kept) of ``shape`` (D, H, W) made of block^3 cubes, each dropped with probability p.
+
+    One mask is shared by the whole batch, as in the original.
+    """
+    grid = [math.ceil(s / block) for s in shape]
+    keep = (torch.rand(grid, device=device, generator=generator) > drop_probability).float()
+    for axis in range(3):
+        keep = keep.repeat_interleave(block, dim=axis)
+    return keep[: shape[0], : shape[1], : shape[2]]
+
+
+class LPMNet(nn.Module):
+    """LPM-Net fusion network. Constructor defaults are the paper's.
+
+    Args:
+        base_c: channels of ``Conv_in`` and growth of the dense modules.
+        depth_c: dense layers per view; features have dim = base_c * (depth_c + 1) channels.
+        depth_m: windowed Mamba layers per view (odd layers are shifted by half a window).
+        iscfc: CfC gated head with base/detail outputs; False = a single 1x1x1 conv (``conv_out``).
+        fuse_method: how the three views are merged voxel-wise: "max", "mean" or "min".
+        rec: probability that an 8^3 block is dropped in the masked-reconstruction branch.
+        reconstruction: build the reconstruction head ``cfc_mask`` (the original ``Ours_mask`` model).
+        d_state, d_conv, expand: Mamba parameters.
+        scan_backend: selective-scan backend, see :func:`lpmnet.scan.selective_scan`.
+    """
+
+    VIEWS = ("P1", "P2", "P3")
+
+    def __init__(
+        self,
+        base_c=8,
+        depth_c=2,
+        depth_m=2,
+        iscfc=True,
+        fuse_method="max",
+        rec=0.2,
+        reconstruction=True,
+        d_state=8,
+        d_conv=4,
+        expand=1,
+        scan_backend="auto",
+    ):
+        super().__init__()
+        if fuse_method not in ("max", "mean", "min"):
+            raise ValueError(f"fuse_method must be 'max', 'mean' or 'min', not {fuse_method!r}")
+        if reconstruction and not iscfc:
+            raise ValueError("the reconstruction head exists only with iscfc=True")
+        self.config = dict(
+            base_c=base_c, depth_c=depth_c, depth_m=depth_m, iscfc=iscfc, fuse_method=fuse_method,
+            rec=rec, reconstruction=reconstruction, d_state=d_state, d_conv=d_conv, expand=expand,
+        )
+        self.fuse_method = fuse_method
+        self.rec = rec
+        dim = base_c * (depth_c + 1)
+        self.dim = dim
+        self.Conv_in = nn.Conv3d(2, base_c, kernel_size=3, padding=1)
+        for view in self.VIEWS:
+            setattr(self, f"Conv_{view}", DenseConv2d(base_c, depth_c))
+            setattr(self, f"Mamba_{view}", WindowMamba(dim, depth_m, d_state, d_conv, expand, scan_backend))
+        if iscfc:
+            self.cfc = CfCHead(dim, 1)
+        else:
+            self.conv_out = nn.Conv3d(dim, 1, 1)
+        self.cfc_mask = CfCHead(dim, 2) if reconstruction else None
+
+    def set_scan_backend(self, backend):
+        """Select the selective-scan backend of every Mamba layer ("auto", "cuda", "cpu", "torch")."""
+        for module in self.modules():
+            if isinstance(module, Mamba):
+                module.scan_backend = backend
+
+    def _view(self, feats, view):
+        """Run one axis view: features (B, C, D, H, W) -> (B, dim, D, H, W)."""
+        b, c, d, h, w = feats.shape
+        # Slice axis first, then the two in-plane axes in their original order.
+        order = {"P1": (0, 2, 1, 3, 4), "P2": (0, 3, 1, 2, 4), "P3": (0, 4, 1, 2, 3)}[view]
+        slices = feats.permute(*order)
+        s, rows, cols = slices.shape[1], slices.shape[3], slices.shape[4]
+        x = slices.reshape(b * s, c, rows, cols)
+        x = getattr(self, f"Conv_{view}")(x)
+        x = getattr(self, f"Mamba_{view}")(x)
+        x = x.reshape(b, s, self.dim, rows, cols)
+        inverse = [order.index(i) for i in range(5)]
+        return x.permute(*inverse)
+
+    def features(self, x1, x2):
+        """Shared feature extractor: cat -> Conv_in -> three views -> voxel-wise merge."""
+        feats = self.Conv_in(torch.cat([x1, x2], dim=1))
+        merged = None
+        for view in self.VIEWS:
+            out = self._view(feats, view)
+            if merged is None:
+                merged = out
+            elif self.fuse_method == "max":
+                merged = torch.maximum(merged, out)
+            elif self.fuse_method == "min":
+                merged = torch.minimum(merged, out)
+            else:
+                merged = merged + out
+            del out
+        if self.fuse_method == "mean":
+            merged = merged / len(self.VIEWS)
+        return merged
+
+    def forward(self, x1, x2):
+        """x1, x2: (B, 1, D, H, W) in [0, 1], any D, H, W -> :class:`FusionOutput` of the same size."""
+        if x1.shape != x2.shape or x1.dim() != 5 or x1.shape[1] != 1:
+            raise ValueError(f"expected two (B, 1, D, H, W) tensors of one shape, got {tuple(x1.shape)} "
+                             f"and {tuple(x2.shape)}")
+        size = x1.shape[2:]
+        pad = []
+        for s in reversed(size):  # F.pad lists the last axis first
+            pad += [0, (-s) % WINDOW]
+        if any(pad):
+            x1 = F.pad(x1, pad, mode="replicate")
+            x2 = F.pad(x2, pad, mode="replicate")
+
+        def crop(t):
+            return None if t is None else t[..., : size[0], : size[1], : size[2]]
+
+        h = self.features(x1, x2)
+        if self.config["iscfc"]:
+            fused, base, detail = self.cfc(h)
+        else:
+            fused, base, detail = _to_unit_interval(self.conv_out(h)), None, None
+        del h
+        reconstruction = None
+        if self.training and self.cfc_mask is not None:
+            padded = x1.shape[2:]
+            m1 = random_block_mask(padded, self.rec, device=x1.device)
+            m2 = random_block_mask(padded, self.rec, device=x1.device)
+            h_masked = self.features(x1 * m1, x2 * m2)
+            reconstruction, _, _ = self.cfc_mask(h_masked, with_components=False)
+        return FusionOutput(crop(fused), crop(base), crop(detail), crop(reconstruction))
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _infer_config(state_dict):
+    """Constructor arguments of a bare state dict saved by the original code, read off its shapes."""
+    try:
+        base_c = state_dict["Conv_in.weight"].shape[0]
+        depth_c = len({k.split(".")[2] for k in state_dict if k.startswith("Conv_P1.layers.")})
+        depth_m = len({k.split(".")[2] for k in state_dict if k.startswith("Mamba_P1.layers.")})
+        a_log = state_dict["Mamba_P1.layers.0.mamba.A_log"]
+        dim = a_log.shape[0]
+        return dict(
+            base_c=base_c,
+            depth_c=depth_c,
+            depth_m=depth_m,
+            iscfc="cfc.ff1.weight" in state_dict,
+            reconstruction="cfc_mask.ff1.weight" in state_dict,
+            d_state=a_log.shape[1],
+            d_conv=state_dict["Mamba_P1.layers.0.mamba.conv1d.weight"].shape[-1],
+            expand=state_dict["Mamba_P1.layers.0.mamba.in_proj.weight"].shape[0] // 2 // dim,
+        )
+    except (KeyError, IndexError) as err:
+        raise ValueError(f"not an LPM-Net state dict (missing {err})") from None
+
+
+def save_checkpoint(path, model, model_card=None, **training_state):
+    """Write the project's checkpoint format atomically.
+
+    It stores the constructor arguments, the weights, a model card (data, shapes, metrics, versions)
+    and any extra training state (optimizer, scheduler, iteration, RNG) needed to resume.
+    """
+    from lpmnet.io import atomic_output, to_jsonable
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "model_kwargs": dict(model.config),
+        "state_dict": model.state_dict(),
+        # Plain JSON types only, so that the file loads with torch.load(weights_only=True).
+        "model_card": json.loads(json.dumps(to_jsonable(model_card or {}))),
+        **training_state,
+    }
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint file into a dict with at least ``model_kwargs``, ``state_dict``, ``model_card``.
+
+    Accepts the project's format and the original code's bare state dict (also wrapped in
+    {"model": ...} or {"state_dict": ...}).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return payload
+    state_dict = payload
+    if isinstance(payload, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(payload.get(key), dict):
+                state_dict = payload[key]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise InputError(path, "not an LPM-Net checkpoint or state dict")
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel saves
+    try:
+        kwargs = _infer_config(state_dict)
+    except ValueError as err:
+        raise InputError(path, str(err)) from None
+    return {"model_kwargs": kwargs, "state_dict": state_dict, "model_card": {"source": "original state dict"}}
+
+
+def load_checkpoint(path, map_location="cpu", **overrides):
+    """Build an :class:`LPMNet` from a checkpoint (project format or original bare state dict).
+
+    ``overrides`` replace constructor arguments that a bare state dict cannot tell (e.g. fuse_method).
+    Returns (model in eval mode, model card dict).
+    """
+    payload = read_checkpoint(path, map_location=map_location)
+    kwargs = {**payload["model_kwargs"], **overrides}
+    model = LPMNet(**kwargs)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else "state dict does not match"
+        raise InputError(path, f"weights do not fit LPM-Net{json.dumps(kwargs)}: {first}") from None
+    model.eval()
+    return model, payload.get("model_card", {})

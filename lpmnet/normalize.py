@@ -1,0 +1,126 @@
+"""Intensity normalisation (pure numpy).
+
+Robust min-max scaling: clip at low/high percentiles (computed over a foreground mask
+or the whole volume), then map the clipped range linearly onto [0, 1].  Nothing here
+assumes a zero or non-negative background: z-scored data (negative background), CT in
+Hounsfield units and scaled integer data are all handled the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "minmax01",
+    "percentile_window",
+    "percentile_clip",
+    "normalize_intensity",
+    "otsu_threshold",
+    "foreground_mask",
+]
+
+
+def _as_float(x) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"expected a numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False) if arr.dtype != np.float64 else arr
+    if arr.size == 0:
+        raise ValueError("empty array")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("array contains NaN or inf values")
+    return arr
+
+
+def _selected(arr: np.ndarray, mask) -> np.ndarray:
+    """Values of ``arr`` inside ``mask`` (None = all, 'otsu' = automatic foreground)."""
+    if mask is None:
+        return arr.ravel()
+    if isinstance(mask, str):
+        if mask != "otsu":
+            raise ValueError(f"unknown mask method {mask!r}; use None, 'otsu' or a boolean array")
+        mask = foreground_mask(arr)
+    m = np.asarray(mask)
+    if m.shape != arr.shape:
+        raise ValueError(f"mask shape {m.shape} differs from data shape {arr.shape}")
+    values = arr[m.astype(bool)]
+    if values.size == 0:
+        raise ValueError("mask selects no voxel")
+    return values
+
+
+def minmax01(x, mask=None) -> np.ndarray:
+    """Map ``x`` linearly so that its min -> 0 and max -> 1 (float32).
+
+    With ``mask`` the min/max are taken inside the mask and the result is clipped to
+    [0, 1].  A constant input gives zeros (never NaN).
+    """
+    arr = _as_float(x)
+    values = _selected(arr, mask)
+    lo, hi = float(values.min()), float(values.max())
+    return _rescale(arr, lo, hi)
+
+
+def _rescale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if not hi > lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    out = (arr.astype(np.float64) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def percentile_window(x, low: float = 0.5, high: float = 99.5, mask=None) -> tuple[float, float]:
+    """The (low, high) percentile values of ``x`` over ``mask`` (or the whole array).
+
+    ``mask`` may be None (whole volume), ``'otsu'`` (automatic foreground, see
+    :func:`foreground_mask`) or a boolean array of ``x``'s shape.
+    """
+    if not (0.0 <= low < high <= 100.0):
+        raise ValueError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    arr = _as_float(x)
+    values = _selected(arr, mask)
+    lo, hi = np.percentile(values.astype(np.float64), [low, high])
+    return float(lo), float(hi)
+
+
+def percentile_clip(x, low: float = 0.5, high: float = 99.5, mask=None) -> np.ndarray:
+    """``x`` clipped to its [low, high] percentile window (float32, same shape)."""
+    lo, hi = percentile_window(x, low, high, mask)
+    return np.clip(_as_float(x), lo, hi).astype(np.float32)
+
+
+def normalize_intensity(
+    x, low: float = 0.5, high: float = 99.5, mask=None, *, return_window: bool = False
+):
+    """Percentile-clip then min-max to [0, 1] (float32).
+
+    The window is computed over ``mask`` (None = whole volume, ``'otsu'`` = automatic
+    foreground, or a boolean array) but applied to every voxel.  With
+    ``return_window=True`` returns ``(normalised, (lo, hi))`` so the window can be
+    recorded.  A window of zero width (e.g. a constant volume) gives zeros.
+    """
+    lo, hi = percentile_window(x, low, high, mask)
+    out = _rescale(_as_float(x), lo, hi)
+    return (out, (lo, hi)) if return_window else out
+
+
+def otsu_threshold(x, bins: int = 256) -> float:
+    """Otsu's threshold of the values of ``x`` (between-class variance maximum)."""
+    arr = _as_float(x).ravel().astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi == lo:
+        return lo
+    counts, edges = np.histogram(arr, bins=bins, range=(lo, hi))
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(counts).astype(np.float64)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(counts * centers)
+    m0 = np.divide(s0, w0, out=np.zeros_like(s0), where=w0 > 0)
+    m1 = np.divide(s0[-1] - s0, w1, out=np.zeros_like(s0), where=w1 > 0)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def foreground_mask(x, bins: int = 256) -> np.ndarray:
+    """Boolean foreground: voxels above Otsu's threshold (works for any background value)."""
+    arr = _as_float(x)
+    return arr > otsu_threshold(arr, bins=bins)

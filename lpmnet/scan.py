@@ -1,0 +1,559 @@
+"""Selective scan (Mamba-1 SSM core) and Mamba's causal depthwise conv, with backend dispatch.
+
+Public API::
+
+    y = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                       delta_softplus=False, backend="auto")
+    y = causal_conv1d(x, weight, bias=None, activation="silu", backend="auto")
+    available_backends()            # e.g. ["cpu", "torch"]
+    resolve_backend(backend, device)  # -> "cuda" | "cpu" | "torch"
+
+``selective_scan`` has the semantics and layouts of mamba-ssm's ``selective_scan_fn``:
+u, delta, z: (batch, d, L); A: (d, N) real; B, C: (batch, N, L); D, delta_bias: (d,).
+``delta = softplus(delta + delta_bias)`` if ``delta_softplus`` (else ``delta + delta_bias``);
+``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` with ``h_{-1} = 0``;
+``y_t = sum_n C_t,n h_t,n + D u_t``; ``y *= silu(z)`` when z is given. Returns y in u's dtype.
+
+Backends:
+
+* ``"cuda"``  - mamba-ssm's fused kernel (``mamba_ssm`` importable and CUDA tensors).
+* ``"cpu"``   - the C++ kernel in ``lpmnet/csrc/selective_scan_cpu.cpp`` (forward and backward,
+  float32/float64), compiled on first use with ``torch.utils.cpp_extension.load`` into torch's
+  extension cache (``TORCH_EXTENSIONS_DIR``), one build per CPU capability (AVX2, AVX512, ...).
+* ``"torch"`` - pure PyTorch, any device: chunked log-depth (Hillis-Steele) scan with the state
+  carried between chunks, batch processed in memory-bounded blocks (recomputed blockwise in the
+  backward pass, so training memory stays bounded too).
+* ``"auto"``  - cuda if possible, else cpu for CPU tensors, else torch.
+
+The backend actually used is logged once per process (logger ``lpmnet.scan``, INFO).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lpmnet.errors import BackendUnavailableError
+
+__all__ = [
+    "selective_scan",
+    "causal_conv1d",
+    "available_backends",
+    "resolve_backend",
+    "cpu_kernel_info",
+    "BACKENDS",
+]
+
+log = logging.getLogger("lpmnet.scan")
+
+BACKENDS = ("auto", "cuda", "cpu", "torch")
+INSTALL_HINT = (
+    "install a CUDA build of torch, then `pip install --no-build-isolation mamba-ssm causal-conv1d`"
+)
+_CSRC = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+
+_lock = threading.RLock()
+_logged: set = set()
+
+
+def _log_once(key, msg, *args, level=logging.INFO):
+    with _lock:
+        if key in _logged:
+            return
+        _logged.add(key)
+    log.log(level, msg, *args)
+
+
+# --------------------------------------------------------------------------------------------
+# Optional CUDA packages (imported lazily, result cached)
+# --------------------------------------------------------------------------------------------
+
+_optional: dict = {}
+
+
+def _import_optional(key):
+    """Returns (function, None) or (None, reason) for 'mamba_ssm' / 'causal_conv1d'."""
+    with _lock:
+        if key in _optional:
+            return _optional[key]
+        try:
+            if key == "mamba_ssm":
+                from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as fn
+            else:
+                from causal_conv1d import causal_conv1d_fn as fn
+            res = (fn, None)
+        except Exception as exc:  # ImportError, or a broken CUDA extension (OSError, ...)
+            res = (None, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        _optional[key] = res
+        return res
+
+
+def _mamba_problems() -> list:
+    """Why mamba-ssm's CUDA scan cannot run in this process (empty list: it can)."""
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append(
+            "torch.cuda is not available (torch %s is a %s build)"
+            % (torch.__version__, "CUDA" if torch.version.cuda else "CPU-only")
+        )
+    fn, why = _import_optional("mamba_ssm")
+    if fn is None:
+        problems.append(f"mamba_ssm is not importable ({why})")
+    return problems
+
+
+def _mamba_reason():
+    """None when mamba-ssm's CUDA scan can run here, else why not (one line)."""
+    problems = _mamba_problems()
+    return "; ".join(problems) if problems else None
+
+
+# --------------------------------------------------------------------------------------------
+# C++ CPU kernel (built just in time, cached per CPU capability)
+# --------------------------------------------------------------------------------------------
+
+_cpu = {"tried": False, "module": None, "error": None, "seconds": None, "name": None}
+
+
+def _cpu_capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # very old torch
+        return "DEFAULT"
+
+
+def _cpu_build_flags(capability: str) -> list:
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if x86 and capability == "AVX512":
+        return ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"]
+    if x86 and capability == "AVX2":
+        return ["-mavx2", "-mfma"]
+    return []  # portable build (SSE2 on x86-64, NEON on arm64)
+
+
+def _wants_openmp() -> bool:
+    # at::parallel_for is an inline `#pragma omp parallel` when ATen uses OpenMP: without
+    # -fopenmp the kernel would silently run on one thread. (libgomp.so.1 is already loaded by
+    # torch, so the extension shares torch's OpenMP runtime and torch.set_num_threads.)
+    return (platform.system() == "Linux"
+            and "parallel backend: OpenMP" in torch.__config__.parallel_info())
+
+
+def _build_cpu_kernel(openmp=None):
+    from torch.utils.cpp_extension import load
+
+    if openmp is None:
+        openmp = _wants_openmp()
+    cap = _cpu_capability()
+    flags = ["-O3", "-ffp-contract=fast", *_cpu_build_flags(cap)]
+    ldflags = []
+    if openmp:
+        flags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    key = hashlib.sha256()
+    key.update(_CSRC.read_bytes())
+    key.update(" ".join(flags + ldflags).encode())
+    key.update(torch.__version__.encode())
+    # The capability is part of the name, so an AVX2/AVX512 build is never loaded on a CPU
+    # (or under ATEN_CPU_CAPABILITY) that does not support it.
+    name = f"lpmnet_scan_cpu_{cap.lower()}_{key.hexdigest()[:12]}"
+    _cpu["name"] = name
+    t0 = time.perf_counter()
+    module = load(name=name, sources=[str(_CSRC)], extra_cflags=flags, extra_ldflags=ldflags,
+                  verbose=False)
+    _cpu["seconds"] = time.perf_counter() - t0
+    return module
+
+
+def _first_error_line(exc: BaseException) -> str:
+    """The first compiler error line of a failed build (gcc/clang 'file:line:col: error: ...')."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for pattern in ("error:", "error"):
+        for ln in lines:
+            low = ln.lower()
+            if pattern in low and not low.startswith("error building extension"):
+                return ln
+    return lines[0] if lines else type(exc).__name__
+
+
+def _cpu_module(strict: bool):
+    """The compiled module, or None (strict=False) / BackendUnavailableError (strict=True)."""
+    with _lock:
+        if not _cpu["tried"]:
+            _cpu["tried"] = True
+            try:
+                try:
+                    _cpu["module"] = _build_cpu_kernel()
+                except Exception as exc:
+                    if not _wants_openmp():
+                        raise
+                    # e.g. a compiler without OpenMP support: a single-threaded kernel still
+                    # beats the pure-torch scan.
+                    log.warning("lpmnet.scan: building the C++ kernel with -fopenmp failed (%s); "
+                                "retrying without OpenMP (single-threaded kernel)",
+                                _first_error_line(exc))
+                    _cpu["module"] = _build_cpu_kernel(openmp=False)
+            except Exception as exc:  # compiler missing, build error, import error
+                _cpu["error"] = _first_error_line(exc)
+                log.warning(
+                    "lpmnet.scan: building the C++ CPU selective-scan kernel failed; falling back "
+                    "to the (slower) pure-torch scan. First compiler error: %s",
+                    _cpu["error"],
+                )
+        module, error = _cpu["module"], _cpu["error"]
+    if module is None and strict:
+        raise BackendUnavailableError(
+            "selective_scan backend='cpu' is unavailable: building the C++ kernel "
+            f"{_CSRC.name} failed ({error}). It needs a C++17 compiler (g++ or clang++) and "
+            "ninja (`pip install ninja`); use backend='torch' or 'auto' to run without it."
+        )
+    return module
+
+
+def cpu_kernel_info() -> dict:
+    """Build state of the C++ kernel: name, capability, compile/load seconds, error (builds it)."""
+    _cpu_module(strict=False)
+    return {
+        "name": _cpu["name"],
+        "capability": _cpu_capability(),
+        "available": _cpu["module"] is not None,
+        "seconds": _cpu["seconds"],
+        "error": _cpu["error"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def available_backends() -> list:
+    """Concrete backends usable in this process ("cuda" needs a GPU and mamba-ssm).
+
+    Note: this builds (or loads from the cache) the C++ CPU kernel.
+    """
+    names = []
+    if _mamba_reason() is None:
+        names.append("cuda")
+    if _cpu_module(strict=False) is not None:
+        names.append("cpu")
+    names.append("torch")
+    return names
+
+
+def resolve_backend(backend: str = "auto", device="cpu") -> str:
+    """Concrete backend ("cuda", "cpu" or "torch") for tensors on ``device``.
+
+    An explicit backend that cannot run raises BackendUnavailableError.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {backend!r}; choose one of {BACKENDS}")
+    dev = torch.device(device)
+    if backend == "cuda":
+        problems = []
+        if dev.type != "cuda":
+            problems.append(f"the tensors are on '{dev.type}', not on a CUDA device")
+        problems += _mamba_problems()
+        if problems:
+            raise BackendUnavailableError(
+                "selective_scan backend='cuda' is unavailable: " + "; ".join(problems) + ". "
+                f"To use mamba-ssm's fused CUDA kernels, {INSTALL_HINT}, and pass CUDA tensors; "
+                "or use backend='auto' (it picks 'cpu' or 'torch' where 'cuda' cannot run)."
+            )
+        return "cuda"
+    if backend == "cpu":
+        if dev.type != "cpu":
+            raise BackendUnavailableError(
+                f"selective_scan backend='cpu' runs on CPU tensors only, got '{dev.type}'; "
+                "use backend='auto', 'cuda' or 'torch'."
+            )
+        _cpu_module(strict=True)
+        return "cpu"
+    if backend == "torch":
+        return "torch"
+    if dev.type == "cuda" and _mamba_reason() is None:
+        return "cuda"
+    if dev.type == "cpu" and _cpu_module(strict=False) is not None:
+        return "cpu"
+    return "torch"
+
+
+def _auto_note(name, device) -> str:
+    dev = torch.device(device)
+    if name == "torch" and dev.type == "cuda":
+        return f" ({_mamba_reason()}; for mamba-ssm's fused kernels, {INSTALL_HINT})"
+    if name == "torch" and dev.type == "cpu" and _cpu["error"]:
+        return f" (C++ kernel unavailable: {_cpu['error']})"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# selective_scan
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    backend="auto",
+):
+    """Mamba-1 selective scan; see the module docstring. Returns y (batch, d, L) in u's dtype."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    if name == "cuda" and u.dtype == torch.float64:
+        if backend == "cuda":
+            raise BackendUnavailableError(
+                "selective_scan backend='cuda': mamba-ssm's kernel supports float32/float16/"
+                "bfloat16 only, got float64; use backend='torch' for float64 on the GPU."
+            )
+        name = "torch"
+    _log_once(
+        ("scan", name),
+        "lpmnet.scan: selective_scan uses the '%s' backend on %s%s",
+        name,
+        u.device.type,
+        _auto_note(name, u.device) if backend == "auto" else "",
+    )
+    if name == "cuda":
+        return _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if name == "cpu":
+        return _scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, d, L), got {tuple(u.shape)}")
+    batch, dim, L = u.shape
+    if A.is_complex() or A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be real (d={dim}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    expected = {"delta": (delta, (batch, dim, L)), "B": (B, (batch, N, L)), "C": (C, (batch, N, L)),
+                "z": (z, (batch, dim, L)), "D": (D, (dim,)), "delta_bias": (delta_bias, (dim,))}
+    for name, (t, shape) in expected.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
+        if t is not None and t.device != u.device:
+            raise ValueError(f"selective_scan: {name} is on {t.device}, u on {u.device}")
+    if A.device != u.device:
+        raise ValueError(f"selective_scan: A is on {A.device}, u on {u.device}")
+
+
+def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    fn, _ = _import_optional("mamba_ssm")
+    dt = u.dtype
+    # mamba-ssm's kernel wants delta/B/C/z in u's dtype and A/D/delta_bias in float32
+    # (no-ops for the usual inputs).
+    return fn(
+        u,
+        delta.to(dt),
+        A.float(),
+        B.to(dt),
+        C.to(dt),
+        D=None if D is None else D.float(),
+        z=None if z is None else z.to(dt),
+        delta_bias=None if delta_bias is None else delta_bias.float(),
+        delta_softplus=bool(delta_softplus),
+    )
+
+
+# ---- cpu ----------------------------------------------------------------------------------
+
+
+class _CpuSelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        mod = _cpu_module(strict=True)
+        y = mod.fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        mod = _cpu_module(strict=True)
+        du, ddelta, dA, dB, dC, dD, dz, dbias = mod.bwd(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, dy
+        )
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None
+
+
+def _compute_dtype(t):
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    ct = _compute_dtype(u)
+    # Casts are no-ops for matching dtypes; autograd routes gradients back through them.
+    args = (
+        u.to(ct),
+        delta.to(ct),
+        A.to(ct).contiguous(),
+        B.to(ct),
+        C.to(ct),
+        None if D is None else D.to(ct).contiguous(),
+        None if z is None else z.to(ct),
+        None if delta_bias is None else delta_bias.to(ct).contiguous(),
+    )
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+        y = _CpuSelectiveScan.apply(*args, bool(delta_softplus))
+    else:  # inference: no autograd bookkeeping, nothing saved
+        y = _cpu_module(strict=True).fwd(*args, bool(delta_softplus))
+    return y.to(u.dtype)
+
+
+# ---- torch --------------------------------------------------------------------------------
+
+# Working-set bound (bytes) of one batch block of the torch backend (the chunk tensors
+# (block, d, chunk, N); a few are alive at once). On the CPU blocks that stay in cache are
+# fastest; on a GPU large blocks keep kernel launches few. Under autograd each block is
+# recomputed in the backward pass (activation checkpointing), so memory stays bounded.
+TORCH_BLOCK_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}
+
+
+def _torch_chunk(device) -> int:
+    # Log-depth scans pay log2(chunk) passes per step; on the CPU short chunks (less work) win,
+    # on a GPU long ones (fewer kernel launches).
+    return 64 if torch.device(device).type == "cuda" else 16
+
+
+def _inclusive_scan(a, x):
+    """Hillis-Steele scan of h_t = a_t h_{t-1} + x_t along dim -2 (h_{-1} = 0).
+
+    Returns (prod of a up to t, h_t). Only products of decays appear: numerically stable.
+    """
+    T = a.shape[-2]
+    k = 1
+    while k < T:
+        x = torch.cat([x[..., :k, :], torch.addcmul(x[..., k:, :], a[..., k:, :], x[..., :-k, :])], dim=-2)
+        a = torch.cat([a[..., :k, :], a[..., k:, :] * a[..., :-k, :]], dim=-2)
+        k *= 2
+    return a, x
+
+
+def _ssm_block(u, delta, A, B, C, chunk):
+    """Core scan for one batch block: u, delta (b, d, L) (delta already softplus'ed), A (d, N),
+    B, C (b, N, L) -> sum_n C h (b, d, L)."""
+    L = u.shape[-1]
+    Bt = B.transpose(1, 2).unsqueeze(1)  # (b, 1, L, N)
+    Ct = C.transpose(1, 2).unsqueeze(1)
+    du = (delta * u).unsqueeze(-1)  # (b, d, L, 1)
+    dl = delta.unsqueeze(-1)
+    A_ = A.unsqueeze(1)  # (d, 1, N)
+    h = u.new_zeros(u.shape[0], u.shape[1], 1, A.shape[-1])  # carried state (b, d, 1, N)
+    ys = []
+    for s in range(0, L, chunk):
+        e = min(L, s + chunk)
+        a = torch.exp(dl[:, :, s:e] * A_)  # (b, d, T, N), exp of dt*A
+        x = du[:, :, s:e] * Bt[:, :, s:e]
+        a, x = _inclusive_scan(a, x)
+        x = torch.addcmul(x, a, h)
+        h = x[:, :, -1:]
+        ys.append((x * Ct[:, :, s:e]).sum(-1))
+    return torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
+
+
+def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                chunk=None, block=None):
+    dtype_in = u.dtype
+    ct = _compute_dtype(u)
+    u_, delta_, A_, B_, C_ = (t.to(ct) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta_ = delta_ + delta_bias.to(ct).unsqueeze(-1)
+    if delta_softplus:
+        delta_ = F.softplus(delta_)
+    batch, d, L = u_.shape
+    N = A_.shape[-1]
+    if batch == 0 or L == 0:
+        y = torch.zeros_like(u_)
+    else:
+        chunk = max(1, min(L, chunk or _torch_chunk(u.device)))
+        if block is None:
+            per_seq = d * chunk * N * u_.element_size() * 4
+            budget = TORCH_BLOCK_BYTES["cuda" if u_.is_cuda else "cpu"]
+            block = max(1, budget // per_seq)
+        block = min(block, batch)
+        if block >= batch:
+            y = _ssm_block(u_, delta_, A_, B_, C_, chunk)
+        else:
+            grad = torch.is_grad_enabled() and any(
+                t.requires_grad for t in (u_, delta_, A_, B_, C_)
+            )
+            outs = []
+            for s in range(0, batch, block):
+                sl = slice(s, s + block)
+                blk = (u_[sl], delta_[sl], A_, B_[sl], C_[sl], chunk)
+                if grad:  # recompute each block in the backward pass: bounded memory
+                    from torch.utils.checkpoint import checkpoint
+
+                    outs.append(checkpoint(_ssm_block, *blk, use_reentrant=False, preserve_rng_state=False))
+                else:
+                    outs.append(_ssm_block(*blk))
+            y = torch.cat(outs, dim=0)
+    if D is not None:
+        y = torch.addcmul(y, u_, D.to(ct).unsqueeze(-1))
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(dtype_in)
+
+
+# --------------------------------------------------------------------------------------------
+# causal_conv1d
+# --------------------------------------------------------------------------------------------
+
+
+def causal_conv1d(x, weight, bias=None, activation="silu", backend="auto"):
+    """Depthwise causal conv1d of Mamba: x (batch, d, L), weight (d, width) or (d, 1, width).
+
+    ``activation`` is "silu" (or "swish") or None. backend: "auto" | "cuda" (the causal-conv1d
+    package's kernel, CUDA tensors) | "torch" (F.conv1d, any device; "cpu" is an alias).
+    """
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown causal_conv1d backend {backend!r}; choose one of {BACKENDS}")
+    if weight.dim() == 3:  # nn.Conv1d layout (d, 1, width)
+        weight = weight.squeeze(1)
+    width = weight.shape[-1]
+    name = "torch"
+    if backend == "cuda" or (backend == "auto" and x.is_cuda):
+        fn, why = _import_optional("causal_conv1d")
+        usable = x.is_cuda and fn is not None and 2 <= width <= 4 and x.dtype != torch.float64
+        if usable:
+            name = "cuda"
+        elif backend == "cuda":
+            problems = []
+            if not x.is_cuda:
+                problems.append(f"the tensors are on '{x.device.type}', not on a CUDA device")
+            if fn is None:
+                problems.append(f"causal_conv1d is not importable ({why})")
+            if not 2 <= width <= 4:
+                problems.append(f"the kernel supports widths 2..4, got {width}")
+            if x.dtype == torch.float64:
+                problems.append("the kernel supports float32/float16/bfloat16 only, got float64")
+            raise BackendUnavailableError(
+                "causal_conv1d backend='cuda' is unavailable: " + "; ".join(problems) + ". "
+                f"To use the causal-conv1d CUDA kernel, {INSTALL_HINT}; or use backend='auto'."
+            )
+    _log_once(("conv", name), "lpmnet.scan: causal_conv1d uses the '%s' backend on %s",
+              name, x.device.type)
+    if name == "cuda":
+        return fn(x, weight, bias, activation=activation)
+    L = x.shape[-1]
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=weight.shape[0])[..., :L]
+    return F.silu(out) if activation is not None else out

@@ -1,0 +1,385 @@
+"""Metric tables: one JSON per (subject, method), aggregated into long and summary tables.
+
+* :func:`write_metrics_json` stores the result of :func:`lpmnet.metrics.compute_all` for one
+  subject and one fusion method::
+
+      {"subject": "sub-01", "method": "lpmnet",
+       "conventions": {"lpmnet":   {"values": {"SSIM": 0.71, ...}, "slices_used": {"SSIM": null, ...}},
+                       "standard": {"values": {...}, "slices_used": {...}}}}
+
+  The file is strict JSON: an undefined metric (NaN) is written ``null``; an infinite value
+  (PSNR of a fused volume equal to both sources) is written as the string ``"inf"`` / ``"-inf"``.
+  :func:`read_metrics_json` turns both back into floats.
+* :func:`aggregate` reads many such files into a long table (one row per subject / method /
+  convention / metric) and a summary table (one row per method and convention: number of
+  subjects, then mean and sample standard deviation over subjects of each metric).
+* :func:`write_tables` writes both as TSV (and optionally the summary as a small HTML page).
+
+Convention meanings: ``lpmnet`` = 3D definitions of the LPM-Net code; ``standard`` = 2D
+slice-wise community toolbox definitions (see :mod:`lpmnet.metrics`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lpmnet.errors import InputError
+from lpmnet.io import atomic_output, atomic_write_json, atomic_write_text
+from lpmnet.metrics import CONVENTIONS, METRIC_NAMES
+
+__all__ = [
+    "LONG_COLUMNS",
+    "CONVENTION_NOTE",
+    "metrics_record",
+    "write_metrics_json",
+    "read_metrics_json",
+    "method_order",
+    "aggregate",
+    "summary_columns",
+    "write_tables",
+    "render_summary_html",
+]
+
+#: Columns of the long table (and keys of :func:`metrics_record` rows).
+LONG_COLUMNS = ("subject", "method", "convention", "metric", "value", "slices_used")
+
+CONVENTION_NOTE = ("lpmnet = 3D definitions of the LPM-Net code; "
+                   "standard = 2D slice-wise community toolbox definitions")
+
+FLOAT_FORMAT = "%.6g"
+NA_REP = "NaN"
+
+
+# --------------------------------------------------------------------------- records
+def _parts(result) -> tuple[dict, dict]:
+    """(values, slices_used) of a MetricSet or of its dict form."""
+    if hasattr(result, "values") and hasattr(result, "slices_used") and not isinstance(result, dict):
+        return dict(result.values), dict(result.slices_used or {})
+    if isinstance(result, dict) and "values" in result:
+        return dict(result["values"]), dict(result.get("slices_used") or {})
+    raise TypeError(f"expected a MetricSet or a dict with 'values', got {type(result).__name__}")
+
+
+def _metric_order(names) -> list[str]:
+    known = [m for m in METRIC_NAMES if m in names]
+    return known + sorted(n for n in names if n not in METRIC_NAMES)
+
+
+def _check_label(value, what: str) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in "\t\r\n"):
+        raise ValueError(f"{what} must be a non-empty string without tabs or newlines, got {value!r}")
+    return value
+
+
+def _slices(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+def metrics_record(subject: str, method: str, results: dict) -> list[dict]:
+    """Long rows ``{subject, method, convention, metric, value, slices_used}`` of a ``compute_all`` result.
+
+    ``results`` maps convention -> :class:`lpmnet.metrics.MetricSet` (or its ``to_dict()`` /
+    JSON form ``{"values": ..., "slices_used": ...}``).  Rows follow the conventions' order in
+    ``results`` and :data:`METRIC_NAMES` order (unknown metric names last, alphabetically);
+    ``value`` is a float (NaN when undefined), ``slices_used`` an int or None.
+    """
+    _check_label(subject, "subject")
+    _check_label(method, "method")
+    rows = []
+    for convention, result in results.items():
+        _check_label(convention, "convention")
+        values, used = _parts(result)
+        for metric in _metric_order(values):
+            value = values[metric]
+            rows.append({
+                "subject": subject,
+                "method": method,
+                "convention": convention,
+                "metric": metric,
+                "value": float("nan") if value is None else float(value),
+                "slices_used": _slices(used.get(metric)),
+            })
+    return rows
+
+
+def _encode(value):
+    if value is None:
+        return None
+    v = float(value)
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _decode(value, path, where):
+    if value is None:
+        return float("nan")
+    if isinstance(value, str):
+        if value.strip().lower() in ("inf", "+inf", "infinity"):
+            return float("inf")
+        if value.strip().lower() in ("-inf", "-infinity"):
+            return float("-inf")
+        if value.strip().lower() == "nan":
+            return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(path, f"{where}: expected a number or null, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(path, f"{where}: expected a number or null, got {value!r}") from None
+
+
+def write_metrics_json(path, subject: str, method: str, results: dict) -> Path:
+    """Write one subject's metrics for one method as strict JSON, atomically; returns the path.
+
+    ``results``: a :func:`lpmnet.metrics.compute_all` result (convention -> MetricSet).  NaN is
+    written ``null``, +/-inf as ``"inf"`` / ``"-inf"``.
+    """
+    _check_label(subject, "subject")
+    _check_label(method, "method")
+    conventions = {}
+    for convention, result in results.items():
+        _check_label(convention, "convention")
+        values, used = _parts(result)
+        order = _metric_order(values)
+        conventions[convention] = {
+            "values": {m: _encode(values[m]) for m in order},
+            "slices_used": {m: _slices(used.get(m)) for m in order},
+        }
+    doc = {"subject": subject, "method": method, "conventions": conventions}
+    return atomic_write_json(path, doc, nan_as_null=True)
+
+
+def read_metrics_json(path) -> dict:
+    """Read a file of :func:`write_metrics_json`: same structure, values as floats (NaN for null).
+
+    Raises :class:`InputError` naming the file when it is missing, not JSON, or malformed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "metrics file not found")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(p, f"not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise InputError(p, "expected a JSON object")
+    for key in ("subject", "method"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise InputError(p, f"missing or empty {key!r}")
+    convs = doc.get("conventions")
+    if not isinstance(convs, dict) or not convs:
+        raise InputError(p, "missing or empty 'conventions'")
+    out = {"subject": doc["subject"], "method": doc["method"], "conventions": {}}
+    for convention, entry in convs.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
+            raise InputError(p, f"convention {convention!r}: missing 'values'")
+        used = entry.get("slices_used") or {}
+        if not isinstance(used, dict):
+            raise InputError(p, f"convention {convention!r}: 'slices_used' must be an object")
+        values = {m: _decode(v, p, f"{convention}.{m}") for m, v in entry["values"].items()}
+        slices = {}
+        for m in values:
+            s = used.get(m)
+            if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or s != int(s)):
+                raise InputError(p, f"{convention}.slices_used.{m}: expected an integer or null, got {s!r}")
+            slices[m] = None if s is None else int(s)
+        out["conventions"][convention] = {"values": values, "slices_used": slices}
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+def method_order(methods) -> list[str]:
+    """Methods with ``"lpmnet"`` first, then alphabetically."""
+    unique = set(methods)
+    return (["lpmnet"] if "lpmnet" in unique else []) + sorted(unique - {"lpmnet"})
+
+
+def _convention_order(conventions) -> list[str]:
+    unique = set(conventions)
+    return [c for c in CONVENTIONS if c in unique] + sorted(unique - set(CONVENTIONS))
+
+
+def summary_columns(metrics=METRIC_NAMES) -> list[str]:
+    """Columns of the summary table: method, convention, n_subjects, then <metric>_mean, <metric>_std."""
+    cols = ["method", "convention", "n_subjects"]
+    for m in metrics:
+        cols += [f"{m}_mean", f"{m}_std"]
+    return cols
+
+
+def aggregate(json_paths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read metric JSONs into ``(long_df, summary_df)``.
+
+    ``long_df``: columns :data:`LONG_COLUMNS`, one row per subject / method / convention /
+    metric, sorted by method (``lpmnet`` first, then alphabetical), convention (``lpmnet``,
+    ``standard``, then others), subject, metric (:data:`METRIC_NAMES` order); ``slices_used`` is a
+    nullable integer column.
+
+    ``summary_df``: one row per (method, convention) in the same order, columns
+    ``method, convention, n_subjects`` then ``<metric>_mean, <metric>_std`` for every metric of
+    :data:`METRIC_NAMES` (always all of them, NaN when a metric was not computed) followed by
+    any other metric names found, alphabetically.  Means and sample standard deviations
+    (ddof=1, NaN for a single value) are over subjects, skipping NaN (undefined) values;
+    ``n_subjects`` counts the subjects of that method and convention.
+
+    Two files for the same subject and method raise :class:`InputError`; an empty list raises
+    :class:`ValueError`.
+    """
+    paths = [Path(p) for p in json_paths]
+    if not paths:
+        raise ValueError("no metric files to aggregate")
+    rows, seen = [], {}
+    for p in paths:
+        doc = read_metrics_json(p)
+        key = (doc["subject"], doc["method"])
+        if key in seen:
+            raise InputError(p, f"subject {key[0]} / method {key[1]} is also in {seen[key]}")
+        seen[key] = p
+        rows += metrics_record(doc["subject"], doc["method"], doc["conventions"])
+
+    long_df = pd.DataFrame(rows, columns=list(LONG_COLUMNS))
+    methods = method_order(long_df["method"])
+    conventions = _convention_order(long_df["convention"])
+    metrics = _metric_order(set(long_df["metric"]))
+    long_df["slices_used"] = pd.array(
+        [None if s is None or (isinstance(s, float) and math.isnan(s)) else int(s)
+         for s in long_df["slices_used"]], dtype="Int64")
+    long_df["value"] = long_df["value"].astype(float)
+    sort_keys = {
+        "method": {m: i for i, m in enumerate(methods)},
+        "convention": {c: i for i, c in enumerate(conventions)},
+        "metric": {m: i for i, m in enumerate(metrics)},
+    }
+    long_df = long_df.sort_values(
+        ["method", "convention", "subject", "metric"],
+        key=lambda col: col.map(sort_keys[col.name]) if col.name in sort_keys else col,
+        kind="stable",
+    ).reset_index(drop=True)
+
+    summary_metrics = list(METRIC_NAMES) + [m for m in metrics if m not in METRIC_NAMES]
+    summary_rows = []
+    for method in methods:
+        for convention in conventions:
+            part = long_df[(long_df["method"] == method) & (long_df["convention"] == convention)]
+            if part.empty:
+                continue
+            row = {"method": method, "convention": convention,
+                   "n_subjects": int(part["subject"].nunique())}
+            for m in summary_metrics:
+                vals = part.loc[part["metric"] == m, "value"].to_numpy(dtype=float)
+                vals = vals[~np.isnan(vals)]
+                with np.errstate(invalid="ignore"):
+                    row[f"{m}_mean"] = float(np.mean(vals)) if vals.size else float("nan")
+                    row[f"{m}_std"] = float(np.std(vals, ddof=1)) if vals.size > 1 else float("nan")
+            summary_rows.append(row)
+    summary_df = pd.DataFrame(summary_rows, columns=summary_columns(summary_metrics))
+    summary_df["n_subjects"] = summary_df["n_subjects"].astype(int)
+    return long_df, summary_df
+
+
+def _counts(long_df: pd.DataFrame) -> dict:
+    """(method, convention, metric) -> number of defined (non-NaN) values."""
+    defined = long_df[~long_df["value"].isna()]
+    return defined.groupby(["method", "convention", "metric"]).size().to_dict()
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4g}"
+
+
+def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None = None,
+                 title: str = "Fusion metrics") -> str:
+    """A small standalone HTML page of the summary table (mean ± SD per metric).
+
+    With ``long_df`` a cell whose number of defined values differs from ``n_subjects`` shows
+    that count (``n=k``).
+    """
+    counts = _counts(long_df) if long_df is not None else {}
+    metrics = [c[: -len("_mean")] for c in summary_df.columns if c.endswith("_mean")]
+    if long_df is not None:  # only the metrics that were computed (even if undefined everywhere)
+        present = set(long_df["metric"])
+        metrics = [m for m in metrics if m in present] or metrics
+    else:
+        metrics = [m for m in metrics if not summary_df[f"{m}_mean"].isna().all()] or metrics
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in metrics)
+    body = []
+    for _, row in summary_df.iterrows():
+        cells = [f"<td class='lbl'>{html.escape(str(row['method']))}</td>",
+                 f"<td class='lbl'>{html.escape(str(row['convention']))}</td>",
+                 f"<td>{int(row['n_subjects'])}</td>"]
+        for m in metrics:
+            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+            text = _fmt(mean) if (isinstance(std, float) and math.isnan(std)) else f"{_fmt(mean)} ± {_fmt(std)}"
+            n = counts.get((row["method"], row["convention"], m))
+            if long_df is not None and n is not None and n != int(row["n_subjects"]):
+                text += f" <span class='n'>(n={n})</span>"
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    caption = (f"{html.escape(title)}<br><span class='note'>Mean ± sample SD over subjects; "
+               "undefined values are skipped (–: no value). Conventions: "
+               f"{html.escape(CONVENTION_NOTE)}.</span>")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>
+  body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }}
+  table {{ border-collapse: collapse; font-size: 0.9em; }}
+  caption {{ caption-side: top; text-align: left; font-weight: 600; font-size: 1.05em; padding-bottom: 0.5em; }}
+  caption .note {{ font-weight: normal; font-size: 0.85em; color: #555; }}
+  th, td {{ padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
+  th {{ background: #f0f3f7; border-bottom: 2px solid #99a; }}
+  td.lbl {{ text-align: left; font-weight: 600; }}
+  tr:nth-child(even) td {{ background: #fafbfc; }}
+  .n {{ color: #888; font-size: 0.85em; }}
+</style>
+</head>
+<body>
+<table>
+<caption>{caption}</caption>
+<thead><tr><th style="text-align:left">method</th><th style="text-align:left">convention</th><th>n</th>{head}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+def _write_tsv(df: pd.DataFrame, path) -> Path:
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format=FLOAT_FORMAT, na_rep=NA_REP,
+                  lineterminator="\n")
+    return Path(path)
+
+
+def write_tables(json_paths, long_tsv, summary_tsv, summary_html=None,
+                 title: str = "Fusion metrics") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`aggregate` the JSONs and write the long and summary tables atomically.
+
+    TSVs are tab-separated with a header, floats as ``%.6g``, missing values as ``NaN``
+    (``pandas.read_csv(path, sep="\\t")`` reads them back).  ``summary_html`` (optional path)
+    gets a standalone HTML page of the summary (:func:`render_summary_html`).  Returns
+    ``(long_df, summary_df)``.
+    """
+    long_df, summary_df = aggregate(json_paths)
+    _write_tsv(long_df, long_tsv)
+    _write_tsv(summary_df, summary_tsv)
+    if summary_html is not None:
+        atomic_write_text(summary_html, render_summary_html(summary_df, long_df, title=title))
+    return long_df, summary_df

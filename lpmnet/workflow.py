@@ -1,0 +1,168 @@
+"""What the Snakemake workflow needs to know before any job runs: datasets, subjects, sources, pairs.
+
+Every dataset, whatever its source, becomes one table of :class:`Source` rows (dataset, subject,
+modality, path, kind). The rules read this table when Snakemake builds its job graph, so no rule
+crawls folders. A problem that concerns one subject (a file that does not exist, a modality missing
+for a subject) does not stop the graph from being built: it is carried to that subject's conversion
+job, which fails with a message naming the file, while the other subjects go on (``--keep-going``).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lpmnet.errors import InputError
+
+RESULTS = "results"
+LABEL = re.compile(r"^[A-Za-z0-9]+$")
+TABLE_COLUMNS = ("dataset", "subject", "modality", "path")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input volume: a NIfTI file or a DICOM series folder (``kind`` "nifti", "dicom" or "missing").
+
+    ``problem`` explains a "missing" source; the conversion job reports it.
+    """
+
+    dataset: str
+    subject: str
+    modality: str
+    path: str
+    kind: str
+    problem: str = ""
+
+
+def subject_label(raw, where):
+    """BIDS label of a subject: "sub-01" and "01" both give "01"; only letters and digits are allowed."""
+    label = str(raw).strip().removeprefix("sub-")
+    if not LABEL.match(label):
+        raise InputError(where, f"subject {raw!r} is not a BIDS label (letters and digits only)")
+    return label
+
+
+def _kind(path):
+    p = Path(path)
+    if p.is_dir():
+        return "dicom"
+    if p.name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    return "dicom" if not p.suffix else "nifti"
+
+
+def pair_label(pair):
+    return f"{pair[0]}-{pair[1]}"
+
+
+def needed_modalities(dataset_config):
+    """The fixed modality plus every modality of a pair, in a stable order."""
+    names = [dataset_config["fixed"]]
+    for pair in dataset_config["pairs"]:
+        names += [m for m in pair if m not in names]
+    return names
+
+
+def demo_sources(name, dataset_config, results=RESULTS):
+    from lpmnet.demo import demo_layout
+
+    root = Path(results) / name / "sourcedata"
+    rows = demo_layout(dataset_config.get("subjects", 6), dataset_config.get("modalities", ("T1", "FLAIR", "PET")),
+                       dataset_config.get("dicom_modalities", ("T1",)))
+    return [Source(name, subject_label(r["subject"], root), r["modality"], str(root / r["path"]),
+                   "dicom" if r["modality"] in dataset_config.get("dicom_modalities", ("T1",)) else "nifti")
+            for r in rows]
+
+
+def table_sources(name, table):
+    """Rows of a user's subjects table for dataset ``name`` (paths relative to the table's folder)."""
+    table = Path(table)
+    if not table.is_file():
+        raise InputError(table, "subjects table not found")
+    with open(table, newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        missing = [c for c in TABLE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(table, f"missing column(s) {', '.join(missing)}; expected {', '.join(TABLE_COLUMNS)}")
+        rows = [row for row in reader if row["dataset"] == name]
+    if not rows:
+        raise InputError(table, f"no rows for dataset {name!r}")
+    sources, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        where = f"{table} line {line}"
+        subject = subject_label(row["subject"], where)
+        modality = row["modality"].strip()
+        if not LABEL.match(modality):
+            raise InputError(where, f"modality {modality!r} is not a label (letters and digits only)")
+        if (subject, modality) in seen:
+            raise InputError(where, f"subject {subject} has {modality} twice")
+        seen.add((subject, modality))
+        path = Path(row["path"].strip())
+        path = path if path.is_absolute() else table.parent / path
+        if path.exists():
+            sources.append(Source(name, subject, modality, str(path), _kind(path)))
+        else:
+            sources.append(Source(name, subject, modality, str(path), "missing",
+                                  f"{path}: file not found (listed in {table})"))
+    return sources
+
+
+def dataset_sources(name, dataset_config, results=RESULTS):
+    """All sources of one dataset, completed with "missing" rows for modalities that a subject lacks."""
+    if dataset_config["source"] == "demo":
+        sources = demo_sources(name, dataset_config, results)
+        where = "the demo dataset"
+    else:
+        sources = table_sources(name, dataset_config["table"])
+        where = dataset_config["table"]
+    have = {(s.subject, s.modality) for s in sources}
+    for subject in sorted({s.subject for s in sources}):
+        for modality in needed_modalities(dataset_config):
+            if (subject, modality) not in have:
+                sources.append(Source(name, subject, modality, str(where), "missing",
+                                      f"{where}: subject {subject} has no {modality} volume"))
+    return sources
+
+
+def check_dataset_config(name, dataset_config):
+    """Consistency that the JSON schema cannot express."""
+    fixed = dataset_config["fixed"]
+    for pair in dataset_config["pairs"]:
+        if pair[0] == pair[1]:
+            raise ValueError(f"datasets.{name}.pairs: {pair} fuses a modality with itself")
+    if dataset_config["source"] == "demo":
+        modalities = dataset_config.get("modalities", ())
+        for m in needed_modalities(dataset_config):
+            if m not in modalities:
+                raise ValueError(f"datasets.{name}: modality {m} is used but not in modalities {modalities}")
+        if fixed not in modalities:
+            raise ValueError(f"datasets.{name}.fixed: {fixed} is not among modalities {modalities}")
+
+
+def run_job(smk, main):
+    """Entry point of the workflow's scripts: ``run_job(snakemake, main)``.
+
+    The job's stderr and log records go to its ``log:`` file. Bad input (an
+    :class:`~lpmnet.errors.LPMNetError`) ends the job with one line naming the file and the problem,
+    in the log and on the console, and a non-zero exit so that Snakemake removes the job's outputs.
+    """
+    import logging
+    import sys
+
+    from lpmnet.errors import LPMNetError
+
+    console = sys.stderr
+    log_file = open(smk.log[0], "w", buffering=1) if smk.log else console
+    sys.stderr = log_file
+    logging.basicConfig(stream=log_file, level=logging.INFO, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        main(smk)
+    except LPMNetError as err:
+        message = f"lpmnet: error in rule {smk.rule}: {err}"
+        print(message, file=log_file)
+        if log_file is not console:
+            print(message, file=console)
+        sys.exit(1)

@@ -1,0 +1,51 @@
+# Sources: the embedded demo dataset, and conversion of every source (NIfTI or DICOM) to a checked NIfTI.
+
+
+rule demo_dataset:
+    output:
+        table=f"{RESULTS}/{{dataset}}/sourcedata/subjects.tsv",
+    params:
+        subjects=lambda w: DATASETS[w.dataset].get("subjects", 6),
+        seed=lambda w: DATASETS[w.dataset].get("seed", 0),
+        modalities=lambda w: DATASETS[w.dataset].get("modalities", ["T1", "FLAIR", "PET"]),
+        dicom_modalities=lambda w: DATASETS[w.dataset].get("dicom_modalities", ["T1"]),
+        voxel_mm=lambda w: DATASETS[w.dataset].get("voxel_mm", 2.0),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/demo_dataset.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/demo_dataset.tsv"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/demo_dataset.py"
+
+
+def conversion_input(wildcards):
+    """The source file, or the demo's table for generated data, or the user's table for a missing one."""
+    source = SOURCES.get((wildcards.dataset, wildcards.subject, wildcards.modality))
+    if source is None:
+        raise ValueError(f"dataset {wildcards.dataset} has no subject {wildcards.subject} with {wildcards.modality}")
+    if DATASETS[wildcards.dataset]["source"] == "demo":
+        return f"{RESULTS}/{wildcards.dataset}/sourcedata/subjects.tsv"
+    return source.path if source.kind != "missing" else DATASETS[wildcards.dataset]["table"]
+
+
+rule convert:
+    input:
+        conversion_input,
+    output:
+        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_{{modality}}.nii.gz",
+    params:
+        source=lambda w: SOURCES[(w.dataset, w.subject, w.modality)].path,
+        kind=lambda w: SOURCES[(w.dataset, w.subject, w.modality)].kind,
+        problem=lambda w: SOURCES[(w.dataset, w.subject, w.modality)].problem,
+    log:
+        f"{RESULTS}/{{dataset}}/logs/convert/sub-{{subject}}_{{modality}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/convert/sub-{{subject}}_{{modality}}.tsv"
+    group:
+        "subject_preprocessing"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/convert.py"

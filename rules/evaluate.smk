@@ -1,0 +1,97 @@
+# Metrics in both conventions, aggregate tables, and the figures of the report.
+
+
+def fused_path(dataset, pair, subject, method):
+    fixed = DATASETS[dataset]["fixed"]
+    return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{fixed}_desc-{method}_fused.nii.gz"
+
+
+rule metrics:
+    input:
+        unpack(fusion_sources),
+        fused=lambda w: fused_path(w.dataset, w.pair, w.subject, w.method),
+    output:
+        f"{RESULTS}/{{dataset}}/{{pair}}/metrics/sub-{{subject}}_desc-{{method}}_metrics.json",
+    params:
+        conventions=config["metrics"]["conventions"],
+        axis=config["metrics"]["axis"],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/metrics/{{pair}}/sub-{{subject}}_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/metrics/{{pair}}/sub-{{subject}}_{{method}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/metrics.py"
+
+
+rule metric_tables:
+    input:
+        lambda w: [
+            f"{pair_dir(w.dataset, w.pair)}/metrics/sub-{s}_desc-{m}_metrics.json"
+            for s in subjects_in(SPLITS[w.dataset], "test")
+            for m in METHODS
+        ],
+    output:
+        summary=report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/metrics.tsv",
+            caption="../report/metrics.rst",
+            category="Metrics",
+            subcategory="{dataset}",
+            labels={"pair": "{pair}", "table": "summary (TSV)"},
+        ),
+        long=f"{RESULTS}/{{dataset}}/{{pair}}/metrics_long.tsv",
+        html=report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/metrics.html",
+            caption="../report/metrics.rst",
+            category="Metrics",
+            subcategory="{dataset}",
+            labels={"pair": "{pair}", "table": "summary"},
+        ),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/metric_tables/{{pair}}.log",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/metric_tables.py"
+
+
+rule fusion_montage:
+    input:
+        unpack(fusion_sources),
+        fused=lambda w: [fused_path(w.dataset, w.pair, w.subject, m) for m in METHODS],
+    output:
+        report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/qc/sub-{{subject}}_montage.png",
+            caption="../report/montage.rst",
+            category="Fusion",
+            subcategory="{dataset} {pair}",
+            labels={"subject": "{subject}", "pair": "{pair}"},
+        ),
+    params:
+        labels=lambda w: [*pair_modalities(w), *METHODS],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/montage/{{pair}}/sub-{{subject}}.log",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/fusion_montage.py"
+
+
+rule training_curves:
+    input:
+        f"{RESULTS}/{{dataset}}/{{pair}}/model/training_log.csv",
+    output:
+        report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/model/training_curves.png",
+            caption="../report/training.rst",
+            category="Training",
+            subcategory="{dataset}",
+            labels={"pair": "{pair}"},
+        ),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/training_curves/{{pair}}.log",
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/training_curves.py"

@@ -1,0 +1,107 @@
+# Per subject: optional N4, registration of each moving modality onto the fixed one, normalisation.
+
+
+def registration_source(wildcards, modality):
+    base = f"{subject_dir(wildcards.dataset, wildcards.subject)}/sub-{wildcards.subject}"
+    return f"{base}_desc-n4_{modality}.nii.gz" if config["registration"]["n4"] else f"{base}_{modality}.nii.gz"
+
+
+rule n4_bias_correction:
+    input:
+        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_{{modality}}.nii.gz",
+    output:
+        temp(f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_desc-n4_{{modality}}.nii.gz"),
+    params:
+        seed=config["registration"]["seed"],
+    threads: config["registration"]["threads"]
+    log:
+        f"{RESULTS}/{{dataset}}/logs/n4/sub-{{subject}}_{{modality}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/n4/sub-{{subject}}_{{modality}}.tsv"
+    group:
+        "subject_preprocessing"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/n4.py"
+
+
+rule register:
+    input:
+        fixed=lambda w: registration_source(w, w.fixed),
+        moving=lambda w: registration_source(w, w.modality),
+    output:
+        registered=temp(
+            f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_desc-registered_{{modality}}.nii.gz"
+        ),
+        transform=f"{RESULTS}/{{dataset}}/sub-{{subject}}/xfm/sub-{{subject}}_from-{{modality}}_to-{{fixed}}_mode-image_xfm.mat",
+        report=f"{RESULTS}/{{dataset}}/sub-{{subject}}/qc/sub-{{subject}}_from-{{modality}}_to-{{fixed}}_registration.json",
+        qc=report(
+            f"{RESULTS}/{{dataset}}/sub-{{subject}}/qc/sub-{{subject}}_from-{{modality}}_to-{{fixed}}_regqc.png",
+            caption="../report/registration.rst",
+            category="Registration QC",
+            subcategory="{dataset}",
+            labels={"subject": "{subject}", "moving": "{modality}", "fixed": "{fixed}"},
+        ),
+    params:
+        transform=config["registration"]["transform"],
+        seed=config["registration"]["seed"],
+        prefix=lambda w, output: output.transform.removesuffix("_mode-image_xfm.mat"),
+    threads: config["registration"]["threads"]
+    log:
+        f"{RESULTS}/{{dataset}}/logs/register/sub-{{subject}}_from-{{modality}}_to-{{fixed}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/register/sub-{{subject}}_from-{{modality}}_to-{{fixed}}.tsv"
+    group:
+        "subject_preprocessing"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/register.py"
+
+
+def normalization_input(wildcards):
+    """The fixed modality as converted; a moving one after registration (or as converted, on one grid)."""
+    dataset, subject, modality = wildcards.dataset, wildcards.subject, wildcards.modality
+    fixed = DATASETS[dataset]["fixed"]
+    base = f"{subject_dir(dataset, subject)}/sub-{subject}"
+    inputs = {"fixed": f"{base}_{fixed}.nii.gz"}
+    if modality == fixed or not DATASETS[dataset].get("register", True):
+        inputs["volume"] = f"{base}_{modality}.nii.gz"
+    else:
+        inputs["volume"] = f"{base}_space-{fixed}_desc-registered_{modality}.nii.gz"
+    return inputs
+
+
+rule normalize:
+    input:
+        unpack(normalization_input),
+    output:
+        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_desc-norm_{{modality}}.nii.gz",
+    params:
+        low=config["normalization"]["low_percentile"],
+        high=config["normalization"]["high_percentile"],
+        mask=config["normalization"]["mask"],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/normalize/sub-{{subject}}_space-{{fixed}}_{{modality}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/normalize/sub-{{subject}}_space-{{fixed}}_{{modality}}.tsv"
+    group:
+        "subject_preprocessing"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/normalize.py"
+
+
+rule split:
+    output:
+        f"{RESULTS}/{{dataset}}/split.tsv",
+    params:
+        split=lambda w: SPLITS[w.dataset],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/split.log",
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/split.py"

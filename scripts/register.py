@@ -1,0 +1,21 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+from lpmnet.workflow import run_job
+
+
+def main(smk):
+    from lpmnet.io import atomic_write_json
+    from lpmnet.registration import register, registration_qc_figure
+
+    result = register(smk.input.fixed, smk.input.moving, smk.output.registered, smk.params.prefix,
+                      transform=smk.params.transform, seed=smk.params.seed, threads=smk.threads)
+    print(f"Mattes MI {result['mattes_mi_before']:.4f} -> {result['mattes_mi_after']:.4f} "
+          f"(improved: {result['improved']})", file=sys.stderr)
+    atomic_write_json(smk.output.report, result)
+    w = smk.wildcards
+    registration_qc_figure(smk.input.fixed, smk.output.registered, smk.output.qc,
+                           title=f"sub-{w.subject}: {w.modality} registered to {w.fixed} ({smk.params.transform})")
+
+
+run_job(snakemake, main)

@@ -1,0 +1,86 @@
+"""The command line as a user runs it: real processes, real files, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from helpers import TEST_AFFINE, write_pair
+from lpmnet.io import save_volume
+from lpmnet.metrics import METRIC_NAMES
+from lpmnet.models import LPMNet, save_checkpoint
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "lpmnet.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    ckpt = folder / "model.pt"
+    save_checkpoint(ckpt, LPMNet(base_c=4, depth_c=1, depth_m=1, reconstruction=False))
+    a, b = write_pair(folder)
+    return folder, a, b, ckpt
+
+
+def test_fuse_then_metrics_json(files, tmp_path):
+    folder, a, b, ckpt = files
+    out = tmp_path / "fused.nii.gz"
+    result = run_cli("fuse", a, b, "-o", out, "--checkpoint", ckpt)
+    assert result.returncode == 0, result.stderr
+    assert np.allclose(nib.load(out).affine, TEST_AFFINE)
+    result = run_cli("metrics", a, b, out, "--convention", "both", "--json", "-o", tmp_path / "m.json")
+    assert result.returncode == 0, result.stderr
+    table = json.loads(result.stdout)
+    assert set(table) == {"lpmnet", "standard"}
+    for convention in table:
+        assert list(table[convention]) == list(METRIC_NAMES)
+    assert json.loads((tmp_path / "m.json").read_text()) == table
+    only = json.loads(run_cli("metrics", a, b, out, "--convention", "standard", "--json").stdout)
+    assert set(only) == {"standard"}
+
+
+def _bad_inputs(folder, a):
+    data = nib.load(a).get_fdata(dtype=np.float32)
+    nan = data.copy()
+    nan[3, 3, 3] = np.nan
+    bad = {
+        "missing": folder / "missing.nii.gz",
+        "not_nifti": folder / "notes.nii.gz",
+        "4d": save_volume(folder / "series.nii.gz", np.stack([data, data], -1), TEST_AFFINE),
+        "nan": save_volume(folder / "nan.nii.gz", nan, TEST_AFFINE),
+        "constant": save_volume(folder / "constant.nii.gz", np.ones_like(data), TEST_AFFINE),
+        "shape": save_volume(folder / "small.nii.gz", data[:-1], TEST_AFFINE),
+    }
+    bad["not_nifti"].write_text("this is not an image")
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_nifti", "4d", "nan", "constant", "shape"])
+def test_bad_input_gives_one_clear_line(files, tmp_path, kind):
+    folder, a, b, ckpt = files
+    bad = _bad_inputs(tmp_path, a)[kind]
+    out = tmp_path / "fused.nii.gz"
+    result = run_cli("fuse", a, bad, "-o", out, "--checkpoint", ckpt)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("lpmnet: error: ") and bad.name in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+    metrics = run_cli("metrics", a, b, bad, "--json")
+    assert metrics.returncode == 2 and bad.name in metrics.stderr and metrics.stdout == ""
+
+
+def test_bad_checkpoint_and_usage(files, tmp_path):
+    folder, a, b, _ = files
+    junk = tmp_path / "junk.pt"
+    junk.write_text("x")
+    result = run_cli("fuse", a, b, "-o", tmp_path / "f.nii.gz", "--checkpoint", junk)
+    assert result.returncode == 2 and "junk.pt" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("fuse", a).returncode == 2  # argparse usage error

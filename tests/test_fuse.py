@@ -1,0 +1,96 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from helpers import TEST_AFFINE, smooth_pair, write_pair
+from lpmnet.errors import InputError
+from lpmnet.fuse import fuse_arrays, fuse_files
+from lpmnet.io import save_volume
+from lpmnet.models import FusionOutput, LPMNet, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, LPMNet(), model_card={"method": "LPM-Net", "note": "untrained, for tests"})
+    return path
+
+
+def test_fused_nifti_has_fixed_geometry_and_sidecar(tmp_path, checkpoint):
+    a, b = write_pair(tmp_path)
+    out = tmp_path / "fused" / "sub-01_space-T1_desc-lpmnet_fused.nii.gz"
+    sidecar = fuse_files(a, b, out, checkpoint, components=True)
+    img, fixed = nib.load(out), nib.load(a)
+    assert img.shape == fixed.shape and np.allclose(img.affine, fixed.affine, atol=1e-6)
+    assert img.get_data_dtype() == np.float32 and int(img.header["sform_code"]) > 0
+    data = img.get_fdata()
+    assert 0 <= data.min() and data.max() <= 1 and data.std() > 0
+    on_disk = json.loads((tmp_path / "fused" / "sub-01_space-T1_desc-lpmnet_fused.json").read_text())
+    assert on_disk == json.loads(json.dumps(sidecar))
+    assert on_disk["Sources"][0]["path"] == str(a) and len(on_disk["Sources"][0]["sha256"]) == 64
+    assert "min-max" in on_disk["Normalization"] and on_disk["Checkpoint"]["sha256"]
+    for name in ("base", "detail"):
+        assert nib.load(tmp_path / "fused" / f"sub-01_space-T1_desc-lpmnet_fused_{name}.nii.gz").shape == fixed.shape
+
+
+def test_inputs_on_different_grids_are_refused(tmp_path, checkpoint):
+    a, b = smooth_pair()
+    pa = save_volume(tmp_path / "a.nii.gz", a, TEST_AFFINE)
+    shifted = TEST_AFFINE.copy()
+    shifted[0, 3] += 3.0
+    pb = save_volume(tmp_path / "b.nii.gz", b, shifted)
+    pc = save_volume(tmp_path / "c.nii.gz", b[:, :, :-2], TEST_AFFINE)
+    out = tmp_path / "f.nii.gz"
+    for moving in (pb, pc):
+        with pytest.raises(InputError, match=moving.name):
+            fuse_files(pa, moving, out, checkpoint)
+    assert not out.exists()
+
+
+class VoxelwiseMean(torch.nn.Module):
+    """A purely local 'network': tiling must reproduce its whole-volume output exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x1, x2):
+        mean = (x1 + x2) / 2 + self.anchor
+        return FusionOutput(mean, x1, x2, None)
+
+
+def test_tiles_cover_and_blend_exactly():
+    model = VoxelwiseMean().eval()
+    a, b = (np.random.default_rng(0).random((2, 45, 38, 33))).astype(np.float32)
+    for tile, overlap in ((16, 0.0), (32, 0.5), ((16, 32, 48), 0.25)):
+        out = fuse_arrays(model, a, b, tile=tile, overlap=overlap)
+        np.testing.assert_allclose(out["fused"], (a + b) / 2, rtol=1e-6)
+        np.testing.assert_allclose(out["base"], a, rtol=1e-6)
+
+
+def test_tiled_fusion_of_the_network(checkpoint):
+    from lpmnet.models import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    a, b = smooth_pair((40, 36, 34))
+    a, b = a / a.max(), b / b.max()
+    whole = fuse_arrays(model, a, b)["fused"]
+    assert np.array_equal(fuse_arrays(model, a, b, tile=64)["fused"], whole)  # one tile = whole volume
+    tiled = fuse_arrays(model, a, b, tile=32, overlap=0.5)["fused"]
+    assert tiled.shape == whole.shape and np.isfinite(tiled).all() and 0 <= tiled.min() <= tiled.max() <= 1
+
+
+def test_real_volumes_overlay_on_the_t1(shared_data, tmp_path, checkpoint):
+    folder = shared_data / "oms_patient07_mni"
+    t1, flair = folder / "T1.nii.gz", folder / "FLAIR.nii.gz"
+    out = tmp_path / "fused.nii.gz"
+    fuse_files(t1, flair, out, checkpoint)
+    fused, ref = nib.load(out), nib.load(t1)
+    assert fused.shape == ref.shape
+    assert np.allclose(fused.affine, ref.affine, atol=1e-5)
+    data = fused.get_fdata(dtype=np.float32)
+    assert np.isfinite(data).all() and 0 <= data.min() <= data.max() <= 1

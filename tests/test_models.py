@@ -1,0 +1,257 @@
+"""LPM-Net model: parameter count, checkpoint compatibility, and equality with an independent
+re-statement of the original forward pass written from docs/lpmnet.md."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lpmnet.errors import InputError
+from lpmnet.models import LPMNet, count_parameters, load_checkpoint, random_block_mask, save_checkpoint
+
+# The original code's state-dict keys and shapes (docs/lpmnet.md, "Checkpoint compatibility").
+ORIGINAL_VIEW_KEYS = {
+    "Conv_{v}.layers.0.conv.weight": (8, 8, 3, 3),
+    "Conv_{v}.layers.0.conv.bias": (8,),
+    "Conv_{v}.layers.1.conv.weight": (8, 16, 3, 3),
+    "Conv_{v}.layers.1.conv.bias": (8,),
+}
+for _j in (0, 1):
+    ORIGINAL_VIEW_KEYS.update({
+        f"Mamba_{{v}}.layers.{_j}.norm.weight": (24,),
+        f"Mamba_{{v}}.layers.{_j}.norm.bias": (24,),
+        f"Mamba_{{v}}.layers.{_j}.mamba.A_log": (24, 8),
+        f"Mamba_{{v}}.layers.{_j}.mamba.D": (24,),
+        f"Mamba_{{v}}.layers.{_j}.mamba.in_proj.weight": (48, 24),
+        f"Mamba_{{v}}.layers.{_j}.mamba.conv1d.weight": (24, 1, 4),
+        f"Mamba_{{v}}.layers.{_j}.mamba.conv1d.bias": (24,),
+        f"Mamba_{{v}}.layers.{_j}.mamba.x_proj.weight": (18, 24),
+        f"Mamba_{{v}}.layers.{_j}.mamba.dt_proj.weight": (24, 2),
+        f"Mamba_{{v}}.layers.{_j}.mamba.dt_proj.bias": (24,),
+        f"Mamba_{{v}}.layers.{_j}.mamba.out_proj.weight": (24, 24),
+    })
+ORIGINAL_KEYS = {"Conv_in.weight": (8, 2, 3, 3, 3), "Conv_in.bias": (8,)}
+for _v in ("P1", "P2", "P3"):
+    ORIGINAL_KEYS.update({k.format(v=_v): s for k, s in ORIGINAL_VIEW_KEYS.items()})
+for _head, _out in (("cfc", 1), ("cfc_mask", 2)):
+    for _name in ("ff1", "ff2", "time_a", "time_b"):
+        ORIGINAL_KEYS[f"{_head}.{_name}.weight"] = (24, 24, 1, 1, 1)
+    ORIGINAL_KEYS[f"{_head}.fc.weight"] = (_out, 24, 1, 1, 1)
+    ORIGINAL_KEYS[f"{_head}.fc.bias"] = (_out,)
+
+
+def original_state_dict(seed=0, dtype=torch.float32):
+    """A state dict with the original keys and random (but Mamba-plausible) values."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in ORIGINAL_KEYS.items():
+        if key.endswith("A_log"):
+            sd[key] = torch.log(torch.arange(1, 9, dtype=dtype)).repeat(24, 1) + 0.1 * torch.rand(shape, generator=g, dtype=dtype)
+        elif key.endswith("dt_proj.bias"):
+            dt = torch.exp(torch.rand(shape, generator=g, dtype=dtype) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            sd[key] = dt + torch.log(-torch.expm1(-dt))
+        elif key.endswith("norm.weight") or key.endswith(".D"):
+            sd[key] = 1 + 0.1 * torch.randn(shape, generator=g, dtype=dtype)
+        else:
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
+            sd[key] = torch.randn(shape, generator=g, dtype=dtype) / math.sqrt(fan_in)
+    return sd
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent re-statement of the original forward pass (eval mode), straight from the spec:
+# explicit window loops, a sequential scan, and mamba_simple's (b, d, l) layout.
+# ---------------------------------------------------------------------------------------------
+
+def ref_mamba(p, pre, x):
+    """x: (n, L, d) -> (n, L, d)."""
+    w_in = p[pre + "in_proj.weight"]
+    di = w_in.shape[0] // 2
+    xz = torch.einsum("nld,ed->nel", x, w_in)  # (n, 2di, L)
+    xs, z = xz[:, :di], xz[:, di:]
+    k = p[pre + "conv1d.weight"].shape[-1]
+    xs = F.conv1d(F.pad(xs, (k - 1, 0)), p[pre + "conv1d.weight"], p[pre + "conv1d.bias"], groups=di)
+    xs = xs * torch.sigmoid(xs)
+    x_dbl = torch.einsum("ndl,ed->nle", xs, p[pre + "x_proj.weight"])
+    r = p[pre + "dt_proj.weight"].shape[1]
+    n_state = p[pre + "A_log"].shape[1]
+    dt = F.softplus(x_dbl[..., :r] @ p[pre + "dt_proj.weight"].T + p[pre + "dt_proj.bias"])  # (n, L, di)
+    b_in, c_out = x_dbl[..., r:r + n_state], x_dbl[..., r + n_state:]
+    a = -torch.exp(p[pre + "A_log"])
+    h = torch.zeros(x.shape[0], di, n_state, dtype=x.dtype)
+    ys = []
+    for t in range(x.shape[1]):
+        h = torch.exp(dt[:, t, :, None] * a) * h + dt[:, t, :, None] * b_in[:, t, None, :] * xs[:, :, t, None]
+        ys.append((h * c_out[:, t, None, :]).sum(-1) + p[pre + "D"] * xs[:, :, t])
+    y = torch.stack(ys, dim=1) * F.silu(z.transpose(1, 2))
+    return y @ p[pre + "out_proj.weight"].T
+
+
+def ref_view(p, view, slices):
+    """slices: (n, C, rows, cols) -> (n, 24, rows, cols)."""
+    x = slices
+    for i in range(2):
+        pre = f"Conv_{view}.layers.{i}.conv."
+        x = torch.cat([F.leaky_relu(F.conv2d(x, p[pre + "weight"], p[pre + "bias"], padding=1), 0.01), x], 1)
+    x = x.permute(0, 2, 3, 1)
+    for j in range(2):
+        pre = f"Mamba_{view}.layers.{j}."
+        if j % 2:
+            x = torch.roll(x, (-8, -8), (1, 2))
+        corners = [(r0, c0) for r0 in range(0, x.shape[1], 16) for c0 in range(0, x.shape[2], 16)]
+        n = x.shape[0]
+        wins = torch.cat([x[:, r0:r0 + 16, c0:c0 + 16, :].reshape(n, 256, -1) for r0, c0 in corners])
+        wins = F.layer_norm(wins, (24,), p[pre + "norm.weight"], p[pre + "norm.bias"])
+        wins = ref_mamba(p, pre + "mamba.", wins)
+        out = torch.empty_like(x)
+        for k, (r0, c0) in enumerate(corners):
+            out[:, r0:r0 + 16, c0:c0 + 16, :] = wins[k * n:(k + 1) * n].reshape(n, 16, 16, -1)
+        x = torch.roll(out, (8, 8), (1, 2)) if j % 2 else out
+    return x.permute(0, 3, 1, 2)
+
+
+def ref_forward(p, x1, x2):
+    """Eval-mode forward for (1, 1, D, H, W) inputs with D, H, W multiples of 16."""
+    f = F.conv3d(torch.cat([x1, x2], 1), p["Conv_in.weight"], p["Conv_in.bias"], padding=1)[0]  # (C, D, H, W)
+    p1 = ref_view(p, "P1", f.permute(1, 0, 2, 3)).permute(1, 0, 2, 3)  # D slices of HxW
+    p2 = ref_view(p, "P2", f.permute(2, 0, 1, 3)).permute(1, 2, 0, 3)  # H slices of DxW
+    p3 = ref_view(p, "P3", f.permute(3, 0, 1, 2)).permute(1, 2, 3, 0)  # W slices of DxH
+    h = torch.maximum(torch.maximum(p1, p2), p3)[None]
+
+    def conv(name, t):
+        return F.conv3d(t, p[f"cfc.{name}.weight"], p.get(f"cfc.{name}.bias"))
+
+    ff1, ff2 = conv("ff1", h), conv("ff2", h)
+    t = torch.sigmoid(conv("time_a", h) + conv("time_b", h))
+    squash = lambda v: torch.tanh(v) / 2 + 0.5  # noqa: E731
+    return squash(conv("fc", ff1 * (1 - t) + t * ff2)), squash(conv("fc", ff1)), squash(conv("fc", ff2))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parameter_count_matches_paper():
+    assert count_parameters(LPMNet()) == 26051
+    assert count_parameters(LPMNet(reconstruction=False)) == 23697
+
+
+def test_original_state_dict_keys_load_strictly():
+    model = LPMNet()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == ORIGINAL_KEYS
+    model.load_state_dict(original_state_dict(), strict=True)
+
+
+def test_forward_equals_independent_restatement_float64():
+    sd = original_state_dict(seed=1, dtype=torch.float64)
+    model = LPMNet().double().eval()
+    model.load_state_dict(sd, strict=True)
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.rand(1, 1, 16, 32, 32, generator=g, dtype=torch.float64)
+    x2 = torch.rand(1, 1, 16, 32, 32, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x1, x2)
+        fused, base, detail = ref_forward(sd, x1, x2)
+    torch.testing.assert_close(out.fused, fused, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(out.base, base, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(out.detail, detail, rtol=1e-9, atol=1e-10)
+    assert out.reconstruction is None
+
+
+def test_any_shape_is_padded_and_cropped_back():
+    torch.manual_seed(0)
+    model = LPMNet().eval()
+    x1, x2 = torch.rand(2, 1, 1, 17, 23, 30)
+    with torch.no_grad():
+        out = model(x1, x2)
+    for t in (out.fused, out.base, out.detail):
+        assert t.shape == (1, 1, 17, 23, 30)
+        assert torch.isfinite(t).all() and t.min() >= 0 and t.max() <= 1
+
+
+def test_padding_is_edge_replication_cropped_back():
+    torch.manual_seed(0)
+    model = LPMNet().eval()
+    x1, x2 = torch.rand(2, 1, 1, 17, 20, 9)
+    with torch.no_grad():
+        out = model(x1, x2).fused
+        pad = (0, 7, 0, 12, 0, 15)  # up to 32 x 32 x 16
+        padded = model(F.pad(x1, pad, mode="replicate"), F.pad(x2, pad, mode="replicate")).fused
+    torch.testing.assert_close(out, padded[..., :17, :20, :9], rtol=0, atol=0)
+
+
+def test_reconstruction_runs_only_in_training():
+    torch.manual_seed(0)
+    model = LPMNet()
+    x1, x2 = torch.rand(2, 2, 1, 16, 16, 16)
+    out = model.train()(x1, x2)
+    assert out.reconstruction.shape == (2, 2, 16, 16, 16)
+    out.fused.mean().add(out.reconstruction.mean()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        assert model.eval()(x1, x2).reconstruction is None
+    assert LPMNet(reconstruction=False).train()(x1, x2).reconstruction is None
+
+
+def test_block_mask_drops_whole_blocks():
+    g = torch.Generator().manual_seed(0)
+    mask = random_block_mask((16, 24, 8), 0.5, generator=g)
+    assert mask.shape == (16, 24, 8)
+    blocks = mask.reshape(2, 8, 3, 8, 1, 8)
+    assert torch.all(blocks.amin(dim=(1, 3, 5)) == blocks.amax(dim=(1, 3, 5)))
+    assert 0 < mask.mean() < 1
+
+
+def test_fuse_methods_and_plain_head():
+    x1, x2 = torch.rand(2, 1, 1, 16, 16, 16)
+    for method in ("max", "mean", "min"):
+        with torch.no_grad():
+            assert LPMNet(fuse_method=method).eval()(x1, x2).fused.shape == x1.shape
+    out = LPMNet(iscfc=False, reconstruction=False).eval()(x1, x2)
+    assert out.base is None and out.detail is None
+    with pytest.raises(ValueError, match="fuse_method"):
+        LPMNet(fuse_method="median")
+
+
+def test_load_checkpoint_accepts_original_and_project_formats(tmp_path):
+    sd = original_state_dict(seed=2)
+    torch.save(sd, tmp_path / "original.pth")
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}}, tmp_path / "wrapped.pth")
+    x1, x2 = torch.rand(2, 1, 1, 16, 16, 16)
+    model, card = load_checkpoint(tmp_path / "original.pth")
+    assert not model.training and card["source"] == "original state dict"
+    with torch.no_grad():
+        expected = model(x1, x2).fused
+        assert torch.equal(load_checkpoint(tmp_path / "wrapped.pth")[0](x1, x2).fused, expected)
+
+    save_checkpoint(tmp_path / "project.pt", model, model_card={"data": "unit test"})
+    loaded, card = load_checkpoint(tmp_path / "project.pt")
+    assert card == {"data": "unit test"}
+    with torch.no_grad():
+        assert torch.equal(loaded(x1, x2).fused, expected)
+
+    small = LPMNet(base_c=4, depth_c=1, depth_m=1, reconstruction=False)
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    assert load_checkpoint(tmp_path / "small.pth")[0].config["base_c"] == 4
+
+
+def test_load_checkpoint_bad_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(InputError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not an LPM-Net state dict"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = LPMNet().eval()
+    x1, x2 = torch.rand(2, 1, 1, 32, 48, 32)
+    with torch.no_grad():
+        cpu = model(x1, x2).fused
+        gpu = model.cuda()(x1.cuda(), x2.cuda()).fused.cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
