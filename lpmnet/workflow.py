@@ -166,3 +166,25 @@ def run_job(smk, main):
         if log_file is not console:
             print(message, file=console)
         sys.exit(1)
+
+
+def dataset_splits(subjects_by_dataset, split_config):
+    """Train/test split of every dataset (see :func:`lpmnet.split.make_split`).
+
+    Explicit ``train``/``test`` lists name subjects across all datasets; each dataset takes the names it
+    has. A name that no dataset has is an error (a typo would otherwise silently change the split).
+    """
+    from lpmnet.split import make_split
+
+    train, test = split_config.get("train") or [], split_config.get("test") or []
+    known = {s for subjects in subjects_by_dataset.values() for s in subjects}
+    unknown = sorted({subject_label(s, "split") for s in train + test} - known)
+    if unknown:
+        raise ValueError(f"split: subject(s) {', '.join(unknown)} are in no dataset")
+    splits = {}
+    for name, subjects in subjects_by_dataset.items():
+        mine_train = [s for s in map(lambda s: subject_label(s, "split"), train) if s in subjects]
+        mine_test = [s for s in map(lambda s: subject_label(s, "split"), test) if s in subjects]
+        splits[name] = make_split(subjects, split_config["test_fraction"], split_config["seed"],
+                                  train=mine_train or None, test=mine_test or None, allow_overlap=True)
+    return splits

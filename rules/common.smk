@@ -7,8 +7,8 @@ validate(config, schema="../config/schema.yaml")
 
 # The rules run the lpmnet package of this repository, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir)))
-from lpmnet.split import make_split, subjects_in
-from lpmnet.workflow import RESULTS, check_dataset_config, dataset_sources, pair_label
+from lpmnet.split import subjects_in
+from lpmnet.workflow import RESULTS, check_dataset_config, dataset_sources, dataset_splits, pair_label
 
 DATASETS = config["datasets"]
 for _name, _cfg in DATASETS.items():
@@ -18,12 +18,7 @@ for _name, _cfg in DATASETS.items():
 SOURCES = {(s.dataset, s.subject, s.modality): s for name, cfg in DATASETS.items() for s in dataset_sources(name, cfg)}
 SUBJECTS = {name: sorted({s.subject for s in SOURCES.values() if s.dataset == name}) for name in DATASETS}
 PAIRS = {name: {pair_label(p): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
-SPLITS = {
-    name: make_split(SUBJECTS[name], config["split"]["test_fraction"], config["split"]["seed"],
-                     train=config["split"].get("train") or None, test=config["split"].get("test") or None,
-                     allow_overlap=True)
-    for name in DATASETS
-}
+SPLITS = dataset_splits(SUBJECTS, config["split"])
 METHODS = ["lpmnet", *config["fusion"]["classical"]]
 
 

@@ -85,8 +85,9 @@ def test_tiled_fusion_of_the_network(checkpoint):
 
 
 def test_real_volumes_overlay_on_the_t1(shared_data, tmp_path, checkpoint):
-    folder = shared_data / "oms_patient07_mni"
-    t1, flair = folder / "T1.nii.gz", folder / "FLAIR.nii.gz"
+    # A clinical glioma scan in its native, anisotropic (0.9 x 0.9 x 5.5 mm) oblique-free grid.
+    folder = shared_data / "tcga_FG-6692_native"
+    t1, flair = folder / "t1.nii.gz", folder / "flair.nii.gz"
     out = tmp_path / "fused.nii.gz"
     fuse_files(t1, flair, out, checkpoint)
     fused, ref = nib.load(out), nib.load(t1)

@@ -1,0 +1,210 @@
+"""The Snakemake workflow run as users run it: real snakemake processes in scratch working directories.
+
+One tiny end-to-end run of the demo (3 subjects, T1 + FLAIR, 2 training iterations) is shared by the
+rebuild tests, which then ask ``snakemake -n`` what a config change would rerun.
+"""
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from helpers import TEST_AFFINE, write_pair
+from lpmnet.dicom import write_dicom_series
+from lpmnet.io import save_volume
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config():
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    demo = config["datasets"]["demo"]
+    demo.update(subjects=3, modalities=["T1", "FLAIR"], pairs=[["T1", "FLAIR"]])
+    config["training"].update(iterations=2, patch_size=[16, 16, 16], checkpoint_every=1)
+    return config
+
+
+def workdir_with(path, config):
+    (path / "config").mkdir(parents=True, exist_ok=True)
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(workdir, *args, check=True):
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(workdir):
+    """Rule name -> job count of a dry run (Snakemake's "Job stats" table)."""
+    out = snakemake(workdir, "-n", "--cores", "1").stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("Reasons:")[0]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M))
+    jobs.pop("total", None)
+    return {rule: int(n) for rule, n in jobs.items()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = workdir_with(tmp_path_factory.mktemp("tiny"), tiny_config())
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_dry_run_of_the_default_demo(tmp_path):
+    workdir = workdir_with(tmp_path, DEFAULT_CONFIG)
+    jobs = planned_jobs(workdir)
+    assert jobs["demo_dataset"] == 1 and jobs["convert"] == 18 and jobs["register"] == 12
+    assert jobs["train"] == 2 and jobs["metric_tables"] == 2
+    assert jobs["metrics"] == jobs["fuse_lpmnet"] * 3  # lpmnet, mean, max per test subject and pair
+
+
+def test_end_to_end_tiny_demo(finished_run):
+    results = finished_run / "results" / "demo"
+    summary = pd.read_csv(results / "T1-FLAIR" / "metrics.tsv", sep="\t")
+    assert set(zip(summary.method, summary.convention)) == {
+        (m, c) for m in ("lpmnet", "mean", "max") for c in ("lpmnet", "standard")}
+    assert list(summary.method[:2]) == ["lpmnet", "lpmnet"]
+    long = pd.read_csv(results / "T1-FLAIR" / "metrics_long.tsv", sep="\t")
+    assert set(long.metric) == {"SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "SF", "rSFe", "EN", "PSNR", "Nabf"}
+    split = pd.read_csv(results / "split.tsv", sep="\t")
+    test_subjects = split.subject[split.split == "test"].tolist()
+    assert len(test_subjects) == 1 and len(split) == 3
+
+    import nibabel as nib
+
+    subject = test_subjects[0]
+    fused = nib.load(results / "T1-FLAIR" / "fused" / f"sub-{subject}_space-T1_desc-lpmnet_fused.nii.gz")
+    t1 = nib.load(results / f"sub-{subject}" / f"sub-{subject}_T1.nii.gz")  # converted from DICOM
+    assert fused.shape == t1.shape and np.allclose(fused.affine, t1.affine, atol=1e-4)
+    registration = (results / f"sub-{subject}" / "qc" / f"sub-{subject}_from-FLAIR_to-T1_registration.json")
+    assert '"improved": true' in registration.read_text()
+    for s in split.subject:  # registered intermediates are temporary
+        assert not list((results / f"sub-{s}").glob("*desc-registered*"))
+    assert (results / "T1-FLAIR" / "model" / "training_curves.png").stat().st_size > 10_000
+    assert planned_jobs(finished_run) == {}
+
+    report = finished_run / "report.html"
+    snakemake(finished_run, "--report", str(report))
+    assert report.stat().st_size > 100_000
+
+
+def test_changing_a_training_parameter_retrains_only_that_pair(finished_run, tmp_path):
+    config = tiny_config()
+    config["training"]["gamma"] = 0.25
+    workdir_with(finished_run, config)
+    try:
+        jobs = planned_jobs(finished_run)
+    finally:
+        workdir_with(finished_run, tiny_config())
+    assert jobs == {"train": 1, "fuse_lpmnet": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1,
+                    "training_curves": 1, "all": 1}
+
+
+def test_changing_the_registration_reruns_from_registration_on(finished_run):
+    config = tiny_config()
+    config["registration"]["transform"] = "Affine"
+    workdir_with(finished_run, config)
+    try:
+        jobs = planned_jobs(finished_run)
+    finally:
+        workdir_with(finished_run, tiny_config())
+    assert "convert" not in jobs and "demo_dataset" not in jobs and "split" not in jobs
+    assert jobs["register"] == 3 and jobs["normalize"] == 3  # the moving FLAIR of each subject
+    assert jobs["train"] == 1 and jobs["fuse_lpmnet"] == 1 and jobs["fuse_classical"] == 2
+    assert jobs["metrics"] == 3 and jobs["metric_tables"] == 1
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("training.iterations", "many", "iterations"),
+    ("registration.transform", "Elastic", "transform"),
+    ("trainig", {"iterations": 3}, "trainig"),
+])
+def test_config_errors_name_the_key(tmp_path, key, value, message):
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    *parents, last = key.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    result = snakemake(workdir_with(tmp_path, config), "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def _table_dataset(folder):
+    """Six subjects; all but the first have one bad input of a different kind."""
+    rows = []
+    for i in range(6):
+        a, b = write_pair(folder, f"sub-s{i}", seed=i)
+        rows += [("mine", f"s{i}", "T1", a.name), ("mine", f"s{i}", "FLAIR", b.name)]
+    # s1: the FLAIR file does not exist
+    rows[3] = ("mine", "s1", "FLAIR", "absent.nii.gz")
+    # s2: unreadable NIfTI
+    (folder / "sub-s2_FLAIR.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    # s3: a 4D series instead of a volume
+    data = np.zeros((24, 28, 20, 2), np.float32)
+    data[..., 0] = np.random.default_rng(3).random((24, 28, 20))
+    save_volume(folder / "sub-s3_FLAIR.nii.gz", data, TEST_AFFINE)
+    # s4: no FLAIR at all
+    rows = [r for r in rows if r[:3] != ("mine", "s4", "FLAIR")]
+    # s5: the T1 is a DICOM folder holding two series
+    series = folder / "s5_dicom"
+    volume = np.random.default_rng(5).random((24, 28, 20)).astype(np.float32) * 100
+    write_dicom_series(volume, np.diag([2.0, 2.0, 2.0, 1.0]), series, series_number=1, uid_seed=(5, 1))
+    write_dicom_series(volume[:, :, :10], np.diag([2.0, 2.0, 2.0, 1.0]), series / "other", series_number=2,
+                       uid_seed=(5, 2))
+    rows[rows.index(("mine", "s5", "T1", "sub-s5_T1.nii.gz"))] = ("mine", "s5", "T1", "s5_dicom")
+    table = folder / "subjects.tsv"
+    table.write_text("dataset\tsubject\tmodality\tpath\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return table
+
+
+def test_bad_inputs_stop_only_the_affected_jobs(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    table = _table_dataset(data)
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["datasets"] = {"mine": {"source": "table", "table": str(table), "fixed": "T1",
+                                   "pairs": [["T1", "FLAIR"]], "register": False}}
+    workdir = workdir_with(tmp_path / "run", config)
+    targets = [f"results/mine/sub-s{i}/sub-s{i}_space-T1_desc-norm_{m}.nii.gz" for i in range(6) for m in ("T1", "FLAIR")]
+    result = snakemake(workdir, "--cores", "2", "--keep-going", *targets, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    for needle in ("absent.nii.gz: file not found", "sub-s2_FLAIR.nii.gz", "sub-s3_FLAIR.nii.gz",
+                   "subject s4 has no FLAIR", "s5_dicom"):
+        assert needle in output, needle
+    produced = {t for t in targets if (workdir / t).exists()}
+    assert {f"results/mine/sub-s0/sub-s0_space-T1_desc-norm_{m}.nii.gz" for m in ("T1", "FLAIR")} <= produced
+    assert "results/mine/sub-s1/sub-s1_space-T1_desc-norm_T1.nii.gz" in produced  # its good modality is kept
+    assert not any(f"sub-s{i}_space-T1_desc-norm_FLAIR" in p for i in range(1, 5) for p in produced)
+
+
+def test_real_data_scenario(shared_data):
+    scenario = REPO / "tests" / "workflow" / "real"
+    for leftover in ("results", ".snakemake"):
+        shutil.rmtree(scenario / leftover, ignore_errors=True)
+    try:
+        snakemake(scenario, "--cores", "2")
+        for dataset, pair in (("tcga", "T1-FLAIR"), ("spm", "T1-PET")):
+            summary = pd.read_csv(scenario / "results" / dataset / pair / "metrics.tsv", sep="\t")
+            assert len(summary) == 6 and summary.filter(like="_mean").notna().any(axis=None)
+    finally:
+        for leftover in ("results", ".snakemake"):
+            shutil.rmtree(scenario / leftover, ignore_errors=True)
