@@ -71,3 +71,65 @@ def all_targets():
             targets += [f"{subject_dir(name, s)}/qc/sub-{s}_from-{m}_to-{fixed}_regqc.png"
                         for s in SUBJECTS[name] for m in sorted(moving)]
     return targets
+
+
+def conversion_input(wildcards):
+    """The source file, or the demo's table for generated data, or the user's table for a missing one."""
+    source = SOURCES.get((wildcards.dataset, wildcards.subject, wildcards.modality))
+    if source is None:
+        raise ValueError(f"dataset {wildcards.dataset} has no subject {wildcards.subject} with {wildcards.modality}")
+    if DATASETS[wildcards.dataset]["source"] == "demo":
+        return f"{RESULTS}/{wildcards.dataset}/sourcedata/subjects.tsv"
+    return source.path if source.kind != "missing" else DATASETS[wildcards.dataset]["table"]
+
+
+def registration_source(wildcards, modality):
+    base = f"{subject_dir(wildcards.dataset, wildcards.subject)}/sub-{wildcards.subject}"
+    return f"{base}_desc-n4_{modality}.nii.gz" if config["registration"]["n4"] else f"{base}_{modality}.nii.gz"
+
+
+def normalization_input(wildcards):
+    """The fixed modality as converted; a moving one after registration (or as converted, on one grid)."""
+    dataset, subject, modality = wildcards.dataset, wildcards.subject, wildcards.modality
+    fixed = DATASETS[dataset]["fixed"]
+    base = f"{subject_dir(dataset, subject)}/sub-{subject}"
+    inputs = {"fixed": f"{base}_{fixed}.nii.gz"}
+    if modality == fixed or not DATASETS[dataset].get("register", True):
+        inputs["volume"] = f"{base}_{modality}.nii.gz"
+    else:
+        inputs["volume"] = f"{base}_space-{fixed}_desc-registered_{modality}.nii.gz"
+    return inputs
+
+
+def training_input(wildcards):
+    first, second = pair_modalities(wildcards)
+    subjects = subjects_in(SPLITS[wildcards.dataset], "train")
+    return {
+        "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
+        "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
+        "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
+    }
+
+
+def training_params(wildcards):
+    """Every setting that changes the trained model, so that editing one retrains exactly this model."""
+    t = config["training"]
+    return dict(
+        iterations=t["iterations"], batch_size=t["batch_size"], patch_size=t["patch_size"] or None,
+        lr=t["lr"], weight_decay=t["weight_decay"], seed=t["seed"], loss_mode=t["loss_mode"],
+        alpha=t["alpha"], beta=t["beta"], gamma=t["gamma"], checkpoint_every=t["checkpoint_every"],
+        model=t["model"],
+    )
+
+
+def fusion_sources(wildcards):
+    first, second = pair_modalities(wildcards)
+    return {
+        "x1": normalized(wildcards.dataset, wildcards.subject, first),
+        "x2": normalized(wildcards.dataset, wildcards.subject, second),
+    }
+
+
+def fused_path(dataset, pair, subject, method):
+    fixed = DATASETS[dataset]["fixed"]
+    return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{fixed}_desc-{method}_fused.nii.gz"

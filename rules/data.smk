@@ -20,16 +20,6 @@ rule demo_dataset:
         "../scripts/demo_dataset.py"
 
 
-def conversion_input(wildcards):
-    """The source file, or the demo's table for generated data, or the user's table for a missing one."""
-    source = SOURCES.get((wildcards.dataset, wildcards.subject, wildcards.modality))
-    if source is None:
-        raise ValueError(f"dataset {wildcards.dataset} has no subject {wildcards.subject} with {wildcards.modality}")
-    if DATASETS[wildcards.dataset]["source"] == "demo":
-        return f"{RESULTS}/{wildcards.dataset}/sourcedata/subjects.tsv"
-    return source.path if source.kind != "missing" else DATASETS[wildcards.dataset]["table"]
-
-
 rule convert:
     input:
         conversion_input,

@@ -1,11 +1,6 @@
 # Metrics in both conventions, aggregate tables, and the figures of the report.
 
 
-def fused_path(dataset, pair, subject, method):
-    fixed = DATASETS[dataset]["fixed"]
-    return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{fixed}_desc-{method}_fused.nii.gz"
-
-
 rule metrics:
     input:
         unpack(fusion_sources),

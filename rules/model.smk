@@ -1,27 +1,6 @@
 # LPM-Net training per dataset and modality pair, fusion of the test subjects, classical references.
 
 
-def training_input(wildcards):
-    first, second = pair_modalities(wildcards)
-    subjects = subjects_in(SPLITS[wildcards.dataset], "train")
-    return {
-        "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
-        "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
-        "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
-    }
-
-
-def training_params(wildcards):
-    """Every setting that changes the trained model, so that editing one retrains exactly this model."""
-    t = config["training"]
-    return dict(
-        iterations=t["iterations"], batch_size=t["batch_size"], patch_size=t["patch_size"] or None,
-        lr=t["lr"], weight_decay=t["weight_decay"], seed=t["seed"], loss_mode=t["loss_mode"],
-        alpha=t["alpha"], beta=t["beta"], gamma=t["gamma"], checkpoint_every=t["checkpoint_every"],
-        model=t["model"],
-    )
-
-
 rule train:
     input:
         unpack(training_input),
@@ -45,14 +24,6 @@ rule train:
         "../envs/torch.yaml"
     script:
         "../scripts/train.py"
-
-
-def fusion_sources(wildcards):
-    first, second = pair_modalities(wildcards)
-    return {
-        "x1": normalized(wildcards.dataset, wildcards.subject, first),
-        "x2": normalized(wildcards.dataset, wildcards.subject, second),
-    }
 
 
 rule fuse_lpmnet:

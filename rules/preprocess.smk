@@ -1,11 +1,6 @@
 # Per subject: optional N4, registration of each moving modality onto the fixed one, normalisation.
 
 
-def registration_source(wildcards, modality):
-    base = f"{subject_dir(wildcards.dataset, wildcards.subject)}/sub-{wildcards.subject}"
-    return f"{base}_desc-n4_{modality}.nii.gz" if config["registration"]["n4"] else f"{base}_{modality}.nii.gz"
-
-
 rule n4_bias_correction:
     input:
         f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_{{modality}}.nii.gz",
@@ -58,19 +53,6 @@ rule register:
         "../envs/registration.yaml"
     script:
         "../scripts/register.py"
-
-
-def normalization_input(wildcards):
-    """The fixed modality as converted; a moving one after registration (or as converted, on one grid)."""
-    dataset, subject, modality = wildcards.dataset, wildcards.subject, wildcards.modality
-    fixed = DATASETS[dataset]["fixed"]
-    base = f"{subject_dir(dataset, subject)}/sub-{subject}"
-    inputs = {"fixed": f"{base}_{fixed}.nii.gz"}
-    if modality == fixed or not DATASETS[dataset].get("register", True):
-        inputs["volume"] = f"{base}_{modality}.nii.gz"
-    else:
-        inputs["volume"] = f"{base}_space-{fixed}_desc-registered_{modality}.nii.gz"
-    return inputs
 
 
 rule normalize:

@@ -208,3 +208,21 @@ def test_real_data_scenario(shared_data):
     finally:
         for leftover in ("results", ".snakemake"):
             shutil.rmtree(scenario / leftover, ignore_errors=True)
+
+
+def test_every_rule_has_a_log_and_an_existing_conda_env():
+    """`conda:` paths are relative to the .smk file and a wrong one fails only when the job runs."""
+    for smk in (REPO / "rules").glob("*.smk"):
+        text = smk.read_text()
+        rules = re.split(r"^rule ", text, flags=re.M)[1:]
+        for body in rules:
+            name = body.split(":")[0]
+            assert "    log:" in body, f"{smk.name}: rule {name} has no log"
+            env = re.search(r"    conda:\s*\n\s*\"([^\"]+)\"", body)
+            assert env, f"{smk.name}: rule {name} has no conda env"
+            assert (smk.parent / env.group(1)).resolve().is_file(), f"{smk.name}: {env.group(1)} missing"
+
+
+def test_lint_is_clean():
+    result = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr
