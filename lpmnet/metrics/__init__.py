@@ -9,7 +9,10 @@ convention that produced it (definitions: ``docs/metrics.md`` of the shared docu
   slice by slice on min-max normalised 0..255 data, for comparison with published 2D tables.
 
 A metric that is undefined for the data (0/0, e.g. a constant source) is NaN; PSNR of a fused
-volume equal to both sources is +inf. Both conventions run vectorised on CPU or CUDA in float64.
+volume equal to both sources is +inf. A constant volume min-max normalises to zeros, so that the
+gradient, spread and entropy of a constant F are 0 instead of the LPM-Net code's NaN. Both
+conventions run vectorised on CPU or CUDA in float64 (on CPU in cache-sized blocks spread over
+torch's thread count).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from lpmnet.metrics import lpmnet_convention, standard_convention
+from lpmnet.metrics._filters import cpu_block_parallelism
 
 METRIC_NAMES = ("SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "SF", "rSFe", "EN", "PSNR", "Nabf")
 CONVENTIONS = ("lpmnet", "standard")
@@ -34,7 +38,8 @@ class MetricSet:
     ``values`` maps metric name to float, in ``METRIC_NAMES`` order. ``slices_used`` maps metric
     name to the number of 2D slices averaged: in ``standard`` the slices left after skipping those
     without content or where the metric is undefined; in ``lpmnet`` the number of slices for the
-    slice-wise metrics (Qabf, MI, Nabf) and None for whole-volume metrics.
+    slice-wise metrics (Qabf, MI, Nabf) and None for whole-volume metrics. ``to_dict()`` gives the
+    same as plain dicts (values may be NaN or inf floats).
     """
 
     convention: str
@@ -51,8 +56,9 @@ def _as_tensor(x, name, device):
         t = x.detach()
         target = t.device if device is None else torch.device(device)
     else:
-        # A float64 copy also settles byte order and read-only buffers (e.g. nibabel arrays).
-        t = torch.from_numpy(np.array(x, dtype=np.float64))
+        array = np.asarray(x, dtype=np.float64)
+        # torch cannot wrap a read-only buffer (e.g. a memory-mapped image) without a copy.
+        t = torch.from_numpy(array if array.flags.writeable else array.copy())
         target = torch.device("cpu") if device is None else torch.device(device)
     if t.ndim != 3:
         raise ValueError(f"{name} must be a 3D (D, H, W) volume, got shape {tuple(t.shape)}")
@@ -81,10 +87,13 @@ def _prepare(a, b, f, axis, device, metrics):
     return a, b, f, axis % 3, names
 
 
-def _evaluate(a, b, f, convention, axis, names):
+def _check_convention(convention):
     if convention not in _MODULES:
         raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
-    with torch.no_grad():
+
+
+def _evaluate(a, b, f, convention, axis, names):
+    with torch.no_grad(), cpu_block_parallelism(a.device):
         values, used = _MODULES[convention].compute(a, b, f, axis, names)
     return MetricSet(convention, {n: float(values[n]) for n in names}, {n: used[n] for n in names})
 
@@ -98,6 +107,7 @@ def compute_metrics(a, b, f, convention: str = "lpmnet", axis: int = 0, device=N
     metrics (0 is the LPM-Net code's). ``device``: where to compute; None means the inputs' device
     (CPU for numpy). ``metrics``: an optional subset of ``METRIC_NAMES`` (all by default).
     """
+    _check_convention(convention)
     a, b, f, axis, names = _prepare(a, b, f, axis, device, metrics)
     return _evaluate(a, b, f, convention, axis, names)
 
@@ -105,5 +115,7 @@ def compute_metrics(a, b, f, convention: str = "lpmnet", axis: int = 0, device=N
 def compute_all(a, b, f, conventions=CONVENTIONS, axis: int = 0, device=None,
                 metrics=None) -> dict:
     """``compute_metrics`` for each convention: a dict convention -> MetricSet."""
+    for convention in conventions:
+        _check_convention(convention)
     a, b, f, axis, names = _prepare(a, b, f, axis, device, metrics)
     return {c: _evaluate(a, b, f, c, axis, names) for c in conventions}

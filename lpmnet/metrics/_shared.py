@@ -11,16 +11,17 @@ import math
 
 import torch
 
-from lpmnet.metrics._filters import blockwise_sum, gaussian_blur
+from lpmnet.metrics._filters import block_ranges, blockwise_sum, gaussian_blur, map_blocks
 
 
-def minmax01(x: torch.Tensor) -> torch.Tensor:
-    """(x - min) / (max - min) over the whole tensor; a constant tensor maps to zeros.
+def minmax01(x: torch.Tensor, bounds=None) -> torch.Tensor:
+    """(x - min) / (max - min), min and max over the whole tensor or given as ``bounds`` (those of
+    the volume ``x`` is a block of); a constant volume maps to zeros.
 
     Zeros rather than NaN for a constant: its gradients, spread and histogram are then the natural
-    limits (AG = SF = SD = EN = 0) instead of poisoning every derived metric.
+    limits (AG = SF = SD = 0, a single histogram bin) instead of poisoning every derived metric.
     """
-    lo, hi = x.min(), x.max()
+    lo, hi = (x.min(), x.max()) if bounds is None else bounds
     if hi > lo:
         return (x - lo) / (hi - lo)
     return torch.zeros_like(x)
@@ -34,13 +35,20 @@ def entropy(p: torch.Tensor, dims, *, eps: float = 0.0, base: float = math.e) ->
 def correlation(x: torch.Tensor, y: torch.Tensor, dims, *, eps: float = 0.0) -> torch.Tensor:
     """Pearson correlation over ``dims``: (sum xc*yc + eps) / (sqrt(sum xc^2 * sum yc^2) + eps).
 
-    With ``eps = 0`` a constant argument gives 0/0 = NaN (undefined).
+    With ``eps = 0`` a constant argument makes it undefined: NaN. (Tested on the values, since the
+    centred sums of a constant are rounding noise rather than exact zeros.)
     """
     xc = x - x.mean(dims, keepdim=True)
     yc = y - y.mean(dims, keepdim=True)
     num = (xc * yc).sum(dims)
     den = torch.sqrt((xc * xc).sum(dims) * (yc * yc).sum(dims))
-    return (num + eps) / (den + eps)
+    r = (num + eps) / (den + eps)
+    if eps == 0:
+        def constant(t):
+            return t.amax(dims) == t.amin(dims)
+
+        r = torch.where(constant(x) | constant(y), math.nan, r)
+    return r
 
 
 def scd_correlations(a, b, f, dims, *, eps: float = 0.0):
@@ -48,12 +56,45 @@ def scd_correlations(a, b, f, dims, *, eps: float = 0.0):
     return correlation(f - b, a, dims, eps=eps), correlation(f - a, b, dims, eps=eps)
 
 
-def root_sum_mean_square(diffs, dims=None) -> torch.Tensor:
-    """sqrt(sum_i mean(d_i^2)): spatial frequency from per-direction differences.
+def mean_square_step(x: torch.Tensor, dim: int, *, other: torch.Tensor | None = None, dims=None):
+    """Mean of the squared forward differences of ``x`` along ``dim`` -- or, given ``other``, of
+    max(|diff x|, |diff other|) -- over ``dims``; the terms of a spatial frequency.
 
-    ``dims=None`` averages over every element (batch included), otherwise over ``dims`` only.
+    ``dims=None`` averages over every element (batch included), block by block along dimension -3.
     """
-    return torch.sqrt(sum((d * d).mean(dims) for d in diffs))
+    n = x.shape[dim]
+    views = [t.narrow(dim, start, n - 1) for t in (x, other) if t is not None for start in (1, 0)]
+
+    def squares(x1, x0, o1=None, o0=None):
+        step = x1 - x0
+        if o1 is not None:
+            step = torch.maximum(step.abs(), (o1 - o0).abs())
+        return step * step
+
+    if dims is not None:
+        return squares(*views).mean(dims)
+    return blockwise_sum(lambda *v: squares(*v).sum(), views, -3) / views[0].numel()
+
+
+def moment_inputs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([x, y, x * x, y * y, x * y])``, x and y broadcasting along dimension 0: the maps
+    whose local means give means, variances and covariance. Built block by block on CPU (no
+    full-size temporaries) unless autograd records."""
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return torch.cat([x, y, x * x, y * y, x * y])
+    nx, ny = x.shape[0], y.shape[0]
+    xf, yf = x.reshape(nx, -1), y.reshape(ny, -1)
+    out = xf.new_empty((2 * nx + 2 * ny + max(nx, ny), xf.shape[1]),
+                       dtype=torch.promote_types(x.dtype, y.dtype))
+    parts = torch.split(out, [nx, ny, nx, ny, max(nx, ny)])
+
+    def block(start, stop):
+        xb, yb = xf[:, start:stop], yf[:, start:stop]
+        for part, value in zip(parts, (xb, yb, xb * xb, yb * yb, xb * yb)):
+            part[:, start:stop] = value
+
+    map_blocks(block, block_ranges(xf.shape[1], out.shape[0], x.device))
+    return out.reshape(out.shape[0], *x.shape[1:])
 
 
 def ssim_mean(x, y, blur, c1: float, c2: float, ndim: int) -> torch.Tensor:
@@ -63,9 +104,9 @@ def ssim_mean(x, y, blur, c1: float, c2: float, ndim: int) -> torch.Tensor:
     references can share one fused image without copying it); ``blur`` filters a stack of maps.
     """
     nx, ny = x.shape[0], y.shape[0]
-    moments = blur(torch.cat([x, y, x * x, y * y, x * y]))
+    moments = blur(moment_inputs(x, y))
     mu_x, mu_y = moments[:nx], moments[nx:nx + ny]
-    exx, eyy, exy = moments[nx + ny:2 * nx + ny], moments[2 * nx + ny:2 * nx + 2 * ny], moments[2 * nx + 2 * ny:]
+    exx, eyy, exy = torch.split(moments[nx + ny:], [nx, ny, max(nx, ny)])
     spatial = tuple(range(-ndim, 0))
 
     def block_sum(mu_x, mu_y, exx, eyy, exy):
@@ -86,8 +127,8 @@ VIF_MIN_SIZE = 41  # smallest extent that leaves at least one sample at the four
 def vif_num_den(refs: torch.Tensor, dist: torch.Tensor, ndim: int, *, sigma_nsq: float = 2.0):
     """Sheikh and Bovik's multiscale pixel-domain VIF, numerator and denominator.
 
-    ``refs`` is a stack ``(R, *lead, *spatial)`` of reference images, ``dist`` ``(*lead, *spatial)`` the
-    distorted one shared by all references; the last ``ndim`` dimensions are spatial. At scale s
+    ``refs`` is a stack ``(R, *lead, *spatial)`` of reference images and ``dist`` ``(1, *lead,
+    *spatial)`` the distorted one they share; the last ``ndim`` dimensions are spatial. At scale s
     (1..4) the window is a Gaussian of N = 2^(5-s) + 1 samples, sd N/5, 'valid' filtering; from the
     second scale on the images are first filtered with that window and decimated by 2. The guards
     (variances below 1e-10, negative gains) are those of ``vifp_mscale.m``. Returns ``(num, den)``
@@ -123,13 +164,11 @@ def vif_num_den(refs: torch.Tensor, dist: torch.Tensor, ndim: int, *, sigma_nsq:
         size = 2 ** (5 - scale) + 1
         sd = size / 5.0
         if scale > 1:
-            both = gaussian_blur(torch.cat([refs, dist[None]]), size, sd, ndim, step=2)
-            refs, dist = both[:n_refs], both[n_refs]
-        moments = gaussian_blur(torch.cat([refs, dist[None], refs * refs, (dist * dist)[None], refs * dist]),
-                                size, sd, ndim)
-        total = total + blockwise_sum(
-            block_sums, (moments[:n_refs], moments[n_refs], moments[n_refs + 1:2 * n_refs + 1],
-                         moments[2 * n_refs + 1], moments[2 * n_refs + 2:]), -ndim)
+            decimated = gaussian_blur(torch.cat([refs, dist]), size, sd, ndim, step=2)
+            refs, dist = torch.split(decimated, [n_refs, 1])
+        moments = gaussian_blur(moment_inputs(refs, dist), size, sd, ndim)
+        parts = torch.split(moments, [n_refs, 1, n_refs, 1, n_refs])
+        total = total + blockwise_sum(block_sums, parts, -ndim)
     return total[0], total[1]
 
 
@@ -171,15 +210,17 @@ def edge_transfer(q_a, q_b, g_a, g_b, dims) -> torch.Tensor:
     return (q_a * g_a + q_b * g_b).sum(dims) / (g_a + g_b).sum(dims)
 
 
-def edge_artifacts(q_a, q_b, g_a, g_b, g_f, dims, *, td: float = 2.0, lg: float = 1.5,
-                   wt_min: float = 0.001) -> torch.Tensor:
+NABF_TD, NABF_LG, NABF_WT_MIN = 2.0, 1.5, 0.001  # Petrovic's edge threshold, weight power, floor
+
+
+def edge_artifacts(q_a, q_b, g_a, g_b, g_f, dims) -> torch.Tensor:
     """N_AB/F with Shreyamsha Kumar's modification: artifacts only where F's edge is stronger than both.
 
-    sum(na ((1 - Q_AF) w_A + (1 - Q_BF) w_B)) / sum(w_A + w_B), w = g^Lg where g >= Td else wt_min,
-    na = (g_F > g_A) & (g_F > g_B).
+    sum(na ((1 - Q_AF) w_A + (1 - Q_BF) w_B)) / sum(w_A + w_B), w = g^Lg where g >= Td else wt_min
+    (Td 2, Lg 1.5, wt_min .001), na = (g_F > g_A) & (g_F > g_B).
     """
-    w_a = torch.where(g_a >= td, g_a ** lg, wt_min)
-    w_b = torch.where(g_b >= td, g_b ** lg, wt_min)
+    w_a = torch.where(g_a >= NABF_TD, g_a ** NABF_LG, NABF_WT_MIN)
+    w_b = torch.where(g_b >= NABF_TD, g_b ** NABF_LG, NABF_WT_MIN)
     na = (g_f > g_a) & (g_f > g_b)
     artifacts = torch.where(na, (1 - q_a) * w_a + (1 - q_b) * w_b, 0.0)
     return artifacts.sum(dims) / (w_a + w_b).sum(dims)

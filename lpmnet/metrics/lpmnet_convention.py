@@ -6,11 +6,13 @@ as specified in ``docs/metrics.md`` of the shared documentation. Inputs are volu
 it (MI, AG, EN). Slice-wise metrics (Qabf, MI, Nabf) average over every slice along the slice axis
 (axis 0 in the reference), empty background slices included, as the reference does.
 
-Numerical guards of the reference are kept where they change a value on real data: the 1e-10 added
-to the x-gradient of Qabf/Nabf and the 1e-10 in MI's normalised mutual information decide the value
-of flat (background) slices, and SCD's 1e-10 is part of its definition. Where the reference divides
-zero by zero over a whole volume (VIF or rSFe of constant sources) the value is NaN. Computation is
-float64 on the inputs' device.
+Numerical guards of the reference are kept where they decide a value as the reference (float32)
+computes it: the 1e-10 added to the x-gradient of Qabf/Nabf and the 1e-10 in MI's normalised mutual
+information set the values of flat (background) slices, SCD's 1e-10 is part of its definition and
+EN keeps its log2(p + 1e-7); the 1e-10 inside MI's logarithms, which vanish in float32 but not in
+float64, are left out (see ``_parzen_nmi``). Guards that only matter when the reference itself
+divides zero by zero over a whole volume (VIF or rSFe of constant sources) give NaN instead.
+Computation is float64 on the inputs' device.
 
 ``ssim3d`` and ``spatial_frequency_3d`` are differentiable and are also the training loss's terms.
 """
@@ -22,7 +24,7 @@ from functools import cached_property
 
 import torch
 
-from lpmnet.metrics._filters import block_ranges, gaussian_blur, sobel
+from lpmnet.metrics._filters import block_ranges, blockwise_sum, gaussian_blur, map_blocks, sobel
 from lpmnet.metrics._shared import (
     NABF_ORIENTATION,
     NABF_STRENGTH,
@@ -32,12 +34,12 @@ from lpmnet.metrics._shared import (
     edge_artifacts,
     edge_transfer,
     entropy,
+    mean_square_step,
     minmax01,
     orientation,
     orientation_agreement,
     preservation,
     relative_strength,
-    root_sum_mean_square,
     scd_correlations,
     ssim_mean,
     vif_num_den,
@@ -91,11 +93,11 @@ def spatial_frequency_3d(x: torch.Tensor) -> torch.Tensor:
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
         (x,) = _loss_precision(x)
-        return root_sum_mean_square([torch.diff(x, dim=d) for d in (-3, -2, -1)])
+        return torch.sqrt(sum(mean_square_step(x, d) for d in (-3, -2, -1)))
 
 
-def _norm255(x):
-    return minmax01(x) * 255
+def _norm255(x, bounds=None):
+    return minmax01(x, bounds) * 255
 
 
 def _edge_metrics(a, b, f):
@@ -136,17 +138,23 @@ def _parzen_two_nearest(x):
 
 
 def _parzen_nmi(a, b, f):
-    """Per-slice (NMI(A, F) + NMI(B, F)) / 2 of (S, N) Norm255 slices, as the reference computes it."""
-    n_slices, n_voxels = f.shape
+    """Per-slice (NMI(A, F) + NMI(B, F)) / 2 of (S, N) Norm255 slices.
+
+    The reference also adds 1e-10 inside its logarithms and probability normalisations. In its
+    float32 arithmetic those vanish against the O(1) terms; in float64 they would not, and on an
+    empty (constant) slice they would turn its NMI of 1e-10 / 1e-10 = 1 into about 3. They are
+    left out, which moves an entropy by at most 1e-10 per histogram bin (2e-8 relative on a real
+    T1/FLAIR pair); the 1e-10 of the NMI ratio, which decides empty slices, is kept.
+    """
+    n_slices = f.shape[0]
     parzen = [_parzen_two_nearest(x) for x in (a, b, f)]
     offset = torch.arange(n_slices, device=f.device)[:, None]
 
     def marginal_entropy(k, w_lo, w_hi):
         index = torch.cat([offset * MI_BINS + k, offset * MI_BINS + k + 1]).reshape(-1)
         mass = torch.bincount(index, torch.cat([w_lo, w_hi]).reshape(-1), minlength=n_slices * MI_BINS)
-        mean = mass.view(n_slices, MI_BINS) / n_voxels
-        pdf = mean / (mean.sum(-1, keepdim=True) + 1e-10)
-        return entropy(pdf, -1, eps=1e-10)
+        mass = mass.view(n_slices, MI_BINS)
+        return entropy(mass / mass.sum(-1, keepdim=True), -1)
 
     def joint_entropy(src, fused):
         (ks, ws_lo, ws_hi), (kf, wf_lo, wf_hi) = src, fused
@@ -155,8 +163,7 @@ def _parzen_nmi(a, b, f):
         weight = torch.cat([ws_lo * wf_lo, ws_lo * wf_hi, ws_hi * wf_lo, ws_hi * wf_hi]).reshape(-1)
         mass = torch.bincount(index, weight, minlength=n_slices * MI_BINS * MI_BINS)
         mass = mass.view(n_slices, MI_BINS, MI_BINS)
-        pdf = mass / (mass.sum((-2, -1), keepdim=True) + 1e-10)
-        return entropy(pdf, (-2, -1), eps=1e-10)
+        return entropy(mass / mass.sum((-2, -1), keepdim=True), (-2, -1))
 
     h_a, h_b, h_f = (marginal_entropy(*p) for p in parzen)
     nmi = 0.0
@@ -178,8 +185,11 @@ class _Volumes:
         dimension of its result."""
         slices = [torch.movedim(x, self.axis, 0) for x in volumes]
         n, h, w = slices[0].shape
-        return torch.cat([fn(*(x[start:stop] for x in slices))
-                          for start, stop in block_ranges(n, h * w, slices[0].device)], dim=-1)
+
+        def block(start, stop):
+            return fn(*(x[start:stop] for x in slices))
+
+        return torch.cat(map_blocks(block, block_ranges(n, h * w, slices[0].device)), dim=-1)
 
     @cached_property
     def norm255_f(self):
@@ -210,13 +220,14 @@ def nabf(v: _Volumes):
 
 
 def mi(v: _Volumes):
-    """MI: per slice, Parzen NMI = 2 I / (H1 + H2) (128 centres on [0, 255], sigma 0.1, Norm255
-    volumes, with the reference's 1e-10 guards) of (A, F) and (B, F) averaged, mean over slices."""
+    """MI: per slice, Parzen NMI = (2 I + 1e-10) / (H1 + H2 + 1e-10) (128 centres on [0, 255],
+    sigma 0.1, Norm255 volumes) of (A, F) and (B, F) averaged, mean over slices; 1 on empty slices."""
+    bounds = [(x.min(), x.max()) for x in (v.a, v.b, v.f)]  # Norm255 is over the whole volume
 
-    def flat(a, b, f):
-        return _parzen_nmi(*(x.reshape(x.shape[0], -1) for x in (a, b, f)))
+    def flat(*blocks):
+        return _parzen_nmi(*(_norm255(x, lo_hi).reshape(len(x), -1) for x, lo_hi in zip(blocks, bounds)))
 
-    per_slice = v.per_slice(flat, _norm255(v.a), _norm255(v.b), v.norm255_f)
+    per_slice = v.per_slice(flat, v.a, v.b, v.f)
     return per_slice.mean(), per_slice.numel()
 
 
@@ -233,7 +244,7 @@ def vif(v: _Volumes):
     or a source is constant."""
     if min(v.f.shape) < VIF_MIN_SIZE:
         return torch.tensor(math.nan), None
-    num, den = vif_num_den(torch.stack([v.a, v.b]), v.f, 3)
+    num, den = vif_num_den(torch.stack([v.a, v.b]), v.f[None], 3)
     return (num / den).mean(), None
 
 
@@ -242,15 +253,19 @@ def ag(v: _Volumes):
     (D-1, H-1, W-1) grid."""
     x = v.norm255_f
     corner = x[:-1, :-1, :-1]
-    dx = x[1:, :-1, :-1] - corner
-    dy = x[:-1, 1:, :-1] - corner
-    dz = x[:-1, :-1, 1:] - corner
-    return torch.sqrt((dx * dx + dy * dy + dz * dz) / 3).mean(), None
+
+    def block_sum(corner, x1, y1, z1):
+        dx, dy, dz = x1 - corner, y1 - corner, z1 - corner
+        return torch.sqrt((dx * dx + dy * dy + dz * dz) / 3).sum()
+
+    total = blockwise_sum(block_sum, (corner, x[1:, :-1, :-1], x[:-1, 1:, :-1], x[:-1, :-1, 1:]), 0)
+    return total / corner.numel(), None
 
 
 def sd(v: _Volumes):
     """SD: population standard deviation of F (on [0, 1])."""
-    return v.f.std(correction=0), None
+    # Centred on a sample of F (SD is shift-invariant): exactly 0 for a constant, less cancellation.
+    return (v.f - v.f.reshape(-1)[0]).std(correction=0), None
 
 
 def sf(v: _Volumes):
@@ -261,8 +276,7 @@ def sf(v: _Volumes):
 def rsfe(v: _Volumes):
     """rSFe: (SF(F) - SFr) / SFr, SFr the same formula on max(|diff A|, |diff B|) per axis;
     NaN when both sources are constant (SFr = 0)."""
-    reference = root_sum_mean_square(
-        [torch.maximum(torch.diff(v.a, dim=d).abs(), torch.diff(v.b, dim=d).abs()) for d in range(3)])
+    reference = torch.sqrt(sum(mean_square_step(v.a, d, other=v.b) for d in range(3)))
     if reference == 0:
         return torch.tensor(math.nan), None
     return (spatial_frequency_3d(v.f) - reference) / reference, None

@@ -7,21 +7,20 @@ compare with published 2D tables.
 
 Each volume is min-max normalised to u in [0, 1] (a constant volume maps to zeros) and scaled to
 255 u; EN and MI use the uint8 values round(255 u), rounding halves up as MATLAB's uint8 does. The
-metrics are computed on every 2D slice along ``axis`` at once. A slice where both sources are
-constant (no content, e.g. background outside the field of view) is skipped by every metric, and
-so is a slice where a metric is undefined (0/0: e.g. SCD when a source slice is constant); the value
-is the mean over the remaining slices, and the number of those slices is reported. Slices smaller
-than a metric's window (11 for SSIM, 41 for VIF) leave that metric undefined. Computation is float64.
+metrics are computed on all 2D slices along ``axis`` together (on CPU in cache-sized blocks of
+consecutive slices). A slice where both sources are constant (no content, e.g. background outside
+the field of view) is skipped by every metric, and so is a slice where a metric is undefined (0/0:
+e.g. SCD when a source slice is constant); the value is the mean over the remaining slices, and the
+number of those slices is reported. Slices smaller than a metric's window (11 for SSIM, 41 for VIF)
+leave that metric undefined. Computation is float64.
 """
 
 from __future__ import annotations
 
 import math
-from functools import cached_property
-
 import torch
 
-from lpmnet.metrics._filters import block_ranges, gaussian_blur, sobel
+from lpmnet.metrics._filters import block_ranges, gaussian_blur, map_blocks, sobel
 from lpmnet.metrics._shared import (
     NABF_ORIENTATION,
     NABF_STRENGTH,
@@ -31,12 +30,12 @@ from lpmnet.metrics._shared import (
     edge_artifacts,
     edge_transfer,
     entropy,
+    mean_square_step,
     minmax01,
     orientation,
     orientation_agreement,
     preservation,
     relative_strength,
-    root_sum_mean_square,
     scd_correlations,
     ssim_mean,
     vif_num_den,
@@ -117,10 +116,10 @@ def mi(s: _Slices):
     total = 0.0
     for src in (s.a, s.b):
         index = (offset + _uint8(src) * LEVELS + q_f).reshape(-1)
-        joint = torch.bincount(index, minlength=s.n_slices * LEVELS * LEVELS).view(s.n_slices, LEVELS, LEVELS)
-        p = joint.to(s.f.dtype) / n_voxels
-        total = total + entropy(p.sum(-1), -1, base=2) + entropy(p.sum(-2), -1, base=2) \
-            - entropy(p, PLANE, base=2)
+        joint = torch.bincount(index, minlength=s.n_slices * LEVELS * LEVELS)
+        p = joint.view(s.n_slices, LEVELS, LEVELS).to(s.f.dtype) / n_voxels
+        h_src, h_f = entropy(p.sum(-1), -1, base=2), entropy(p.sum(-2), -1, base=2)
+        total = total + h_src + h_f - entropy(p, PLANE, base=2)
     return total
 
 
@@ -135,7 +134,7 @@ def vif(s: _Slices):
     sigma_n^2 = 2) per slice; undefined for slices under 41x41 or a flat source slice."""
     if min(s.height, s.width) < VIF_MIN_SIZE:
         return s.undefined()
-    num, den = vif_num_den(torch.stack([s.a, s.b]), s.f, 2)
+    num, den = vif_num_den(torch.stack([s.a, s.b]), s.f[None], 2)
     return (num / den).sum(0)
 
 
@@ -153,7 +152,7 @@ def sd(s: _Slices):
 
 def sf(s: _Slices):
     """SF: sqrt(mean squared row difference + mean squared column difference) on 0..255."""
-    return root_sum_mean_square([torch.diff(s.f, dim=d) for d in PLANE], PLANE)
+    return torch.sqrt(sum(mean_square_step(s.f, d, dims=PLANE) for d in PLANE))
 
 
 def _directional_differences(x):
@@ -200,22 +199,23 @@ METRICS = {
 
 def compute(a, b, f, axis, names):
     """Mean over the used slices (0-d tensors) and the number of slices used, for ``names``."""
-    a, b, f = (PEAK * torch.movedim(minmax01(x), axis, 0) for x in (a, b, f))
+    bounds = [(x.min(), x.max()) for x in (a, b, f)]
+    a, b, f = (torch.movedim(x, axis, 0) for x in (a, b, f))
     n_slices, height, width = f.shape
-    per_slice = {name: [] for name in names}
-    for start, stop in block_ranges(n_slices, height * width, f.device):
-        block = _Slices(a[start:stop], b[start:stop], f[start:stop])
-        for name in names:
-            per_slice[name].append(METRICS[name](block))
 
     def constant(x):
         return x.amax(PLANE) == x.amin(PLANE)
 
-    has_content = ~(constant(a) & constant(b))
+    def block(start, stop):
+        on_255 = ((PEAK * minmax01(x[start:stop], lo_hi)).contiguous() for x, lo_hi in zip((a, b, f), bounds))
+        slices = _Slices(*on_255)
+        return [~(constant(slices.a) & constant(slices.b))] + [METRICS[name](slices) for name in names]
+
+    blocks = map_blocks(block, block_ranges(n_slices, height * width, f.device))
+    has_content, *per_metric = (torch.cat(column) for column in zip(*blocks))
     values, used = {}, {}
-    for name in names:
-        per = torch.cat(per_slice[name])
-        keep = has_content & ~torch.isnan(per)
-        values[name] = per[keep].mean()
+    for name, per_slice in zip(names, per_metric):
+        keep = has_content & ~torch.isnan(per_slice)
+        values[name] = per_slice[keep].mean()
         used[name] = int(keep.sum())
     return values, used
