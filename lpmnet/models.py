@@ -137,12 +137,22 @@ class CfCHead(nn.Module):
         self.fc = nn.Conv3d(dim, out_channels, 1, bias=True)
 
     def forward(self, h, with_components=True):
-        ff1, ff2 = self.ff1(h), self.ff2(h)
-        t = torch.sigmoid(self.time_a(h) + self.time_b(h))
-        mixed = _to_unit_interval(self.fc(ff1 * (1 - t) + t * ff2))
+        # The 1x1x1 convolutions are channel matmuls; doing the four projections as one matmul over the
+        # flattened volume reads h once and is about 3x faster on CPUs than four Conv3d calls.
+        b, c, *spatial = h.shape
+        flat = h.reshape(b, c, -1)
+        weights = torch.cat([self.ff1.weight, self.ff2.weight, self.time_a.weight, self.time_b.weight]).flatten(1)
+        ff1, ff2, time_a, time_b = torch.matmul(weights, flat).chunk(4, dim=1)
+        t = torch.sigmoid(time_a + time_b)
+        fc_weight, fc_bias = self.fc.weight.flatten(1), self.fc.bias[:, None]
+
+        def head(x):
+            return _to_unit_interval(torch.matmul(fc_weight, x) + fc_bias).reshape(b, -1, *spatial)
+
+        mixed = head(ff1 * (1 - t) + t * ff2)
         if not with_components:
             return mixed, None, None
-        return mixed, _to_unit_interval(self.fc(ff1)), _to_unit_interval(self.fc(ff2))
+        return mixed, head(ff1), head(ff2)
 
 
 def random_block_mask(shape, drop_probability, block=MASK_BLOCK, device=None, generator=None):

@@ -45,6 +45,8 @@ rule metric_tables:
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/metric_tables/{{pair}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/metric_tables/{{pair}}.tsv"
     conda:
         "../envs/report.yaml"
     script:
@@ -67,6 +69,8 @@ rule fusion_montage:
         labels=lambda w: [*pair_modalities(w), *METHODS],
     log:
         f"{RESULTS}/{{dataset}}/logs/montage/{{pair}}/sub-{{subject}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/montage/{{pair}}/sub-{{subject}}.tsv"
     conda:
         "../envs/report.yaml"
     script:
@@ -86,6 +90,8 @@ rule training_curves:
         ),
     log:
         f"{RESULTS}/{{dataset}}/logs/training_curves/{{pair}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/training_curves/{{pair}}.tsv"
     conda:
         "../envs/report.yaml"
     script:

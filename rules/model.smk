@@ -61,6 +61,8 @@ rule fuse_classical:
         method="|".join(config["fusion"]["classical"]) or "none",
     log:
         f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{fixed}}_{{method}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{fixed}}_{{method}}.tsv"
     conda:
         "../envs/registration.yaml"
     script:

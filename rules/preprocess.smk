@@ -83,6 +83,8 @@ rule split:
         split=lambda w: SPLITS[w.dataset],
     log:
         f"{RESULTS}/{{dataset}}/logs/split.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/split.tsv"
     conda:
         "../envs/registration.yaml"
     script:

@@ -210,7 +210,7 @@ def test_real_data_scenario(shared_data):
             shutil.rmtree(scenario / leftover, ignore_errors=True)
 
 
-def test_every_rule_has_a_log_and_an_existing_conda_env():
+def test_every_rule_has_a_log_a_benchmark_and_an_existing_conda_env():
     """`conda:` paths are relative to the .smk file and a wrong one fails only when the job runs."""
     for smk in (REPO / "rules").glob("*.smk"):
         text = smk.read_text()
@@ -218,6 +218,7 @@ def test_every_rule_has_a_log_and_an_existing_conda_env():
         for body in rules:
             name = body.split(":")[0]
             assert "    log:" in body, f"{smk.name}: rule {name} has no log"
+            assert "    benchmark:" in body, f"{smk.name}: rule {name} has no benchmark"
             env = re.search(r"    conda:\s*\n\s*\"([^\"]+)\"", body)
             assert env, f"{smk.name}: rule {name} has no conda env"
             assert (smk.parent / env.group(1)).resolve().is_file(), f"{smk.name}: {env.group(1)} missing"
