@@ -19,12 +19,18 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scan_reference import selective_scan_reference  # noqa: E402
+from scan_reference import reference_selective_scan  # noqa: E402
 
 import lpmnet.mamba  # noqa: E402
 from lpmnet.losses import FusionLoss  # noqa: E402
 from lpmnet.models import LPMNet  # noqa: E402
-from lpmnet.scan import available_backends, selective_scan  # noqa: E402
+from lpmnet.scan import available_backends  # noqa: E402
+
+
+def backends_for(device):
+    """Scan backends that run on ``device``: the CUDA kernels only on CUDA, the C++ kernel only on CPU."""
+    native = "cuda" if device.type == "cuda" else "cpu"
+    return [b for b in available_backends() if b in (native, "torch")]
 
 
 def parse_shape(text):
@@ -37,7 +43,7 @@ def synchronize(device):
 
 
 def _reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
-    return selective_scan_reference(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+    return reference_selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                     delta_softplus=delta_softplus)
 
 
@@ -109,7 +115,7 @@ def main():
           f"GPU {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     print(f"{'device':6} {'backend':9} {'shape':12} {'s/volume':>9} {'volumes/s':>10} {'Mvoxel/s':>9}")
     for device in devices:
-        backends = args.backends or [*available_backends(device), "reference"]
+        backends = args.backends or [*backends_for(device), "reference"]
         torch.manual_seed(0)
         model = LPMNet().to(device).eval()
         for shape_text in args.shapes:
@@ -117,7 +123,7 @@ def main():
             for backend in backends:
                 if backend == "reference" and shape_text not in args.reference_shapes:
                     continue
-                if backend != "reference" and backend not in available_backends(device):
+                if backend != "reference" and backend not in backends_for(device):
                     continue
                 repeats = args.gpu_repeats if device.type == "cuda" and backend != "reference" else args.repeats
                 seconds = time_fusion(model, shape, device, backend, repeats)
@@ -126,8 +132,8 @@ def main():
                       f"{voxels / seconds / 1e6:9.2f}", flush=True)
     print(f"\ntraining, {args.train_patch}^3 patch, batch 1, with the reconstruction branch")
     for device in devices:
-        for backend in args.backends or available_backends(device):
-            if backend == "reference" or backend not in available_backends(device):
+        for backend in args.backends or backends_for(device):
+            if backend == "reference" or backend not in backends_for(device):
                 continue
             rate = time_training(device, backend, args.train_patch, args.train_iterations)
             print(f"{device.type:6} {backend:9} {rate:8.3f} it/s", flush=True)
