@@ -20,6 +20,7 @@ rule all:
     default_target: True
 
 
+include: "rules/sources.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/model.smk"

@@ -109,14 +109,64 @@ def table_sources(name, table):
     return sources
 
 
+def manifest_path(name, results=RESULTS):
+    """The subjects table every dataset becomes (see :mod:`lpmnet.sources`)."""
+    return f"{results}/{name}/manifest.tsv"
+
+
+def ixi_modalities(dataset_config):
+    """The IXI modalities to fetch: ``modalities`` or those the fixed image and the pairs use."""
+    return list(dataset_config.get("modalities") or needed_modalities(dataset_config))
+
+
+def registers(dataset_config):
+    """Whether moving modalities are registered: ``register``, by default false for co-registered BraTS."""
+    return dataset_config.get("register", dataset_config["source"] != "brats")
+
+
+def manifest_sources(name, manifest):
+    """Rows of an existing IXI manifest (written after download and extraction)."""
+    from lpmnet.sources import read_manifest
+
+    return [Source(name, r["subject"], r["modality"], r["path"], "nifti")
+            for r in read_manifest(manifest) if r["dataset"] == name]
+
+
+def folder_sources(name, dataset_config):
+    """Sources of a ``brats`` or ``folders`` dataset, indexed from its folder while the graph is built."""
+    from lpmnet.sources import brats_subjects, folder_subjects
+
+    if dataset_config["source"] == "brats":
+        rows = brats_subjects(dataset_config["root"])
+    else:
+        rows = folder_subjects(dataset_config["root"], dataset_config["patterns"])
+    limit = dataset_config.get("max_subjects")
+    if limit:
+        keep = set(sorted({r[0] for r in rows})[:limit])
+        rows = [r for r in rows if r[0] in keep]
+    return [Source(name, s, m, p, _kind(p)) for s, m, p in rows]
+
+
 def dataset_sources(name, dataset_config, results=RESULTS):
-    """All sources of one dataset, completed with "missing" rows for modalities that a subject lacks."""
-    if dataset_config["source"] == "demo":
+    """All sources of one dataset, completed with "missing" rows for modalities that a subject lacks.
+
+    An ``ixi`` dataset has no sources until its manifest exists (it is written by the workflow after
+    download and extraction): run the workflow once to fetch, then again for the full workflow.
+    """
+    kind = dataset_config["source"]
+    if kind == "demo":
         sources = demo_sources(name, dataset_config, results)
         where = "the demo dataset"
-    else:
+    elif kind == "table":
         sources = table_sources(name, dataset_config["table"])
         where = dataset_config["table"]
+    elif kind == "ixi":
+        manifest = Path(manifest_path(name, results))
+        sources = manifest_sources(name, manifest) if manifest.is_file() else []
+        where = str(manifest)
+    else:
+        sources = folder_sources(name, dataset_config)
+        where = dataset_config["root"]
     have = {(s.subject, s.modality) for s in sources}
     for subject in sorted({s.subject for s in sources}):
         for modality in needed_modalities(dataset_config):
@@ -132,6 +182,18 @@ def check_dataset_config(name, dataset_config):
     for pair in dataset_config["pairs"]:
         if pair[0] == pair[1]:
             raise ValueError(f"datasets.{name}.pairs: {pair} fuses a modality with itself")
+    if "seg" in needed_modalities(dataset_config):
+        raise ValueError(f"datasets.{name}: the segmentation (seg) is carried along, never fused or trained on")
+    if dataset_config["source"] == "ixi":
+        unknown = [m for m in ixi_modalities(dataset_config) if m not in ("T1", "T2", "PD")]
+        if unknown:
+            raise ValueError(f"datasets.{name}: IXI has T1, T2 and PD, not {', '.join(unknown)}")
+        if not dataset_config.get("archive_dir"):
+            no_url = [m for m in ixi_modalities(dataset_config) if m not in dataset_config.get("urls", {})]
+            if no_url:
+                raise ValueError(f"datasets.{name}.urls: no URL for {', '.join(no_url)} (or set archive_dir)")
+    if dataset_config["source"] == "folders" and not dataset_config.get("patterns"):
+        raise ValueError(f"datasets.{name}.patterns: give a file-name regex per modality")
     if dataset_config["source"] == "demo":
         modalities = dataset_config.get("modalities", ())
         for m in needed_modalities(dataset_config):

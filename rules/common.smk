@@ -8,7 +8,8 @@ validate(config, schema="../config/schema.yaml")
 # The rules run the lpmnet package of this repository, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir)))
 from lpmnet.split import subjects_in
-from lpmnet.workflow import RESULTS, check_dataset_config, dataset_sources, dataset_splits, pair_label
+from lpmnet.workflow import (RESULTS, check_dataset_config, dataset_sources, dataset_splits, ixi_modalities,
+                             manifest_path, pair_label, registers)
 
 DATASETS = config["datasets"]
 for _name, _cfg in DATASETS.items():
@@ -18,7 +19,8 @@ for _name, _cfg in DATASETS.items():
 SOURCES = {(s.dataset, s.subject, s.modality): s for name, cfg in DATASETS.items() for s in dataset_sources(name, cfg)}
 SUBJECTS = {name: sorted({s.subject for s in SOURCES.values() if s.dataset == name}) for name in DATASETS}
 PAIRS = {name: {pair_label(p): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
-SPLITS = dataset_splits(SUBJECTS, config["split"])
+# An IXI dataset has no subjects before its first run has downloaded it and written its manifest.
+SPLITS = dataset_splits({name: s for name, s in SUBJECTS.items() if s}, config["split"])
 METHODS = ["lpmnet", *config["fusion"]["classical"]]
 
 
@@ -58,14 +60,14 @@ def gpu_resources(section):
 
 
 def all_targets():
-    targets = []
-    for name in DATASETS:
+    targets = [manifest_path(name) for name in DATASETS]
+    for name in SPLITS:
         for pair in PAIRS[name]:
             base = pair_dir(name, pair)
             targets += [f"{base}/metrics.tsv", f"{base}/metrics_long.tsv", f"{base}/metrics.html",
                         f"{base}/model/training_curves.png"]
             targets += [f"{base}/qc/sub-{s}_montage.png" for s in subjects_in(SPLITS[name], "test")]
-        if DATASETS[name].get("register", True):
+        if registers(DATASETS[name]):
             fixed = DATASETS[name]["fixed"]
             moving = {m for p in DATASETS[name]["pairs"] for m in p if m != fixed}
             targets += [f"{subject_dir(name, s)}/qc/sub-{s}_from-{m}_to-{fixed}_regqc.png"
@@ -74,13 +76,22 @@ def all_targets():
 
 
 def conversion_input(wildcards):
-    """The source file, or the demo's table for generated data, or the user's table for a missing one."""
+    """The source file, or the demo's table for generated data, or the user's table for a missing one.
+
+    An IXI dataset is read through its manifest; brats and folders datasets are indexed while the job
+    graph is built (the same rows their manifest records), so a conversion depends on its file only.
+    """
     source = SOURCES.get((wildcards.dataset, wildcards.subject, wildcards.modality))
     if source is None:
         raise ValueError(f"dataset {wildcards.dataset} has no subject {wildcards.subject} with {wildcards.modality}")
     if DATASETS[wildcards.dataset]["source"] == "demo":
         return f"{RESULTS}/{wildcards.dataset}/sourcedata/subjects.tsv"
-    return source.path if source.kind != "missing" else DATASETS[wildcards.dataset]["table"]
+    if DATASETS[wildcards.dataset]["source"] == "ixi":
+        # Its files lie inside the extraction folders; ancient(): re-pairing reconverts no subject.
+        return ancient(manifest_path(wildcards.dataset))
+    if source.kind == "missing":  # the folder or table that lacks it (the conversion job reports it)
+        return DATASETS[wildcards.dataset].get("table") or DATASETS[wildcards.dataset]["root"]
+    return source.path
 
 
 def registration_source(wildcards, modality):
@@ -94,7 +105,7 @@ def normalization_input(wildcards):
     fixed = DATASETS[dataset]["fixed"]
     base = f"{subject_dir(dataset, subject)}/sub-{subject}"
     inputs = {"fixed": f"{base}_{fixed}.nii.gz"}
-    if modality == fixed or not DATASETS[dataset].get("register", True):
+    if modality == fixed or not registers(DATASETS[dataset]):
         inputs["volume"] = f"{base}_{modality}.nii.gz"
     else:
         inputs["volume"] = f"{base}_space-{fixed}_desc-registered_{modality}.nii.gz"
@@ -133,3 +144,31 @@ def fusion_sources(wildcards):
 def fused_path(dataset, pair, subject, method):
     fixed = DATASETS[dataset]["fixed"]
     return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{fixed}_desc-{method}_fused.nii.gz"
+
+
+def ixi_archive(wildcards):
+    """A pre-downloaded IXI tarball (``archive_dir``) or the workflow's own download."""
+    archive_dir = DATASETS[wildcards.dataset].get("archive_dir")
+    if archive_dir:
+        return f"{archive_dir}/IXI-{wildcards.modality}.tar"
+    return f"{RESULTS}/{wildcards.dataset}/downloads/IXI-{wildcards.modality}.tar"
+
+
+def manifest_input(wildcards):
+    """What a dataset's manifest is made from: the extracted IXI folders, the demo's or the user's table."""
+    cfg = DATASETS[wildcards.dataset]
+    if cfg["source"] == "ixi":
+        return {m: f"{RESULTS}/{wildcards.dataset}/sourcedata/IXI-{m}" for m in ixi_modalities(cfg)}
+    if cfg["source"] == "demo":
+        return {"table": f"{RESULTS}/{wildcards.dataset}/sourcedata/subjects.tsv"}
+    if cfg["source"] == "table":
+        return {"table": cfg["table"]}
+    return {}
+
+
+def manifest_rows(wildcards):
+    """(subject, modality, path) of every existing source of a dataset indexed while the graph is built."""
+    if DATASETS[wildcards.dataset]["source"] == "ixi":
+        return []
+    return sorted((s.subject, s.modality, s.path) for s in SOURCES.values()
+                  if s.dataset == wildcards.dataset and s.kind != "missing")

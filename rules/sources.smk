@@ -1,0 +1,59 @@
+# Public dataset sources: IXI download and extraction, and the manifest (subjects table) of every dataset.
+# An IXI dataset's subjects are known once its manifest exists: the first run fetches, extracts and pairs
+# (only these jobs are planned), the next run builds the job graph of the whole workflow from the manifest.
+
+
+localrules:
+    ixi_download,
+
+
+rule ixi_download:
+    output:
+        f"{RESULTS}/{{dataset}}/downloads/IXI-{{modality}}.tar",
+    params:
+        url=lambda w: DATASETS[w.dataset]["urls"][w.modality],
+        checksum=lambda w: DATASETS[w.dataset].get("checksums", {}).get(w.modality),
+        retries=lambda w: DATASETS[w.dataset].get("retries", 5),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/ixi_download/IXI-{{modality}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/ixi_download/IXI-{{modality}}.tsv"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/ixi_download.py"
+
+
+rule ixi_extract:
+    input:
+        ixi_archive,
+    output:
+        directory(f"{RESULTS}/{{dataset}}/sourcedata/IXI-{{modality}}"),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/ixi_extract/IXI-{{modality}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/ixi_extract/IXI-{{modality}}.tsv"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/ixi_extract.py"
+
+
+rule manifest:
+    input:
+        unpack(manifest_input),
+    output:
+        f"{RESULTS}/{{dataset}}/manifest.tsv",
+    params:
+        source=lambda w: DATASETS[w.dataset]["source"],
+        rows=manifest_rows,
+        modalities=lambda w: ixi_modalities(DATASETS[w.dataset]),
+        max_subjects=lambda w: DATASETS[w.dataset].get("max_subjects"),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/manifest.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/manifest.tsv"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/manifest.py"

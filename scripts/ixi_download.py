@@ -1,0 +1,14 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+from lpmnet.workflow import run_job
+
+
+def main(smk):
+    from lpmnet.sources import download
+
+    p = smk.params
+    download(p.url, smk.output[0], p.checksum, retries=p.retries)
+
+
+run_job(snakemake, main)

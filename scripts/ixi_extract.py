@@ -1,0 +1,13 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+from lpmnet.workflow import run_job
+
+
+def main(smk):
+    from lpmnet.sources import extract_tar
+
+    extract_tar(smk.input[0], smk.output[0])
+
+
+run_job(snakemake, main)

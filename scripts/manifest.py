@@ -1,0 +1,23 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+from lpmnet.workflow import run_job
+
+
+def main(smk):
+    import logging
+
+    from lpmnet.sources import ixi_subjects, write_manifest
+
+    p, log = smk.params, logging.getLogger("manifest")
+    rows = p.rows
+    if p.source == "ixi":
+        folders = {m: smk.input[m] for m in p.modalities}
+        rows, skipped = ixi_subjects(folders, p.modalities, p.max_subjects)
+        for ixi_id, missing in skipped.items():
+            log.warning("skipped subject %s: no %s volume", ixi_id, ", ".join(missing))
+        log.info("%d subjects paired, %d skipped", len({r[0] for r in rows}), len(skipped))
+    write_manifest(smk.output[0], smk.wildcards.dataset, rows)
+
+
+run_job(snakemake, main)
