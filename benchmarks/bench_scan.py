@@ -12,8 +12,10 @@ blocks (--ref-block) so its autograd graph fits in memory.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,15 +130,23 @@ def main(argv=None):
                    help="batch block of the sequential reference (bounds its autograd memory)")
     p.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the reference")
     p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    p.add_argument("--same-process", action="store_true",
+                   help="run all backends in this process (default: one fresh process each, so "
+                        "one backend's memory-allocator state cannot slow down the next)")
+    p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     names = args.backends.split(",") if args.backends else [
-        n for n in scan.available_backends() if (n == "cuda") == (device.type == "cuda")
+        n for n in scan.available_backends() if n != ("cpu" if device.type == "cuda" else "cuda")
     ] + ["reference"]
     info = scan.cpu_kernel_info() if "cpu" in names else None
+    if args._child:
+        inputs = make_inputs(args.batch, args.dim, args.length, args.state, device)
+        print("RESULT " + json.dumps(bench(names[0], inputs, args)), flush=True)
+        return None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     if info:
@@ -145,10 +155,27 @@ def main(argv=None):
     print(f"shape: batch={args.batch} d={args.dim} N={args.state} L={args.length} float32, "
           f"D + z + delta_bias + softplus; min of {args.repeats} runs\n")
 
-    inputs = make_inputs(args.batch, args.dim, args.length, args.state, device)
     results = {}
+    inputs = None
     for name in names:
-        results[name] = bench(name, inputs, args)
+        if args.same_process:
+            if inputs is None:
+                inputs = make_inputs(args.batch, args.dim, args.length, args.state, device)
+            results[name] = bench(name, inputs, args)
+        else:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", "--backends", name,
+                   "--batch", str(args.batch), "--dim", str(args.dim), "--state", str(args.state),
+                   "--length", str(args.length), "--repeats", str(args.repeats),
+                   "--device", args.device, "--ref-block", str(args.ref_block),
+                   "--ref-repeats", str(args.ref_repeats)]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--no-backward"] if args.no_backward else []
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                print(f"  {name}: failed\n{out.stdout}{out.stderr}")
+                continue
+            results[name] = json.loads(line[0][len("RESULT "):])
         (f, fc), (fb, fbc) = results[name]
         print(f"  measured {name}: fwd {f:.3f} s (cpu {fc:.2f} s), fwd+bwd {fb:.3f} s (cpu {fbc:.2f} s)",
               flush=True)

@@ -21,8 +21,8 @@ Backends:
   float32/float64), compiled on first use with ``torch.utils.cpp_extension.load`` into torch's
   extension cache (``TORCH_EXTENSIONS_DIR``), one build per CPU capability (AVX2, AVX512, ...).
 * ``"torch"`` - pure PyTorch, any device: chunked log-depth (Hillis-Steele) scan with the state
-  carried between chunks, batch processed in memory-bounded blocks (recomputed blockwise in the
-  backward pass, so training memory stays bounded too).
+  carried between chunks, batch processed in memory-bounded blocks; a hand-written backward
+  (reverse scan, recomputing each block) keeps training memory bounded too.
 * ``"auto"``  - cuda if possible, else cpu for CPU tensors, else torch.
 
 The backend actually used is logged once per process (logger ``lpmnet.scan``, INFO).
@@ -419,17 +419,16 @@ def _scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 # ---- torch --------------------------------------------------------------------------------
 
-# Working-set bound (bytes) of one batch block of the torch backend (the chunk tensors
-# (block, d, chunk, N); a few are alive at once). On the CPU blocks that stay in cache are
-# fastest; on a GPU large blocks keep kernel launches few. Under autograd each block is
-# recomputed in the backward pass (activation checkpointing), so memory stays bounded.
-TORCH_BLOCK_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}
+# Working-set bound (bytes) of one batch block of the torch backend: the chunk tensors
+# (block, d, chunk, N), about 8 alive at once in the backward pass. On the CPU blocks that stay
+# in cache are fastest; on a GPU large blocks keep kernel launches few.
+TORCH_BLOCK_BYTES = {"cpu": 16 * 2**20, "cuda": 1024 * 2**20}
 
 
 def _torch_chunk(device) -> int:
     # Log-depth scans pay log2(chunk) passes per step; on the CPU short chunks (less work) win,
     # on a GPU long ones (fewer kernel launches).
-    return 64 if torch.device(device).type == "cuda" else 16
+    return 64 if torch.device(device).type == "cuda" else 32
 
 
 def _inclusive_scan(a, x):
@@ -446,30 +445,142 @@ def _inclusive_scan(a, x):
     return a, x
 
 
-def _ssm_block(u, delta, A, B, C, chunk):
-    """Core scan for one batch block: u, delta (b, d, L) (delta already softplus'ed), A (d, N),
-    B, C (b, N, L) -> sum_n C h (b, d, L)."""
-    L = u.shape[-1]
+def _chunk_terms(u, dt, A, B, s, e):
+    """Decays a = exp(dt A) and inputs x = dt u B of steps s:e, each (b, d, T, N)."""
+    dl = dt[:, :, s:e, None]
+    a = torch.exp(dl * A[:, None, :])
+    x = (dl * u[:, :, s:e, None]) * B[:, None, :, s:e].transpose(-1, -2)
+    return a, x
+
+
+def _chunk_states(u, dt, A, B, s, e, h0):
+    """States h_t (b, d, T, N) of steps s:e given the state h0 (b, d, 1, N) before step s."""
+    a, x = _chunk_terms(u, dt, A, B, s, e)
+    P, H = _inclusive_scan(a, x)
+    return a, torch.addcmul(H, P, h0)
+
+
+def _inclusive_scan_(a, x, tmp):
+    """In-place _inclusive_scan (no autograd): a, x (..., T, N) become (prod a, h); tmp is
+    scratch of the same shape (fewer allocations: large CPU allocations are expensive)."""
+    T = a.shape[-2]
+    k = 1
+    while k < T:
+        t = tmp[..., : T - k, :]
+        torch.mul(a[..., k:, :], x[..., :-k, :], out=t)
+        x[..., k:, :].add_(t)
+        torch.mul(a[..., k:, :], a[..., :-k, :], out=t)
+        a[..., k:, :].copy_(t)
+        k *= 2
+
+
+def _ssm_forward_block(u, dt, A, B, C, chunk, keep_states=False):
+    """sum_n C h (b, d, L) of one batch block; u, dt (b, d, L), A (d, N), B, C (b, N, L).
+    No autograd (runs inside _TorchSSM); chunk buffers are reused across chunks.
+
+    With keep_states, returns the state entering every chunk instead (for the backward pass).
+    """
+    b, d, L = u.shape
+    N = A.shape[-1]
     Bt = B.transpose(1, 2).unsqueeze(1)  # (b, 1, L, N)
     Ct = C.transpose(1, 2).unsqueeze(1)
-    du = (delta * u).unsqueeze(-1)  # (b, d, L, 1)
-    dl = delta.unsqueeze(-1)
+    dl = dt.unsqueeze(-1)
+    du = (dt * u).unsqueeze(-1)
     A_ = A.unsqueeze(1)  # (d, 1, N)
-    h = u.new_zeros(u.shape[0], u.shape[1], 1, A.shape[-1])  # carried state (b, d, 1, N)
-    ys = []
+    T = min(chunk, L)
+    a_buf = u.new_empty(b, d, T, N)
+    x_buf = torch.empty_like(a_buf)
+    tmp = torch.empty_like(a_buf)
+    h = u.new_zeros(b, d, 1, N)
+    y = None if keep_states else u.new_empty(b, d, L)
+    h0s = []
     for s in range(0, L, chunk):
         e = min(L, s + chunk)
-        a = torch.exp(dl[:, :, s:e] * A_)  # (b, d, T, N), exp of dt*A
-        x = du[:, :, s:e] * Bt[:, :, s:e]
-        a, x = _inclusive_scan(a, x)
-        x = torch.addcmul(x, a, h)
-        h = x[:, :, -1:]
-        ys.append((x * Ct[:, :, s:e]).sum(-1))
-    return torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
+        n = e - s
+        a, x, tm = a_buf[:, :, :n], x_buf[:, :, :n], tmp[:, :, :n]
+        if keep_states:
+            h0s.append(h.clone())
+        torch.mul(dl[:, :, s:e], A_, out=a)
+        a.exp_()
+        torch.mul(du[:, :, s:e], Bt[:, :, s:e], out=x)
+        _inclusive_scan_(a, x, tm)
+        x.addcmul_(a, h)
+        h.copy_(x[:, :, -1:])
+        if not keep_states:
+            torch.mul(x, Ct[:, :, s:e], out=tm)
+            y[:, :, s:e] = tm.sum(-1)
+    return h0s if keep_states else y
+
+
+def _ssm_backward_block(u, dt, A, B, C, dy, chunk):
+    """Gradients (du, ddt, dA, dB, dC) of one batch block, chunk by chunk in reverse.
+
+    g_t = dL/dh_t obeys the reverse recurrence g_t = dy_t C_t + a_{t+1} g_{t+1}, scanned like the
+    forward one on time-flipped chunks, with g and a carried from the following chunk.
+    """
+    L = u.shape[-1]
+    h0s = _ssm_forward_block(u, dt, A, B, C, chunk, keep_states=True)
+    du, ddt = torch.empty_like(u), torch.empty_like(dt)
+    dB, dC = torch.empty_like(B), torch.empty_like(C)
+    dA = torch.zeros_like(A)
+    At = A[:, None, :]
+    g_next = a_next = None
+    starts = list(range(0, L, chunk))
+    for ci in reversed(range(len(starts))):
+        s = starts[ci]
+        e = min(L, s + chunk)
+        h0 = h0s[ci]
+        a, H = _chunk_states(u, dt, A, B, s, e, h0)
+        Hprev = torch.cat([h0, H[:, :, :-1]], dim=2)  # h_{t-1}
+        Bt = B[:, None, :, s:e].transpose(-1, -2)  # (b, 1, T, N)
+        Ct = C[:, None, :, s:e].transpose(-1, -2)
+        dyc = dy[:, :, s:e, None]  # (b, d, T, 1)
+        nxt = a_next if a_next is not None else torch.ones_like(a[:, :, :1])
+        a_shift = torch.cat([a[:, :, 1:], nxt], dim=2)  # a_{t+1}
+        Pg, G = _inclusive_scan(a_shift.flip(2), (dyc * Ct).flip(2))
+        G = G.flip(2)
+        if g_next is not None:
+            G = torch.addcmul(G, Pg.flip(2), g_next)
+        dtc, uc = dt[:, :, s:e], u[:, :, s:e]
+        gB = (G * Bt).sum(-1)  # (b, d, T)
+        w = G * a * Hprev
+        du[:, :, s:e] = gB * dtc
+        ddt[:, :, s:e] = (w * At).sum(-1) + gB * uc
+        dA += (w * dtc[..., None]).sum((0, 2))
+        dB[:, :, s:e] = (G * (dtc * uc)[..., None]).sum(1).transpose(-1, -2)
+        dC[:, :, s:e] = (dyc * H).sum(1).transpose(-1, -2)
+        g_next, a_next = G[:, :, :1].clone(), a[:, :, :1].clone()
+    return du, ddt, dA, dB, dC
+
+
+class _TorchSSM(torch.autograd.Function):
+    """Core scan (u, dt, A, B, C -> sum_n C h) in batch blocks, with a hand-written chunked
+    backward: nothing but the inputs is kept between forward and backward, and no autograd graph
+    of the chunk tensors is built (bounded memory, far fewer allocations than autograd)."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C, chunk, block):
+        ctx.save_for_backward(u, dt, A, B, C)
+        ctx.chunk, ctx.block = chunk, block
+        parts = zip(u.split(block), dt.split(block), B.split(block), C.split(block))
+        ys = [_ssm_forward_block(ub, db, A, Bb, Cb, chunk) for ub, db, Bb, Cb in parts]
+        return torch.cat(ys, dim=0) if len(ys) > 1 else ys[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, dt, A, B, C = ctx.saved_tensors
+        blk = ctx.block
+        parts = zip(u.split(blk), dt.split(blk), B.split(blk), C.split(blk), dy.split(blk))
+        grads = [_ssm_backward_block(ub, db, A, Bb, Cb, gb, ctx.chunk) for ub, db, Bb, Cb, gb in parts]
+        du, ddt, dA, dB, dC = zip(*grads)
+        dA = torch.stack(dA).sum(0) if len(dA) > 1 else dA[0]
+        return (torch.cat(du), torch.cat(ddt), dA, torch.cat(dB), torch.cat(dC), None, None)
 
 
 def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                 chunk=None, block=None):
+    """Pure-PyTorch backend: softplus/bias, D and the silu gate through autograd, the scan
+    itself through _TorchSSM."""
     dtype_in = u.dtype
     ct = _compute_dtype(u)
     u_, delta_, A_, B_, C_ = (t.to(ct) for t in (u, delta, A, B, C))
@@ -480,31 +591,14 @@ def _scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softpl
     batch, d, L = u_.shape
     N = A_.shape[-1]
     if batch == 0 or L == 0:
-        y = torch.zeros_like(u_)
+        y = u_ * 0.0
     else:
         chunk = max(1, min(L, chunk or _torch_chunk(u.device)))
         if block is None:
-            per_seq = d * chunk * N * u_.element_size() * 4
+            per_seq = d * chunk * N * u_.element_size() * 8
             budget = TORCH_BLOCK_BYTES["cuda" if u_.is_cuda else "cpu"]
             block = max(1, budget // per_seq)
-        block = min(block, batch)
-        if block >= batch:
-            y = _ssm_block(u_, delta_, A_, B_, C_, chunk)
-        else:
-            grad = torch.is_grad_enabled() and any(
-                t.requires_grad for t in (u_, delta_, A_, B_, C_)
-            )
-            outs = []
-            for s in range(0, batch, block):
-                sl = slice(s, s + block)
-                blk = (u_[sl], delta_[sl], A_, B_[sl], C_[sl], chunk)
-                if grad:  # recompute each block in the backward pass: bounded memory
-                    from torch.utils.checkpoint import checkpoint
-
-                    outs.append(checkpoint(_ssm_block, *blk, use_reentrant=False, preserve_rng_state=False))
-                else:
-                    outs.append(_ssm_block(*blk))
-            y = torch.cat(outs, dim=0)
+        y = _TorchSSM.apply(u_, delta_, A_, B_, C_, chunk, min(block, batch))
     if D is not None:
         y = torch.addcmul(y, u_, D.to(ct).unsqueeze(-1))
     if z is not None:
