@@ -82,22 +82,19 @@ class Mamba(nn.Module):
         """hidden_states: (batch, length, d_model) -> (batch, length, d_model)."""
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2*d_inner, length)
         x, z = xz.chunk(2, dim=1)
-        x = causal_conv1d(
-            x.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias,
-            activation="silu", backend=self.scan_backend,
-        )
+        x = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, activation="silu", backend=self.scan_backend)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (batch, length, dt_rank + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # The dt bias is applied inside the scan (delta_bias) exactly as mamba-ssm does.
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         y = selective_scan(
             x,
-            delta.contiguous(),
+            delta,
             -torch.exp(at_least_float32(self.A_log)),
-            b.transpose(1, 2).contiguous(),
-            c.transpose(1, 2).contiguous(),
+            b.transpose(1, 2),
+            c.transpose(1, 2),
             D=at_least_float32(self.D),
-            z=z.contiguous(),
+            z=z,
             delta_bias=at_least_float32(self.dt_proj.bias),
             delta_softplus=True,
             backend=self.scan_backend,
