@@ -24,6 +24,7 @@ from scan_reference import reference_selective_scan  # noqa: E402
 import lpmnet.mamba  # noqa: E402
 from lpmnet.losses import FusionLoss  # noqa: E402
 from lpmnet.models import LPMNet  # noqa: E402
+from lpmnet.runtime import keep_freed_memory_for_reuse  # noqa: E402
 from lpmnet.scan import available_backends  # noqa: E402
 
 
@@ -106,12 +107,17 @@ def main():
     parser.add_argument("--train-patch", type=int, default=64)
     parser.add_argument("--train-iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default allocator thresholds (the lpmnet command raises them)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory_for_reuse()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
+          f"malloc thresholds {'default' if args.default_malloc else 'raised'}, "
           f"GPU {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     print(f"{'device':6} {'backend':9} {'shape':12} {'s/volume':>9} {'volumes/s':>10} {'Mvoxel/s':>9}")
     for device in devices:

@@ -139,7 +139,10 @@ def build_parser():
 
 
 def main(argv=None):
+    from lpmnet.runtime import keep_freed_memory_for_reuse
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory_for_reuse()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -214,7 +214,9 @@ def run_job(smk, main):
     import sys
 
     from lpmnet.errors import LPMNetError
+    from lpmnet.runtime import keep_freed_memory_for_reuse
 
+    keep_freed_memory_for_reuse()
     console = sys.stderr
     log_file = open(smk.log[0], "w", buffering=1) if smk.log else console
     sys.stderr = log_file

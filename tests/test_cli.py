@@ -84,3 +84,9 @@ def test_bad_checkpoint_and_usage(files, tmp_path):
     result = run_cli("fuse", a, b, "-o", tmp_path / "f.nii.gz", "--checkpoint", junk)
     assert result.returncode == 2 and "junk.pt" in result.stderr and "Traceback" not in result.stderr
     assert run_cli("fuse", a).returncode == 2  # argparse usage error
+
+
+def test_allocator_setting_is_accepted_here():
+    from lpmnet.runtime import keep_freed_memory_for_reuse
+
+    assert keep_freed_memory_for_reuse() is (sys.platform.startswith("linux"))

@@ -1,0 +1,33 @@
+"""Process-wide settings for the command line and the workflow's jobs (not applied on import)."""
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+
+log = logging.getLogger("lpmnet.runtime")
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_LARGE_HEAP_BYTES = 1 << 30
+
+
+def keep_freed_memory_for_reuse():
+    """Let glibc reuse freed blocks of up to 1 GiB instead of returning them to the system.
+
+    A volume pass allocates and frees hundreds of tensors of 100-500 MB. By default glibc maps each
+    one fresh and the kernel zero-fills it page by page; with these thresholds the blocks come back
+    from the heap. Measured on 2 CPU cores: a 96x160x160 fusion went from 15 s to 5.5 s. The price is
+    a higher resident size between passes, which is why only our own processes (the ``lpmnet`` command
+    and the workflow's jobs) do this. No effect outside glibc (returns False).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _LARGE_HEAP_BYTES) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, _LARGE_HEAP_BYTES) == 1 and ok
+    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the allocator's defaults
+        return False
+    log.debug("glibc malloc thresholds raised to %d bytes: %s", _LARGE_HEAP_BYTES, ok)
+    return ok
