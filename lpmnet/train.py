@@ -231,6 +231,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
         "validation_data": [{"x1": str(a), "x2": str(b)} for a, b in val_pairs],
         **(model_card or {}),
     }
+    if start:
+        card["final_loss"] = state["model_card"].get("final_loss")
 
     def checkpoint(path, iteration, **extra):
         save_checkpoint(path, model, model_card=card, iteration=iteration, train_config=asdict(config),
@@ -274,6 +276,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
                 total.backward()
                 optimizer.step()
             row = {"iteration": iteration + 1, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **terms}
+            card["final_loss"] = terms
             if step == iters_per_epoch - 1:
                 scheduler.step()
             done = iteration + 1
@@ -299,6 +302,5 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             bar.close()
 
     final = out_dir / FINAL_CHECKPOINT
-    card["final_loss"] = {k: v for k, v in terms.items()} if start < config.iterations else card.get("final_loss")
     save_checkpoint(final, model, model_card=card)
     return final

@@ -100,3 +100,5 @@ def test_killed_training_resumes_to_the_same_weights(pairs, tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     rows = list(csv.DictReader(open(out / "training_log.csv")))
     assert [int(r["iteration"]) for r in rows] == list(range(1, iterations + 1))
+    card = read_checkpoint(out / "model.pt")["model_card"]
+    assert card["final_loss"]["total"] == pytest.approx(float(rows[-1]["total"]))
