@@ -27,7 +27,6 @@ float32 volume with exactly the first input's affine and a JSON sidecar.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from lpmnet import __version__
-from lpmnet.io import atomic_write_json, load_volume, require_same_grid, save_volume
+from lpmnet.io import atomic_write_json, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.normalize import minmax01
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "pca_weights",
     "laplacian_pyramid",
     "collapse_pyramid",
-    "sidecar_path",
 ]
 
 #: Number of pyramid levels of the ``laplacian`` rule (the coarsest, low-pass level included).
@@ -208,20 +206,6 @@ def fuse_classical(method: str, x1, x2) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- files
-def sidecar_path(nifti_path) -> Path:
-    """The JSON sidecar next to a NIfTI: same name with ``.json`` instead of ``.nii.gz`` / ``.nii``."""
-    p = Path(nifti_path)
-    return p.with_name(p.name.removesuffix(".gz").removesuffix(".nii") + ".json")
-
-
-def _sha256(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
     """Fuse two co-registered NIfTI files with a classical rule; returns the sidecar dict.
 
@@ -256,7 +240,7 @@ def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
         "Method": method,
         "MethodDescription": METHOD_DESCRIPTIONS[method],
         "Parameters": parameters,
-        "Sources": [{"path": str(p), "sha256": _sha256(p)} for p in (path1, path2)],
+        "Sources": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
         "SpaceOf": str(path1),
         "Normalization": NORMALIZATION,
         "OutputRange": [float(fused.min()), float(fused.max())],

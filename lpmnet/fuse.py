@@ -10,7 +10,6 @@ fall off linearly towards the tile borders, which bounds memory on small GPUs or
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from lpmnet import __version__
-from lpmnet.io import atomic_write_json, load_volume, require_same_grid, save_volume
+from lpmnet.io import atomic_write_json, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.models import WINDOW
 from lpmnet.normalize import minmax01
 
@@ -85,14 +84,6 @@ def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25):
     return outputs
 
 
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, overlap=0.25,
                scan_backend="auto", components=False):
     """Fuse two NIfTI files with a checkpoint; writes ``out_path`` (+ ``.json`` sidecar). Returns the sidecar.
@@ -125,9 +116,9 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, ove
         save_volume(path, result[name], v1.affine, header=v1.header)
     sidecar = {
         "Description": "LPM-Net fusion in the grid of the fixed (first) input",
-        "Sources": [{"path": str(p), "sha256": sha256_of(p)} for p in (path1, path2)],
+        "Sources": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
         "SpaceOf": str(path1),
-        "Checkpoint": {"path": str(checkpoint), "sha256": sha256_of(checkpoint),
+        "Checkpoint": {"path": str(checkpoint), "sha256": file_digest(checkpoint),
                        "model_kwargs": dict(model.config), "model_card_method": card.get("method")},
         "Normalization": NORMALIZATION,
         "Components": {k: str(v) for k, v in written.items()},
@@ -138,8 +129,3 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, ove
     }
     atomic_write_json(sidecar_path(out_path), sidecar)
     return sidecar
-
-
-def sidecar_path(nifti_path):
-    nifti_path = Path(nifti_path)
-    return nifti_path.with_name(nifti_path.name.removesuffix(".gz").removesuffix(".nii") + ".json")

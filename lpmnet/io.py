@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "to_jsonable",
+    "file_digest",
+    "sidecar_path",
     "XFORM_CODES",
 ]
 
@@ -365,3 +368,19 @@ def require_same_grid(reference, other, atol: float = 1e-4, *, name=None) -> Non
         f"not on the reference voxel grid (shape {shape_b} vs {shape_a}, "
         f"max affine difference {float(np.abs(aff_a - aff_b).max()):.6g} mm; atol {atol})",
     )
+
+
+# --------------------------------------------------------------------------- provenance
+def file_digest(path, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(nifti_path) -> Path:
+    """The JSON sidecar next to a NIfTI: same name with ``.json`` instead of ``.nii.gz`` / ``.nii``."""
+    p = Path(nifti_path)
+    return p.with_name(p.name.removesuffix(".gz").removesuffix(".nii") + ".json")

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from lpmnet.errors import InputError
+from lpmnet.io import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +63,15 @@ def parse_checksum(spec):
     return algo, digest.lower()
 
 
-def file_digest(path, algo="md5"):
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def path_checksum(path):
     """``md5:<hex>`` of a file, of a folder's files (in sorted order), or "" for a missing path."""
     p = Path(path)
     if p.is_file():
-        return f"md5:{file_digest(p)}"
+        return f"md5:{file_digest(p, 'md5')}"
     if p.is_dir():
         h = hashlib.md5()
         for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            h.update(str(f.relative_to(p)).encode() + b"\0" + file_digest(f).encode())
+            h.update(str(f.relative_to(p)).encode() + b"\0" + file_digest(f, "md5").encode())
         return f"md5:{h.hexdigest()}"
     return ""
 

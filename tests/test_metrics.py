@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage, signal
 
+from vif_reference import vif_sums
+
 from lpmnet.metrics import CONVENTIONS, METRIC_NAMES, MetricSet, compute_all, compute_metrics
 from lpmnet.metrics.lpmnet_convention import spatial_frequency_3d, ssim3d
 
@@ -126,32 +128,9 @@ def ref_vif_lpmnet(a, b, f):
     """3D pixel VIF with full cubic kernels (scipy 'valid' correlation), reference guards."""
 
     def vif(ref, dist):
-        num = den = 0.0
-        for scale in range(1, 5):
-            n = 2 ** (5 - scale) + 1
-            win = _gauss3d(n, n / 5)
-
-            def filt(x):
-                return signal.correlate(x, win, mode="valid", method="fft")
-
-            if scale > 1:
-                ref, dist = filt(ref)[::2, ::2, ::2], filt(dist)[::2, ::2, ::2]
-            mu1, mu2 = filt(ref), filt(dist)
-            s1 = np.maximum(filt(ref * ref) - mu1 ** 2, 0)
-            s2 = np.maximum(filt(dist * dist) - mu2 ** 2, 0)
-            s12 = filt(ref * dist) - mu1 * mu2
-            g = s12 / (s1 + 1e-10)
-            sv = s2 - g * s12
-            g[s1 < 1e-10] = 0
-            sv[s1 < 1e-10] = s2[s1 < 1e-10]
-            s1[s1 < 1e-10] = 0
-            g[s2 < 1e-10] = 0
-            sv[s2 < 1e-10] = 0
-            sv[g < 0] = s2[g < 0]
-            g[g < 0] = 0
-            sv[sv <= 1e-10] = 1e-10
-            num += np.log10(1 + g ** 2 * s1 / (sv + 2)).sum()
-            den += np.log10(1 + s1 / 2).sum()
+        num, den = vif_sums(ref, dist, lambda n: _gauss3d(n, n / 5),
+                            lambda x, win: signal.correlate(x, win, mode="valid", method="fft"),
+                            lambda x: x[::2, ::2, ::2])
         return (num + 1e-10) / (den + 1e-10)
 
     return (vif(a, f) + vif(b, f)) / 2

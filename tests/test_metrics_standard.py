@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
+from vif_reference import vif_sums
+
 from lpmnet.metrics import METRIC_NAMES, compute_metrics
 
 RTOL = 1e-6
@@ -112,32 +114,9 @@ def mi2d(qx, qf):
 
 def vifp_mscale(ref, dist):
     """The Python ports' compare_viff (MATLAB vifp_mscale.m)."""
-    num = den = 0.0
-    for scale in range(1, 5):
-        n = 2 ** (5 - scale) + 1
-        win = _fspecial(n, n / 5)
-
-        def filt(t):
-            return signal.convolve2d(t, np.rot90(win, 2), mode="valid")
-
-        if scale > 1:
-            ref, dist = filt(ref)[::2, ::2], filt(dist)[::2, ::2]
-        mu1, mu2 = filt(ref), filt(dist)
-        s1 = np.maximum(filt(ref * ref) - mu1 ** 2, 0)
-        s2 = np.maximum(filt(dist * dist) - mu2 ** 2, 0)
-        s12 = filt(ref * dist) - mu1 * mu2
-        g = s12 / (s1 + 1e-10)
-        sv = s2 - g * s12
-        g[s1 < 1e-10] = 0
-        sv[s1 < 1e-10] = s2[s1 < 1e-10]
-        s1[s1 < 1e-10] = 0
-        g[s2 < 1e-10] = 0
-        sv[s2 < 1e-10] = 0
-        sv[g < 0] = s2[g < 0]
-        g[g < 0] = 0
-        sv[sv <= 1e-10] = 1e-10
-        num += np.log10(1 + g ** 2 * s1 / (sv + 2)).sum()
-        den += np.log10(1 + s1 / 2).sum()
+    num, den = vif_sums(ref, dist, lambda n: _fspecial(n, n / 5),
+                        lambda t, win: signal.convolve2d(t, np.rot90(win, 2), mode="valid"),
+                        lambda t: t[::2, ::2])
     return num / den
 
 
