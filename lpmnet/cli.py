@@ -57,7 +57,7 @@ def _cmd_fuse(args):
 
 
 def _cmd_metrics(args):
-    from lpmnet.io import atomic_write_json, load_volume, require_same_grid
+    from lpmnet.io import atomic_write_json, dhw, load_volume, require_same_grid
     from lpmnet.metrics import CONVENTIONS, compute_all
     from lpmnet.normalize import minmax01
 
@@ -66,7 +66,7 @@ def _cmd_metrics(args):
     require_same_grid(a, f)
     # Sources in [0, 1] as the model sees them; the fused volume clipped (not stretched) to [0, 1].
     conventions = CONVENTIONS if args.convention == "both" else (args.convention,)
-    results = compute_all(minmax01(a.data), minmax01(b.data), np.clip(f.data, 0, 1),
+    results = compute_all(minmax01(dhw(a.data)), minmax01(dhw(b.data)), np.clip(dhw(f.data), 0, 1),
                           conventions=conventions, axis=args.axis)
     table = {name: ms.values for name, ms in results.items()}
     if args.output:
@@ -131,7 +131,7 @@ def build_parser():
     p.add_argument("b")
     p.add_argument("fused")
     p.add_argument("--convention", choices=("lpmnet", "standard", "both"), default="both")
-    p.add_argument("--axis", type=int, default=0, help="slice axis of the 2D metrics")
+    p.add_argument("--axis", type=int, default=0, help="slice axis of the 2D metrics in (D, H, W) order: 0 = D = the files' voxel axis k")
     p.add_argument("--json", action="store_true", help="print JSON: {convention: {metric: value}}")
     p.add_argument("-o", "--output", help="also write the JSON to this file")
     p.set_defaults(func=_cmd_metrics)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lpmnet import __version__
-from lpmnet.io import atomic_write_json, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
+from lpmnet.io import atomic_write_json, dhw, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.models import WINDOW
 from lpmnet.normalize import minmax01
 
@@ -103,7 +103,8 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, ove
     model.set_scan_backend(scan_backend)
     model.to(device)
     tic = time.perf_counter()
-    result = fuse_arrays(model, minmax01(v1.data), minmax01(v2.data), device=device, tile=tile, overlap=overlap)
+    result = fuse_arrays(model, minmax01(dhw(v1.data)), minmax01(dhw(v2.data)), device=device, tile=tile,
+                         overlap=overlap)
     seconds = time.perf_counter() - tic
 
     written = {"fused": out_path}
@@ -113,7 +114,7 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, ove
             if name in result:
                 written[name] = out_path.with_name(f"{stem}_{name}.nii.gz")
     for name, path in written.items():
-        save_volume(path, result[name], v1.affine, header=v1.header)
+        save_volume(path, dhw(result[name]), v1.affine, header=v1.header)
     sidecar = {
         "Description": "LPM-Net fusion in the grid of the fixed (first) input",
         "Sources": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],

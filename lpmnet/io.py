@@ -13,6 +13,7 @@
   :func:`atomic_write_bytes` give the same guarantee to any other output (PNG,
   JSON sidecars, TSV tables, transform files).
 * :func:`same_grid` / :func:`require_same_grid` compare voxel grids (shape + affine).
+* :func:`dhw` turns a volume's voxel array into the original code's (D, H, W) layout and back.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "to_jsonable",
     "file_digest",
     "sidecar_path",
+    "dhw",
     "XFORM_CODES",
 ]
 
@@ -88,6 +90,17 @@ class Volume:
         img = nib.Nifti1Image(self.data, self.affine, self.header.copy())
         img.set_data_dtype(np.float32)
         return img
+
+
+def dhw(data) -> np.ndarray:
+    """A NIfTI voxel array (i, j, k) in the original code's layout (D, H, W) = (k, j, i), and back.
+
+    The original reads volumes with SimpleITK, whose arrays run (k, j, i): D is the file's slice axis.
+    The model's three views (H x W, D x W and D x H slices, each with its own weights), the paper's
+    target shapes and the slice-wise metrics all refer to that order, so the model, training and
+    metrics see volumes in it. Reversing the axes is its own inverse: ``dhw(dhw(x))`` is ``x``.
+    """
+    return np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0))
 
 
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lpmnet import __version__
-from lpmnet.io import load_volume
+from lpmnet.io import dhw, load_volume
 from lpmnet.losses import LOSS_TERMS, FusionLoss
 from lpmnet.models import LPMNet, read_checkpoint, save_checkpoint
 from lpmnet.normalize import minmax01
@@ -85,12 +85,12 @@ def resolve_device(device="auto"):
 
 
 def load_pair(path1, path2):
-    """Load two co-registered volumes, min-max normalised to [0, 1] each (the model's input convention)."""
+    """Two co-registered volumes in (D, H, W) layout, min-max normalised to [0, 1] each (the model's input)."""
     v1, v2 = load_volume(path1), load_volume(path2)
     if v1.data.shape != v2.data.shape:
         raise ValueError(f"{path1} and {path2} have different shapes {v1.data.shape} and {v2.data.shape}: "
                          "register them onto one grid first")
-    return minmax01(v1.data), minmax01(v2.data)
+    return minmax01(dhw(v1.data)), minmax01(dhw(v2.data))
 
 
 class PatchSampler:
@@ -227,7 +227,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
         "torch_version": str(torch.__version__),
         "device": str(device),
         "train_config": asdict(config),
-        "data": [{"x1": str(a), "x2": str(b), "shape": list(v[0].shape)} for (a, b), v in zip(pairs, volumes)],
+        "data": [{"x1": str(a), "x2": str(b), "shape_dhw": list(v[0].shape)}
+                 for (a, b), v in zip(pairs, volumes)],
         "validation_data": [{"x1": str(a), "x2": str(b)} for a, b in val_pairs],
         **(model_card or {}),
     }

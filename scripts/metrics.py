@@ -7,14 +7,14 @@ from lpmnet.workflow import run_job
 def main(smk):
     import numpy as np
 
-    from lpmnet.io import load_volume, require_same_grid
+    from lpmnet.io import dhw, load_volume, require_same_grid
     from lpmnet.metrics import compute_all
     from lpmnet.tables import write_metrics_json
 
     a, b, f = (load_volume(p, allow_constant=True) for p in (smk.input.x1, smk.input.x2, smk.input.fused))
     require_same_grid(a, f)
     # Sources are already normalised to [0, 1]; the fused volume is clipped, never stretched.
-    results = compute_all(a.data, b.data, np.clip(f.data, 0, 1), conventions=smk.params.conventions,
+    results = compute_all(dhw(a.data), dhw(b.data), np.clip(dhw(f.data), 0, 1), conventions=smk.params.conventions,
                           axis=smk.params.axis)
     write_metrics_json(smk.output[0], smk.wildcards.subject, smk.wildcards.method, results)
 

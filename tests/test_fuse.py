@@ -9,7 +9,8 @@ from helpers import TEST_AFFINE, smooth_pair, write_pair
 from lpmnet.errors import InputError
 from lpmnet.fuse import fuse_arrays, fuse_files
 from lpmnet.io import save_volume
-from lpmnet.models import FusionOutput, LPMNet, save_checkpoint
+from lpmnet.models import FusionOutput, LPMNet, load_checkpoint, save_checkpoint
+from lpmnet.normalize import minmax01
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,20 @@ def test_real_volumes_overlay_on_the_t1(shared_data, tmp_path, checkpoint):
     assert np.allclose(fused.affine, ref.affine, atol=1e-5)
     data = fused.get_fdata(dtype=np.float32)
     assert np.isfinite(data).all() and 0 <= data.min() <= data.max() <= 1
+
+
+def test_model_sees_the_original_dhw_layout(tmp_path, checkpoint):
+    # The original reads volumes with SimpleITK, as (k, j, i) arrays: its H x W view is the files' i-j plane.
+    # The three views have their own weights, so feeding (i, j, k) would quietly give another result.
+    a, b = smooth_pair((16, 32, 48), seed=3)
+    path_a, path_b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    save_volume(path_a, a, TEST_AFFINE)
+    save_volume(path_b, b, TEST_AFFINE)
+    fuse_files(path_a, path_b, tmp_path / "f.nii.gz", checkpoint)
+    written = nib.load(tmp_path / "f.nii.gz").get_fdata(dtype=np.float32)
+    model, _ = load_checkpoint(checkpoint)
+    a, b = minmax01(a), minmax01(b)
+    in_dhw = fuse_arrays(model, a.transpose(2, 1, 0).copy(), b.transpose(2, 1, 0).copy())["fused"]
+    np.testing.assert_allclose(written, in_dhw.transpose(2, 1, 0), atol=1e-6)
+    as_stored = fuse_arrays(model, a, b)["fused"]
+    assert np.abs(written - as_stored).max() > 1e-3

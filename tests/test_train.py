@@ -39,7 +39,7 @@ def test_training_writes_log_checkpoints_and_model_card(pairs, tmp_path):
     assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
     model, card = load_checkpoint(final)
     assert card["train_config"]["iterations"] == 3 and len(card["data"]) == 2
-    assert card["data"][0]["shape"] == [24, 28, 20] and "torch_version" in card
+    assert card["data"][0]["shape_dhw"] == [20, 28, 24] and "torch_version" in card
     assert model.config["base_c"] == 4
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
