@@ -53,8 +53,28 @@ def _kind(path):
     return "dicom" if not p.suffix else "nifti"
 
 
-def pair_label(pair):
-    return f"{pair[0]}-{pair[1]}"
+#: What a dataset entry means where it leaves a key out, by source: IXI's T1 lies off the T2/PD grid and
+#: is registered onto T2; BraTS volumes are co-registered by the challenge.
+SOURCE_DEFAULTS = {"ixi": {"fixed": "T2"}, "brats": {"register": False}}
+
+
+def with_defaults(dataset_config):
+    """A dataset entry completed with the defaults of its source (``target_shape`` [] = native grid)."""
+    return {"register": True, "target_shape": [], **SOURCE_DEFAULTS.get(dataset_config["source"], {}),
+            **dataset_config}
+
+
+def grid_entity(dataset_config):
+    """The part of output names that tells the grid: "" on the native grid, "_res-128x192x192" when resized."""
+    from lpmnet.resample import shape_label
+
+    shape = dataset_config.get("target_shape")
+    return f"_res-{shape_label(shape)}" if shape else ""
+
+
+def pair_label(pair, dataset_config):
+    """A pair's folder name: "T1-FLAIR", or "T1-FLAIR_res-128x192x192" for paper-style resized volumes."""
+    return f"{pair[0]}-{pair[1]}{grid_entity(dataset_config)}"
 
 
 def needed_modalities(dataset_config):
@@ -117,11 +137,6 @@ def manifest_path(name, results=RESULTS):
 def ixi_modalities(dataset_config):
     """The IXI modalities to fetch: ``modalities`` or those the fixed image and the pairs use."""
     return list(dataset_config.get("modalities") or needed_modalities(dataset_config))
-
-
-def registers(dataset_config):
-    """Whether moving modalities are registered: ``register``, by default false for co-registered BraTS."""
-    return dataset_config.get("register", dataset_config["source"] != "brats")
 
 
 def manifest_sources(name, manifest):

@@ -8,17 +8,18 @@ validate(config, schema="../config/schema.yaml")
 # The rules run the lpmnet package of this repository, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir)))
 from lpmnet.split import subjects_in
-from lpmnet.workflow import (RESULTS, check_dataset_config, dataset_sources, dataset_splits, ixi_modalities,
-                             manifest_path, pair_label, registers)
+from lpmnet.workflow import (RESULTS, check_dataset_config, dataset_sources, dataset_splits, grid_entity,
+                             ixi_modalities, manifest_path, pair_label, with_defaults)
 
-DATASETS = config["datasets"]
+DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
 for _name, _cfg in DATASETS.items():
     check_dataset_config(_name, _cfg)
 
 # (dataset, subject, modality) -> Source, read once while the job graph is built
 SOURCES = {(s.dataset, s.subject, s.modality): s for name, cfg in DATASETS.items() for s in dataset_sources(name, cfg)}
 SUBJECTS = {name: sorted({s.subject for s in SOURCES.values() if s.dataset == name}) for name in DATASETS}
-PAIRS = {name: {pair_label(p): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
+# Pair folders carry the grid (native or paper-style resized), so results of both grids coexist.
+PAIRS = {name: {pair_label(p, cfg): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
 # An IXI dataset has no subjects before its first run has downloaded it and written its manifest.
 SPLITS = dataset_splits({name: s for name, s in SUBJECTS.items() if s}, config["split"])
 METHODS = ["lpmnet", *config["fusion"]["classical"]]
@@ -29,12 +30,10 @@ wildcard_constraints:
     subject="[A-Za-z0-9]+",
     modality="[A-Za-z0-9]+",
     fixed="[A-Za-z0-9]+",
-    pair="[A-Za-z0-9]+-[A-Za-z0-9]+",
+    pair="[A-Za-z0-9]+-[A-Za-z0-9]+(_res-[0-9]+x[0-9]+x[0-9]+)?",
+    space="[A-Za-z0-9]+(_res-[0-9]+x[0-9]+x[0-9]+)?",
+    shape="[0-9]+x[0-9]+x[0-9]+",
     method="[a-z0-9]+",
-
-
-def fixed_of(wildcards):
-    return DATASETS[wildcards.dataset]["fixed"]
 
 
 def pair_modalities(wildcards):
@@ -45,9 +44,14 @@ def subject_dir(dataset, subject):
     return f"{RESULTS}/{dataset}/sub-{subject}"
 
 
+def space_label(dataset):
+    """The fixed modality's space, with the resized grid where the dataset asks for one: "T1_res-128x192x192"."""
+    return DATASETS[dataset]["fixed"] + grid_entity(DATASETS[dataset])
+
+
 def normalized(dataset, subject, modality):
-    fixed = DATASETS[dataset]["fixed"]
-    return f"{subject_dir(dataset, subject)}/sub-{subject}_space-{fixed}_desc-norm_{modality}.nii.gz"
+    """A modality as the model sees it: normalised in the fixed space, on the native or resized grid."""
+    return f"{subject_dir(dataset, subject)}/sub-{subject}_space-{space_label(dataset)}_desc-norm_{modality}.nii.gz"
 
 
 def pair_dir(dataset, pair):
@@ -67,7 +71,7 @@ def all_targets():
             targets += [f"{base}/metrics.tsv", f"{base}/metrics_long.tsv", f"{base}/metrics.html",
                         f"{base}/model/training_curves.png"]
             targets += [f"{base}/qc/sub-{s}_montage.png" for s in subjects_in(SPLITS[name], "test")]
-        if registers(DATASETS[name]):
+        if DATASETS[name]["register"]:
             fixed = DATASETS[name]["fixed"]
             moving = {m for p in DATASETS[name]["pairs"] for m in p if m != fixed}
             targets += [f"{subject_dir(name, s)}/qc/sub-{s}_from-{m}_to-{fixed}_regqc.png"
@@ -105,7 +109,7 @@ def normalization_input(wildcards):
     fixed = DATASETS[dataset]["fixed"]
     base = f"{subject_dir(dataset, subject)}/sub-{subject}"
     inputs = {"fixed": f"{base}_{fixed}.nii.gz"}
-    if modality == fixed or not registers(DATASETS[dataset]):
+    if modality == fixed or not DATASETS[dataset]["register"]:
         inputs["volume"] = f"{base}_{modality}.nii.gz"
     else:
         inputs["volume"] = f"{base}_space-{fixed}_desc-registered_{modality}.nii.gz"
@@ -142,8 +146,7 @@ def fusion_sources(wildcards):
 
 
 def fused_path(dataset, pair, subject, method):
-    fixed = DATASETS[dataset]["fixed"]
-    return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{fixed}_desc-{method}_fused.nii.gz"
+    return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{space_label(dataset)}_desc-{method}_fused.nii.gz"
 
 
 def ixi_archive(wildcards):

@@ -31,8 +31,8 @@ rule fuse_lpmnet:
         unpack(fusion_sources),
         model=f"{RESULTS}/{{dataset}}/{{pair}}/model/model.pt",
     output:
-        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{fixed}}_desc-lpmnet_fused.nii.gz",
-        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{fixed}}_desc-lpmnet_fused.json",
+        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-lpmnet_fused.nii.gz",
+        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-lpmnet_fused.json",
     params:
         device=config["fusion"]["device"],
         tile=config["fusion"]["tile"] or None,
@@ -42,9 +42,9 @@ rule fuse_lpmnet:
         mem_mb=8000,
         runtime=30,
     log:
-        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{fixed}}_lpmnet.log",
+        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_lpmnet.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{fixed}}_lpmnet.tsv"
+        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_lpmnet.tsv"
     conda:
         "../envs/torch.yaml"
     script:
@@ -55,14 +55,14 @@ rule fuse_classical:
     input:
         unpack(fusion_sources),
     output:
-        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{fixed}}_desc-{{method}}_fused.nii.gz",
-        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{fixed}}_desc-{{method}}_fused.json",
+        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.nii.gz",
+        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.json",
     wildcard_constraints:
         method="|".join(config["fusion"]["classical"]) or "none",
     log:
-        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{fixed}}_{{method}}.log",
+        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{fixed}}_{{method}}.tsv"
+        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.tsv"
     conda:
         "../envs/registration.yaml"
     script:

@@ -1,4 +1,5 @@
-# Per subject: optional N4, registration of each moving modality onto the fixed one, normalisation.
+# Per subject: optional N4, registration of each moving modality onto the fixed one, normalisation, and
+# (datasets with a target_shape) the paper-style resize of the normalised volume.
 
 
 rule n4_bias_correction:
@@ -74,6 +75,25 @@ rule normalize:
         "../envs/registration.yaml"
     script:
         "../scripts/normalize.py"
+
+
+rule resize:
+    input:
+        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_desc-norm_{{modality}}.nii.gz",
+    output:
+        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_res-{{shape}}_desc-norm_{{modality}}.nii.gz",
+    params:
+        dhw_shape=lambda w: [int(n) for n in w.shape.split("x")],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/resize/sub-{{subject}}_space-{{fixed}}_res-{{shape}}_{{modality}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/resize/sub-{{subject}}_space-{{fixed}}_res-{{shape}}_{{modality}}.tsv"
+    group:
+        "subject_preprocessing"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/resize.py"
 
 
 rule split:

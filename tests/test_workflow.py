@@ -130,6 +130,37 @@ def test_changing_the_registration_reruns_from_registration_on(finished_run):
     assert jobs["metrics"] == 3 and jobs["metric_tables"] == 1
 
 
+def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
+    import nibabel as nib
+
+    from lpmnet.resample import resized_affine
+
+    results = finished_run / "results" / "demo"
+    native = {p: p.stat().st_mtime_ns for p in (results / "T1-FLAIR").rglob("*") if p.is_file()}
+    config = tiny_config()
+    config["datasets"]["demo"]["target_shape"] = [32, 48, 40]
+    workdir_with(finished_run, config)
+    try:
+        # Only the resize of the kept normalised volumes and the pair's work on the new grid.
+        assert planned_jobs(finished_run) == {
+            "resize": 6, "train": 1, "fuse_lpmnet": 1, "fuse_classical": 2, "metrics": 3, "metric_tables": 1,
+            "fusion_montage": 1, "training_curves": 1, "all": 1}
+        snakemake(finished_run, "--cores", "2")
+    finally:
+        workdir_with(finished_run, tiny_config())
+    assert planned_jobs(finished_run) == {}  # back on the native grid: nothing to redo
+    assert {p: p.stat().st_mtime_ns for p in native} == native
+
+    resized = results / "T1-FLAIR_res-32x48x40"
+    assert len(pd.read_csv(resized / "metrics.tsv", sep="\t")) == 6
+    fused = next((resized / "fused").glob("sub-*_space-T1_res-32x48x40_desc-lpmnet_fused.nii.gz"))
+    subject = fused.name.split("_")[0]
+    t1 = nib.load(results / subject / f"{subject}_space-T1_desc-norm_T1.nii.gz")
+    image = nib.load(fused)
+    assert image.shape == (40, 48, 32)  # (D, H, W) = the files' (k, j, i)
+    np.testing.assert_allclose(image.affine, resized_affine(t1.affine, t1.shape, (40, 48, 32)), atol=1e-4)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("training.iterations", "many", "iterations"),
     ("registration.transform", "Elastic", "transform"),

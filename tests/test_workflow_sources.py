@@ -36,7 +36,8 @@ def _md5(path):
 
 
 def ixi_dataset(urls, checksums, **extra):
-    return {"source": "ixi", "urls": urls, "checksums": checksums, "fixed": "T2", "pairs": [["T2", "T1"], ["T2", "PD"]],
+    # no "fixed": T2 is the IXI default
+    return {"source": "ixi", "urls": urls, "checksums": checksums, "pairs": [["T2", "T1"], ["T2", "PD"]],
             "modalities": ["T1", "T2", "PD"], "retries": 3, **extra}
 
 
