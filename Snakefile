@@ -16,7 +16,7 @@ report: "report/workflow.rst"
 
 rule all:
     input:
-        all_targets(),
+        all_targets,
     default_target: True
 
 

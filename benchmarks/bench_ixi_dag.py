@@ -34,7 +34,7 @@ def prepare(workdir: Path, n_subjects: int) -> Path:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config = copy.deepcopy(config)
     config["datasets"] = {"ixi": {
-        "source": "ixi", "fixed": "T2", "pairs": [["T2", "T1"], ["T2", "PD"]], "modalities": ["T1", "T2", "PD"],
+        "source": "ixi", "pairs": [["T2", "T1"], ["T2", "PD"]], "modalities": ["T1", "T2", "PD"],
         "urls": {m: f"http://127.0.0.1:9/IXI-{m}.tar" for m in ("T1", "T2", "PD")}}}
     (workdir / "config").mkdir(parents=True, exist_ok=True)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -165,8 +165,8 @@ def folder_sources(name, dataset_config):
 def dataset_sources(name, dataset_config, results=RESULTS):
     """All sources of one dataset, completed with "missing" rows for modalities that a subject lacks.
 
-    An ``ixi`` dataset has no sources until its manifest exists (it is written by the workflow after
-    download and extraction): run the workflow once to fetch, then again for the full workflow.
+    An ``ixi`` dataset has no sources until its manifest exists: the workflow writes it after download
+    and extraction (a checkpoint), then reads it with this function.
     """
     kind = dataset_config["source"]
     if kind == "demo":
@@ -248,22 +248,26 @@ def run_job(smk, main):
 
 
 def dataset_splits(subjects_by_dataset, split_config):
-    """Train/test split of every dataset (see :func:`lpmnet.split.make_split`).
+    """Train/test split of every dataset that has subjects (see :func:`lpmnet.split.make_split`).
 
     Explicit ``train``/``test`` lists name subjects across all datasets; each dataset takes the names it
-    has. A name that no dataset has is an error (a typo would otherwise silently change the split).
+    has. A name that no dataset has is an error (a typo would otherwise silently change the split), checked
+    once every dataset's subjects are known (an IXI dataset has none before its download).
     """
     from lpmnet.split import make_split
 
-    train, test = split_config.get("train") or [], split_config.get("test") or []
+    train = [subject_label(s, "split") for s in split_config.get("train") or []]
+    test = [subject_label(s, "split") for s in split_config.get("test") or []]
     known = {s for subjects in subjects_by_dataset.values() for s in subjects}
-    unknown = sorted({subject_label(s, "split") for s in train + test} - known)
-    if unknown:
+    unknown = sorted(set(train + test) - known)
+    if unknown and all(subjects_by_dataset.values()):
         raise ValueError(f"split: subject(s) {', '.join(unknown)} are in no dataset")
     splits = {}
     for name, subjects in subjects_by_dataset.items():
-        mine_train = [s for s in map(lambda s: subject_label(s, "split"), train) if s in subjects]
-        mine_test = [s for s in map(lambda s: subject_label(s, "split"), test) if s in subjects]
+        if not subjects:
+            continue
+        mine_train = [s for s in train if s in subjects]
+        mine_test = [s for s in test if s in subjects]
         splits[name] = make_split(subjects, split_config["test_fraction"], split_config["seed"],
                                   train=mine_train or None, test=mine_test or None, allow_overlap=True)
     return splits

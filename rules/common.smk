@@ -15,13 +15,27 @@ DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()
 for _name, _cfg in DATASETS.items():
     check_dataset_config(_name, _cfg)
 
-# (dataset, subject, modality) -> Source, read once while the job graph is built
-SOURCES = {(s.dataset, s.subject, s.modality): s for name, cfg in DATASETS.items() for s in dataset_sources(name, cfg)}
-SUBJECTS = {name: sorted({s.subject for s in SOURCES.values() if s.dataset == name}) for name in DATASETS}
+# (dataset, subject, modality) -> Source, read while the job graph is built; an IXI dataset's rows are
+# read again from its manifest once the checkpoint `manifest` has (re)written it (see read_dataset).
+SOURCES = {}
+SUBJECTS = {}
+SPLITS = {}
+
+
+def read_dataset(name):
+    """Index one dataset's sources and subjects, and split every dataset that has subjects."""
+    for key in [key for key in SOURCES if key[0] == name]:
+        del SOURCES[key]
+    SOURCES.update({(s.dataset, s.subject, s.modality): s for s in dataset_sources(name, DATASETS[name])})
+    SUBJECTS[name] = sorted({subject for dataset, subject, _ in SOURCES if dataset == name})
+    SPLITS.clear()
+    SPLITS.update(dataset_splits(SUBJECTS, config["split"]))
+
+
+for _name in DATASETS:
+    read_dataset(_name)
 # Pair folders carry the grid (native or paper-style resized), so results of both grids coexist.
 PAIRS = {name: {pair_label(p, cfg): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
-# An IXI dataset has no subjects before its first run has downloaded it and written its manifest.
-SPLITS = dataset_splits({name: s for name, s in SUBJECTS.items() if s}, config["split"])
 METHODS = ["lpmnet", *config["fusion"]["classical"]]
 
 
@@ -63,7 +77,13 @@ def gpu_resources(section):
     return 1 if config[section]["device"] == "cuda" else 0
 
 
-def all_targets():
+def all_targets(wildcards):
+    """Everything of every dataset; an IXI dataset's subjects once it is downloaded and paired."""
+    for name, cfg in DATASETS.items():
+        if cfg["source"] == "ixi":
+            # Waits for the checkpoint on the first run; re-reads a manifest that was rewritten.
+            checkpoints.manifest.get(dataset=name)
+            read_dataset(name)
     targets = [manifest_path(name) for name in DATASETS]
     for name in SPLITS:
         for pair in PAIRS[name]:

@@ -1,6 +1,6 @@
 # Public dataset sources: IXI download and extraction, and the manifest (subjects table) of every dataset.
-# An IXI dataset's subjects are known once its manifest exists: the first run fetches, extracts and pairs
-# (only these jobs are planned), the next run builds the job graph of the whole workflow from the manifest.
+# The manifest is a checkpoint: an IXI dataset's subjects are known once it is downloaded, extracted and
+# paired, and Snakemake then extends the job graph with them in the same run.
 
 
 localrules:
@@ -39,7 +39,7 @@ rule ixi_extract:
         "../scripts/ixi_extract.py"
 
 
-rule manifest:
+checkpoint manifest:
     input:
         unpack(manifest_input),
     output:

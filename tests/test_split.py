@@ -87,3 +87,27 @@ def test_bad_tsv_names_the_file(tmp_path):
         read_split_tsv(bad)
     with pytest.raises(InputError, match="not found"):
         read_split_tsv(tmp_path / "missing.tsv")
+
+
+def test_dataset_splits_wait_for_datasets_without_subjects_before_refusing_names():
+    from lpmnet.workflow import dataset_splits
+
+    config = {"test_fraction": 0.34, "seed": 0, "train": [], "test": ["IXI002Guys0828"]}
+    # An IXI dataset has no subjects before its download: its subject may be named already.
+    splits = dataset_splits({"demo": ["a", "b", "c"], "ixi": []}, config)
+    assert set(splits) == {"demo"} and sorted(splits["demo"].values()).count("test") == 1
+    splits = dataset_splits({"demo": ["a", "b", "c"], "ixi": ["IXI002Guys0828", "IXI012HH1211"]}, config)
+    assert splits["ixi"] == {"IXI002Guys0828": "test", "IXI012HH1211": "train"}
+    with pytest.raises(ValueError, match="IXI002Guys0828 are in no dataset"):
+        dataset_splits({"demo": ["a", "b", "c"], "ixi": ["IXI012HH1211"]}, config)
+
+
+def test_dataset_defaults_and_grid_names():
+    from lpmnet.workflow import pair_label, with_defaults
+
+    ixi = with_defaults({"source": "ixi", "pairs": [["T2", "T1"]]})
+    assert ixi["fixed"] == "T2" and ixi["register"] is True and ixi["target_shape"] == []
+    assert with_defaults({"source": "brats", "fixed": "T1", "pairs": []})["register"] is False
+    assert with_defaults({"source": "brats", "fixed": "T1", "pairs": [], "register": True})["register"] is True
+    assert pair_label(["T2", "T1"], ixi) == "T2-T1"
+    assert pair_label(["T2", "T1"], {**ixi, "target_shape": [128, 160, 160]}) == "T2-T1_res-128x160x160"
