@@ -70,9 +70,10 @@ def slurm_jobs_of(workdir, since):
         info = scontrol_job(job_id)
         comment = re.search(r"Comment=(\S*)", info)
         text = log.read_text(errors="replace")
-        # "rule x:" is printed when the job is planned inside the SLURM job, "localrule x:" when it runs
-        scheduled = sorted(set(re.findall(r"^rule (\w+):", text, flags=re.M)))
-        rules = re.findall(r"^localrule (\w+):", text, flags=re.M)
+        # "rule x:" ("checkpoint x:") is printed when the job is planned inside the SLURM job,
+        # "localrule x:" ("localcheckpoint x:") when it runs
+        scheduled = sorted(set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.M)))
+        rules = re.findall(r"^local(?:rule|checkpoint) (\w+):", text, flags=re.M)
         tres = " ".join(re.findall(r"(?:TresPerJob|TresPerNode|JOB_GRES|TRES)=(\S*)", info))
         if not scheduled and comment:  # cancelled before it printed anything: the executor's comment
             scheduled = re.findall(r"^rule_(\w+?)(?:_wildcards_|$)", comment.group(1))
