@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from lpmnet.errors import InputError
-from lpmnet.io import file_digest
+from lpmnet.io import atomic_write_text, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +250,6 @@ def folder_subjects(root, patterns):
 
 def write_manifest(path, dataset, rows, checksums=True):
     """Write the subjects table (dataset, subject, modality, path, checksum) atomically."""
-    from lpmnet.io import atomic_write_text
-
     lines = ["\t".join(MANIFEST_COLUMNS)]
     for subject, modality, p in rows:
         lines.append("\t".join((dataset, subject, modality, str(p), path_checksum(p) if checksums else "")))

@@ -53,9 +53,14 @@ def _kind(path):
     return "dicom" if not p.suffix else "nifti"
 
 
-#: What a dataset entry means where it leaves a key out, by source: IXI's T1 lies off the T2/PD grid and
-#: is registered onto T2; BraTS volumes are co-registered by the challenge.
-SOURCE_DEFAULTS = {"ixi": {"fixed": "T2"}, "brats": {"register": False}}
+#: What a dataset entry means where it leaves a key out, by source: the demo's generator settings; IXI's
+#: T1 lies off the T2/PD grid and is registered onto T2; BraTS volumes are co-registered by the challenge.
+SOURCE_DEFAULTS = {
+    "demo": {"subjects": 6, "seed": 0, "modalities": ["T1", "FLAIR", "PET"], "dicom_modalities": ["T1"],
+             "voxel_mm": 2.0},
+    "ixi": {"fixed": "T2", "retries": 5, "checksums": {}},
+    "brats": {"register": False},
+}
 
 
 def with_defaults(dataset_config):
@@ -89,10 +94,10 @@ def demo_sources(name, dataset_config, results=RESULTS):
     from lpmnet.demo import demo_layout
 
     root = Path(results) / name / "sourcedata"
-    rows = demo_layout(dataset_config.get("subjects", 6), dataset_config.get("modalities", ("T1", "FLAIR", "PET")),
-                       dataset_config.get("dicom_modalities", ("T1",)))
+    dicom = dataset_config["dicom_modalities"]
+    rows = demo_layout(dataset_config["subjects"], dataset_config["modalities"], dicom)
     return [Source(name, subject_label(r["subject"], root), r["modality"], str(root / r["path"]),
-                   "dicom" if r["modality"] in dataset_config.get("dicom_modalities", ("T1",)) else "nifti")
+                   "dicom" if r["modality"] in dicom else "nifti")
             for r in rows]
 
 
@@ -200,7 +205,9 @@ def check_dataset_config(name, dataset_config):
     if "seg" in needed_modalities(dataset_config):
         raise ValueError(f"datasets.{name}: the segmentation (seg) is carried along, never fused or trained on")
     if dataset_config["source"] == "ixi":
-        unknown = [m for m in ixi_modalities(dataset_config) if m not in ("T1", "T2", "PD")]
+        from lpmnet.sources import IXI_MODALITIES
+
+        unknown = [m for m in ixi_modalities(dataset_config) if m not in IXI_MODALITIES]
         if unknown:
             raise ValueError(f"datasets.{name}: IXI has T1, T2 and PD, not {', '.join(unknown)}")
         if not dataset_config.get("archive_dir"):
@@ -210,7 +217,7 @@ def check_dataset_config(name, dataset_config):
     if dataset_config["source"] == "folders" and not dataset_config.get("patterns"):
         raise ValueError(f"datasets.{name}.patterns: give a file-name regex per modality")
     if dataset_config["source"] == "demo":
-        modalities = dataset_config.get("modalities", ())
+        modalities = dataset_config["modalities"]
         for m in needed_modalities(dataset_config):
             if m not in modalities:
                 raise ValueError(f"datasets.{name}: modality {m} is used but not in modalities {modalities}")

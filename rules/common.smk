@@ -16,27 +16,37 @@ for _name, _cfg in DATASETS.items():
     check_dataset_config(_name, _cfg)
 
 # (dataset, subject, modality) -> Source, read while the job graph is built; an IXI dataset's rows are
-# read again from its manifest once the checkpoint `manifest` has (re)written it (see read_dataset).
+# read again from its manifest once the checkpoint `manifest` has (re)written it (see all_targets).
 SOURCES = {}
 SUBJECTS = {}
 SPLITS = {}
 
 
-def read_dataset(name):
-    """Index one dataset's sources and subjects, and split every dataset that has subjects."""
+def index_dataset(name):
+    """(Re)index one dataset's sources and subjects."""
     for key in [key for key in SOURCES if key[0] == name]:
         del SOURCES[key]
     SOURCES.update({(s.dataset, s.subject, s.modality): s for s in dataset_sources(name, DATASETS[name])})
     SUBJECTS[name] = sorted({subject for dataset, subject, _ in SOURCES if dataset == name})
+
+
+def split_datasets():
+    """Split every dataset that has subjects (explicit subject lists span all datasets)."""
     SPLITS.clear()
     SPLITS.update(dataset_splits(SUBJECTS, config["split"]))
 
 
 for _name in DATASETS:
-    read_dataset(_name)
+    index_dataset(_name)
+split_datasets()
 # Pair folders carry the grid (native or paper-style resized), so results of both grids coexist.
 PAIRS = {name: {pair_label(p, cfg): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
 METHODS = ["lpmnet", *config["fusion"]["classical"]]
+
+
+# The optional grid entity of pair folders and spaces (paper-style resized volumes, see grid_entity).
+SHAPE = "[0-9]+x[0-9]+x[0-9]+"
+RESIZED = f"(_res-{SHAPE})?"
 
 
 wildcard_constraints:
@@ -44,9 +54,9 @@ wildcard_constraints:
     subject="[A-Za-z0-9]+",
     modality="[A-Za-z0-9]+",
     fixed="[A-Za-z0-9]+",
-    pair="[A-Za-z0-9]+-[A-Za-z0-9]+(_res-[0-9]+x[0-9]+x[0-9]+)?",
-    space="[A-Za-z0-9]+(_res-[0-9]+x[0-9]+x[0-9]+)?",
-    shape="[0-9]+x[0-9]+x[0-9]+",
+    pair=f"[A-Za-z0-9]+-[A-Za-z0-9]+{RESIZED}",
+    space=f"[A-Za-z0-9]+{RESIZED}",
+    shape=SHAPE,
     method="[a-z0-9]+",
 
 
@@ -79,11 +89,13 @@ def gpu_resources(section):
 
 def all_targets(wildcards):
     """Everything of every dataset; an IXI dataset's subjects once it is downloaded and paired."""
-    for name, cfg in DATASETS.items():
-        if cfg["source"] == "ixi":
-            # Waits for the checkpoint on the first run; re-reads a manifest that was rewritten.
-            checkpoints.manifest.get(dataset=name)
-            read_dataset(name)
+    downloaded = [name for name, cfg in DATASETS.items() if cfg["source"] == "ixi"]
+    for name in downloaded:
+        # Waits for the checkpoint on the first run; re-reads a manifest that was rewritten.
+        checkpoints.manifest.get(dataset=name)
+        index_dataset(name)
+    if downloaded:
+        split_datasets()
     targets = [manifest_path(name) for name in DATASETS]
     for name in SPLITS:
         for pair in PAIRS[name]:

@@ -5,11 +5,11 @@ rule demo_dataset:
     output:
         table=f"{RESULTS}/{{dataset}}/sourcedata/subjects.tsv",
     params:
-        subjects=lambda w: DATASETS[w.dataset].get("subjects", 6),
-        seed=lambda w: DATASETS[w.dataset].get("seed", 0),
-        modalities=lambda w: DATASETS[w.dataset].get("modalities", ["T1", "FLAIR", "PET"]),
-        dicom_modalities=lambda w: DATASETS[w.dataset].get("dicom_modalities", ["T1"]),
-        voxel_mm=lambda w: DATASETS[w.dataset].get("voxel_mm", 2.0),
+        subjects=lambda w: DATASETS[w.dataset]["subjects"],
+        seed=lambda w: DATASETS[w.dataset]["seed"],
+        modalities=lambda w: DATASETS[w.dataset]["modalities"],
+        dicom_modalities=lambda w: DATASETS[w.dataset]["dicom_modalities"],
+        voxel_mm=lambda w: DATASETS[w.dataset]["voxel_mm"],
     log:
         f"{RESULTS}/{{dataset}}/logs/demo_dataset.log",
     benchmark:

@@ -12,8 +12,8 @@ rule ixi_download:
         f"{RESULTS}/{{dataset}}/downloads/IXI-{{modality}}.tar",
     params:
         url=lambda w: DATASETS[w.dataset]["urls"][w.modality],
-        checksum=lambda w: DATASETS[w.dataset].get("checksums", {}).get(w.modality),
-        retries=lambda w: DATASETS[w.dataset].get("retries", 5),
+        checksum=lambda w: DATASETS[w.dataset]["checksums"].get(w.modality),
+        retries=lambda w: DATASETS[w.dataset]["retries"],
     log:
         f"{RESULTS}/{{dataset}}/logs/ixi_download/IXI-{{modality}}.log",
     benchmark:

@@ -90,3 +90,19 @@ def test_allocator_setting_is_accepted_here():
     from lpmnet.runtime import keep_freed_memory_for_reuse
 
     assert keep_freed_memory_for_reuse() is (sys.platform.startswith("linux"))
+
+
+def test_slice_wise_metrics_slice_along_the_files_slice_axis(files, tmp_path):
+    # axis 0 is D of the original's (D, H, W) layout: the files' third voxel axis k, as SimpleITK reads it.
+    from lpmnet.metrics import compute_all
+    from lpmnet.normalize import minmax01
+
+    folder, a, b, _ = files
+    x1, x2 = (nib.load(p).get_fdata(dtype=np.float32) for p in (a, b))
+    fused = save_volume(tmp_path / "max.nii.gz", np.maximum(minmax01(x1), minmax01(x2)), TEST_AFFINE)
+    table = json.loads(run_cli("metrics", a, b, fused, "--convention", "standard", "--json").stdout)
+    inputs = [minmax01(x1), minmax01(x2), np.maximum(minmax01(x1), minmax01(x2))]
+    along_k = compute_all(*(v.transpose(2, 1, 0) for v in inputs), conventions=("standard",), axis=0)
+    along_i = compute_all(*inputs, conventions=("standard",), axis=0)
+    assert table["standard"]["Qabf"] == pytest.approx(along_k["standard"].values["Qabf"], rel=1e-6)
+    assert abs(along_k["standard"].values["Qabf"] - along_i["standard"].values["Qabf"]) > 1e-3
