@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = SHARED / "data" / "real"
+BASELINE_FIXTURES = SHARED / "fixtures" / "baselines"
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +13,11 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def baseline_fixtures():
+    """The original codes' state dicts, inputs and outputs (../shared/fixtures/baselines); skip when absent."""
+    if not BASELINE_FIXTURES.is_dir():
+        pytest.skip("../shared/fixtures/baselines is not present")
+    return BASELINE_FIXTURES
