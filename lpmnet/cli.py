@@ -16,6 +16,7 @@ import numpy as np
 
 from lpmnet import __version__
 from lpmnet.errors import LPMNetError
+from lpmnet.resources import DEFAULT_FUSION_BUDGET_MB
 
 EXIT_BAD_INPUT = 2
 
@@ -52,7 +53,8 @@ def _cmd_fuse(args):
     from lpmnet.fuse import fuse_files
 
     fuse_files(args.fixed, args.moving, args.output, args.checkpoint, device=args.device, tile=args.tile,
-               overlap=args.overlap, scan_backend=args.scan_backend, components=args.components)
+               overlap=args.overlap, scan_backend=args.scan_backend, components=args.components,
+               memory_budget_mb=args.memory_budget_mb or None)
     print(args.output)
 
 
@@ -121,6 +123,8 @@ def build_parser():
     p.add_argument("--checkpoint", required=True, help="project checkpoint or original LPM-Net state dict")
     p.add_argument("--device", default="auto")
     p.add_argument("--tile", type=int, nargs="+", help="sliding-window tile size (multiple of 16)")
+    p.add_argument("--memory-budget-mb", type=int, default=DEFAULT_FUSION_BUDGET_MB,
+                   help="without --tile: tile automatically when a whole-volume pass needs more (0: never)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--scan-backend", choices=("auto", "cuda", "cpu", "torch"), default="auto")
     p.add_argument("--components", action="store_true", help="also write the base and detail volumes")

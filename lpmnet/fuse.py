@@ -4,13 +4,16 @@ The output is a float32 NIfTI in exactly the grid and affine of the first (fixed
 on the source scans in any viewer, plus a JSON sidecar recording the sources, the checkpoint and the
 intensity convention. Registration is the workflow's job: inputs on different grids are refused.
 
-Large volumes can be fused in overlapping tiles (``tile``) whose outputs are blended with weights that
-fall off linearly towards the tile borders, which bounds memory on small GPUs or CPUs.
+Large volumes are fused in overlapping tiles whose outputs are blended with weights that fall off
+linearly towards the tile borders, which bounds memory on small GPUs or CPUs: explicitly (``tile``) or
+automatically, when a whole-volume pass would need more than ``memory_budget_mb``
+(:func:`lpmnet.resources.fusion_tile`).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from pathlib import Path
 
@@ -21,6 +24,10 @@ from lpmnet import __version__
 from lpmnet.io import atomic_write_json, dhw, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.models import WINDOW
 from lpmnet.normalize import minmax01
+from lpmnet.resources import DEFAULT_FUSION_BUDGET_MB
+from lpmnet.runtime import release_freed_memory
+
+log = logging.getLogger("lpmnet.fuse")
 
 NORMALIZATION = "per-volume min-max to [0, 1] of each input; output in [0, 1] (tanh/2 + 0.5 head)"
 
@@ -78,6 +85,8 @@ def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25):
             acc[region] += value * weights
         if tile is not None:
             weight_sum[region] += weights
+            del result
+            release_freed_memory()
     if tile is not None:
         for name in outputs:
             outputs[name] /= weight_sum
@@ -85,13 +94,15 @@ def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25):
 
 
 def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, overlap=0.25,
-               scan_backend="auto", components=False):
+               scan_backend="auto", components=False, memory_budget_mb=DEFAULT_FUSION_BUDGET_MB):
     """Fuse two NIfTI files with a checkpoint; writes ``out_path`` (+ ``.json`` sidecar). Returns the sidecar.
 
-    ``components=True`` also writes the base and detail volumes next to the output
-    (``..._base.nii.gz``, ``..._detail.nii.gz``).
+    Without ``tile``, the volume is tiled automatically when its model pass would need more than
+    ``memory_budget_mb`` (None: never). ``components=True`` also writes the base and detail volumes
+    next to the output (``..._base.nii.gz``, ``..._detail.nii.gz``).
     """
     from lpmnet.models import load_checkpoint
+    from lpmnet.resources import fusion_tile, model_dim
     from lpmnet.train import resolve_device
 
     out_path = Path(out_path)
@@ -102,9 +113,16 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, ove
     model, card = load_checkpoint(checkpoint, map_location=device)
     model.set_scan_backend(scan_backend)
     model.to(device)
+    x1, x2 = minmax01(dhw(v1.data)), minmax01(dhw(v2.data))
+    tile_source = "given" if tile is not None else "none"
+    if tile is None:
+        tile = fusion_tile(x1.shape, memory_budget_mb, model_dim(model.config))
+        if tile is not None:
+            tile_source = f"auto: a whole-volume pass exceeds memory_budget_mb={memory_budget_mb}"
+            log.info("fusing in tiles of %s (D, H, W): a whole-volume pass would need more than %s MB",
+                     "x".join(map(str, tile)), memory_budget_mb)
     tic = time.perf_counter()
-    result = fuse_arrays(model, minmax01(dhw(v1.data)), minmax01(dhw(v2.data)), device=device, tile=tile,
-                         overlap=overlap)
+    result = fuse_arrays(model, x1, x2, device=device, tile=tile, overlap=overlap)
     seconds = time.perf_counter() - tic
 
     written = {"fused": out_path}
@@ -123,7 +141,8 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, ove
                        "model_kwargs": dict(model.config), "model_card_method": card.get("method")},
         "Normalization": NORMALIZATION,
         "Components": {k: str(v) for k, v in written.items()},
-        "Tile": tile,
+        "Tile": [int(t) for t in np.broadcast_to(tile, 3)] if tile is not None else None,
+        "TileChoice": tile_source,
         "Device": str(device),
         "Seconds": round(seconds, 3),
         "lpmnet_version": __version__,

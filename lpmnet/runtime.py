@@ -31,3 +31,18 @@ def keep_freed_memory_for_reuse():
         return False
     log.debug("glibc malloc thresholds raised to %d bytes: %s", _LARGE_HEAP_BYTES, ok)
     return ok
+
+
+def release_freed_memory():
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``); False where not glibc.
+
+    With :func:`keep_freed_memory_for_reuse` a series of large passes (fusion tiles) fragments the heap,
+    and the resident size grows from pass to pass (measured: +17 % by the second 96^3 pass). Trimming
+    between passes keeps it at the first pass's level, which is what the jobs' ``mem_mb`` is sized for.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,9 +8,14 @@ validate(config, schema="../config/schema.yaml")
 
 # The rules run the lpmnet package of this repository, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir)))
+from snakemake.logging import logger
+
+from lpmnet import resources
 from lpmnet.split import subjects_in
-from lpmnet.workflow import (RESULTS, check_dataset_config, dataset_sources, dataset_splits, grid_entity,
-                             ixi_modalities, manifest_path, pair_label, with_defaults)
+from lpmnet.workflow import (RESULTS, check_dataset_config, check_dataset_modalities, dataset_sources,
+                             dataset_splits, failed_inputs, grid_entity, ignored_table_rows, ixi_modalities,
+                             manifest_path, needed_modalities, pair_label, read_input_status, with_defaults)
+from lpmnet.split import BOTH, OVERLAP_NOTE
 
 DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
 for _name, _cfg in DATASETS.items():
@@ -20,20 +26,39 @@ for _name, _cfg in DATASETS.items():
 SOURCES = {}
 SUBJECTS = {}
 SPLITS = {}
+WARNED = set()
+
+
+def warn_once(message):
+    """A warning on the console of the run (not again in each job, which re-reads this file)."""
+    if workflow.is_main_process and message not in WARNED:
+        WARNED.add(message)
+        logger.warning(f"Warning: {message}")
 
 
 def index_dataset(name):
     """(Re)index one dataset's sources and subjects."""
     for key in [key for key in SOURCES if key[0] == name]:
         del SOURCES[key]
-    SOURCES.update({(s.dataset, s.subject, s.modality): s for s in dataset_sources(name, DATASETS[name])})
+    sources = dataset_sources(name, DATASETS[name])
+    check_dataset_modalities(name, DATASETS[name], sources)
+    SOURCES.update({(s.dataset, s.subject, s.modality): s for s in sources})
     SUBJECTS[name] = sorted({subject for dataset, subject, _ in SOURCES if dataset == name})
+    ignored = ignored_table_rows(DATASETS[name], sources)
+    if ignored:
+        warn_once(f"datasets.{name}: {len(ignored)} row(s) of {DATASETS[name]['table']} have a modality that no "
+                  f"pair and not fixed uses ({', '.join(sorted({s.modality for s in ignored}))}) and are ignored; "
+                  f"they are listed in {RESULTS}/{name}/logs/manifest.log")
 
 
 def split_datasets():
     """Split every dataset that has subjects (explicit subject lists span all datasets)."""
     SPLITS.clear()
     SPLITS.update(dataset_splits(SUBJECTS, config["split"]))
+    for name, split in SPLITS.items():
+        if BOTH in split.values():
+            warn_once(f"dataset {name} has {len(split)} subject(s), fewer than a train/test split needs: "
+                      f"{OVERLAP_NOTE}")
 
 
 for _name in DATASETS:
@@ -82,13 +107,59 @@ def pair_dir(dataset, pair):
     return f"{RESULTS}/{dataset}/{pair}"
 
 
+# Memory of the heavy jobs from the sizes of their inputs (lpmnet.resources; benchmarks/bench_memory.py).
+# Before the inputs exist these raise FileNotFoundError, and Snakemake evaluates them once they do.
+def fusion_mem_mb(wildcards, input):
+    return resources.fusion_mem_mb(input.x1, config["fusion"]["memory_budget_mb"],
+                                   resources.model_dim(config["training"]["model"]))
+
+
+def training_mem_mb(wildcards, input):
+    t = config["training"]
+    return resources.training_mem_mb(input.x1, t["patch_size"] or None, t["batch_size"],
+                                     resources.model_dim(t["model"]))
+
+
+def metrics_mem_mb(wildcards, input):
+    return resources.metrics_mem_mb(input.x1)
+
+
+def registration_mem_mb(wildcards, input):
+    return resources.registration_mem_mb(input.fixed, input.moving)
+
+
 def gpu_resources(section):
     """GPU switch: device "cuda" both requests a GPU from the scheduler and selects it in the job."""
     return 1 if config[section]["device"] == "cuda" else 0
 
 
+FAILURES = {}
+
+
+def input_failures(dataset):
+    """{subject: {modality: problem}} of the dataset's sources that failed their check (a checkpoint).
+
+    Read once per version of the file: every training, table and target function asks for it."""
+    path = checkpoints.input_status.get(dataset=dataset).output[0]
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in FAILURES:
+        FAILURES[key] = failed_inputs(read_input_status(path))
+    return FAILURES[key]
+
+
+def usable_subjects(dataset, role, modalities):
+    """Subjects of a split role whose sources of ``modalities`` (and the fixed one) passed their check."""
+    needed = {DATASETS[dataset]["fixed"], *modalities}
+    failures = input_failures(dataset)
+    return [s for s in subjects_in(SPLITS[dataset], role) if not needed & set(failures.get(s, {}))]
+
+
 def all_targets(wildcards):
-    """Everything of every dataset; an IXI dataset's subjects once it is downloaded and paired."""
+    """Everything of every dataset; an IXI dataset's subjects once it is downloaded and paired.
+
+    Subjects whose sources failed their check are left out of the training sets, tables and figures;
+    their failing conversions are requested so that the run reports them and exits non-zero.
+    """
     downloaded = [name for name, cfg in DATASETS.items() if cfg["source"] == "ixi"]
     for name in downloaded:
         # Waits for the checkpoint on the first run; re-reads a manifest that was rewritten.
@@ -98,36 +169,54 @@ def all_targets(wildcards):
         split_datasets()
     targets = [manifest_path(name) for name in DATASETS]
     for name in SPLITS:
-        for pair in PAIRS[name]:
+        failures = input_failures(name)
+        for pair, modalities in PAIRS[name].items():
             base = pair_dir(name, pair)
             targets += [f"{base}/metrics.tsv", f"{base}/metrics_long.tsv", f"{base}/metrics.html",
-                        f"{base}/model/training_curves.png"]
-            targets += [f"{base}/qc/sub-{s}_montage.png" for s in subjects_in(SPLITS[name], "test")]
+                        f"{base}/failed_subjects.tsv", f"{base}/model/training_curves.png"]
+            targets += [f"{base}/qc/sub-{s}_montage.png" for s in usable_subjects(name, "test", modalities)]
         if DATASETS[name]["register"]:
             fixed = DATASETS[name]["fixed"]
             moving = {m for p in DATASETS[name]["pairs"] for m in p if m != fixed}
             targets += [f"{subject_dir(name, s)}/qc/sub-{s}_from-{m}_to-{fixed}_regqc.png"
-                        for s in SUBJECTS[name] for m in sorted(moving)]
+                        for s in SUBJECTS[name] for m in sorted(moving)
+                        if not {fixed, m} & set(failures.get(s, {}))]
+        targets += [f"{subject_dir(name, s)}/sub-{s}_{m}.nii.gz" for s, bad in failures.items() for m in bad]
     return targets
 
 
-def conversion_input(wildcards):
-    """The source file, or the demo's table for generated data, or the user's table for a missing one.
-
-    An IXI dataset is read through its manifest; brats and folders datasets are indexed while the job
-    graph is built (the same rows their manifest records), so a conversion depends on its file only.
-    """
-    source = SOURCES.get((wildcards.dataset, wildcards.subject, wildcards.modality))
+def source_input(dataset, subject, modality):
+    """The file a source is read from: itself, the demo's table, the IXI manifest, or the user's table."""
+    source = SOURCES.get((dataset, subject, modality))
     if source is None:
-        raise ValueError(f"dataset {wildcards.dataset} has no subject {wildcards.subject} with {wildcards.modality}")
-    if DATASETS[wildcards.dataset]["source"] == "demo":
-        return f"{RESULTS}/{wildcards.dataset}/sourcedata/subjects.tsv"
-    if DATASETS[wildcards.dataset]["source"] == "ixi":
+        raise ValueError(f"dataset {dataset} has no subject {subject} with {modality}")
+    if DATASETS[dataset]["source"] == "demo":
+        return f"{RESULTS}/{dataset}/sourcedata/subjects.tsv"
+    if DATASETS[dataset]["source"] == "ixi":
         # Its files lie inside the extraction folders; ancient(): re-pairing reconverts no subject.
-        return ancient(manifest_path(wildcards.dataset))
+        return ancient(manifest_path(dataset))
     if source.kind == "missing":  # the folder or table that lacks it (the conversion job reports it)
-        return DATASETS[wildcards.dataset].get("table") or DATASETS[wildcards.dataset]["root"]
+        return DATASETS[dataset].get("table") or DATASETS[dataset]["root"]
     return source.path
+
+
+def subject_source_inputs(wildcards):
+    # dict, not set: keeps the ancient() flag of an IXI manifest
+    return list(dict.fromkeys(source_input(wildcards.dataset, wildcards.subject, m)
+                              for m in needed_modalities(DATASETS[wildcards.dataset])))
+
+
+def subject_sources(wildcards):
+    """modality -> (kind, path, problem) of the sources a subject's check reads."""
+    sources = {m: SOURCES[(wildcards.dataset, wildcards.subject, m)]
+               for m in needed_modalities(DATASETS[wildcards.dataset])}
+    return {m: (s.kind, s.path, s.problem) for m, s in sources.items()}
+
+
+def conversion_input(wildcards):
+    """The conversion's input (see source_input). brats and folders datasets are indexed while the job
+    graph is built (the same rows their manifest records), so a conversion depends on its file only."""
+    return source_input(wildcards.dataset, wildcards.subject, wildcards.modality)
 
 
 def registration_source(wildcards, modality):
@@ -150,7 +239,7 @@ def normalization_input(wildcards):
 
 def training_input(wildcards):
     first, second = pair_modalities(wildcards)
-    subjects = subjects_in(SPLITS[wildcards.dataset], "train")
+    subjects = usable_subjects(wildcards.dataset, "train", (first, second))
     return {
         "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
         "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
@@ -177,6 +266,17 @@ def fusion_sources(wildcards):
     }
 
 
+def metric_table_inputs(wildcards):
+    """The metrics of the test subjects whose sources are usable, and the dataset's input status."""
+    subjects = usable_subjects(wildcards.dataset, "test", pair_modalities(wildcards))
+    return {
+        "metrics": [f"{pair_dir(wildcards.dataset, wildcards.pair)}/metrics/sub-{s}_desc-{m}_metrics.json"
+                    for s in subjects for m in METHODS],
+        "input_status": checkpoints.input_status.get(dataset=wildcards.dataset).output[0],
+        "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
+    }
+
+
 def fused_path(dataset, pair, subject, method):
     return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{space_label(dataset)}_desc-{method}_fused.nii.gz"
 
@@ -199,6 +299,12 @@ def manifest_input(wildcards):
     if cfg["source"] == "table":
         return {"table": cfg["table"]}
     return {}
+
+
+def ignored_rows(wildcards):
+    """(table line, subject, modality) of the subjects-table rows that no pair and not fixed uses."""
+    sources = [s for s in SOURCES.values() if s.dataset == wildcards.dataset]
+    return [(s.where, s.subject, s.modality) for s in ignored_table_rows(DATASETS[wildcards.dataset], sources)]
 
 
 def manifest_rows(wildcards):

@@ -1,4 +1,5 @@
-# Sources: the embedded demo dataset, and conversion of every source (NIfTI or DICOM) to a checked NIfTI.
+# Sources: the embedded demo dataset, a check of every subject's sources before anything else runs, and
+# conversion of every source (NIfTI or DICOM) to a checked NIfTI.
 
 
 rule demo_dataset:
@@ -39,3 +40,38 @@ rule convert:
         "../envs/registration.yaml"
     script:
         "../scripts/convert.py"
+
+
+rule check_inputs:
+    input:
+        subject_source_inputs,
+    output:
+        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_inputs.tsv",
+    params:
+        sources=subject_sources,
+    log:
+        f"{RESULTS}/{{dataset}}/logs/check_inputs/sub-{{subject}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/check_inputs/sub-{{subject}}.tsv"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/check_inputs.py"
+
+
+# Which subjects can be processed: the job graph below (training sets, metric tables, montages) is built
+# from the subjects whose sources passed their check; the others are listed in each pair's
+# failed_subjects.tsv, and their conversions still run so that the run reports them and exits non-zero.
+checkpoint input_status:
+    input:
+        lambda w: [f"{subject_dir(w.dataset, s)}/sub-{s}_inputs.tsv" for s in SUBJECTS[w.dataset]],
+    output:
+        f"{RESULTS}/{{dataset}}/input_status.tsv",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/input_status.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/input_status.tsv"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/input_status.py"

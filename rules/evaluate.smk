@@ -10,6 +10,8 @@ rule metrics:
     params:
         conventions=config["metrics"]["conventions"],
         axis=config["metrics"]["axis"],
+    resources:
+        mem_mb=metrics_mem_mb,
     log:
         f"{RESULTS}/{{dataset}}/logs/metrics/{{pair}}/sub-{{subject}}_{{method}}.log",
     benchmark:
@@ -22,11 +24,7 @@ rule metrics:
 
 rule metric_tables:
     input:
-        lambda w: [
-            f"{pair_dir(w.dataset, w.pair)}/metrics/sub-{s}_desc-{m}_metrics.json"
-            for s in subjects_in(SPLITS[w.dataset], "test")
-            for m in METHODS
-        ],
+        unpack(metric_table_inputs),
     output:
         summary=report(
             f"{RESULTS}/{{dataset}}/{{pair}}/metrics.tsv",
@@ -36,6 +34,7 @@ rule metric_tables:
             labels={"pair": "{pair}", "table": "summary (TSV)"},
         ),
         long=f"{RESULTS}/{{dataset}}/{{pair}}/metrics_long.tsv",
+        failed=f"{RESULTS}/{{dataset}}/{{pair}}/failed_subjects.tsv",
         html=report(
             f"{RESULTS}/{{dataset}}/{{pair}}/metrics.html",
             caption="../report/metrics.rst",
@@ -43,6 +42,8 @@ rule metric_tables:
             subcategory="{dataset}",
             labels={"pair": "{pair}", "table": "summary"},
         ),
+    params:
+        modalities=lambda w: [DATASETS[w.dataset]["fixed"], *pair_modalities(w)],
     log:
         f"{RESULTS}/{{dataset}}/logs/metric_tables/{{pair}}.log",
     benchmark:

@@ -14,7 +14,7 @@ rule train:
     threads: config["training"]["threads"]
     resources:
         gpu=gpu_resources("training"),
-        mem_mb=8000,
+        mem_mb=training_mem_mb,
         runtime=240,
     log:
         f"{RESULTS}/{{dataset}}/logs/train/{{pair}}.log",
@@ -36,10 +36,11 @@ rule fuse_lpmnet:
     params:
         device=config["fusion"]["device"],
         tile=config["fusion"]["tile"] or None,
+        memory_budget_mb=config["fusion"]["memory_budget_mb"],
     threads: 2
     resources:
         gpu=gpu_resources("fusion"),
-        mem_mb=8000,
+        mem_mb=fusion_mem_mb,
         runtime=30,
     log:
         f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_lpmnet.log",

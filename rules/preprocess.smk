@@ -44,6 +44,8 @@ rule register:
         seed=config["registration"]["seed"],
         prefix=lambda w, output: output.transform.removesuffix("_mode-image_xfm.mat"),
     threads: config["registration"]["threads"]
+    resources:
+        mem_mb=registration_mem_mb,
     log:
         f"{RESULTS}/{{dataset}}/logs/register/sub-{{subject}}_from-{{modality}}_to-{{fixed}}.log",
     benchmark:

@@ -49,6 +49,7 @@ checkpoint manifest:
         rows=manifest_rows,
         modalities=lambda w: ixi_modalities(DATASETS[w.dataset]),
         max_subjects=lambda w: DATASETS[w.dataset].get("max_subjects"),
+        ignored=ignored_rows,
     log:
         f"{RESULTS}/{{dataset}}/logs/manifest.log",
     benchmark:

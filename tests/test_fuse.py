@@ -113,3 +113,43 @@ def test_model_sees_the_original_dhw_layout(tmp_path, checkpoint):
     np.testing.assert_allclose(written, in_dhw.transpose(2, 1, 0), atol=1e-6)
     as_stored = fuse_arrays(model, a, b)["fused"]
     assert np.abs(written - as_stored).max() > 1e-3
+
+
+def test_fusion_tiles_itself_when_the_whole_volume_exceeds_the_budget(tmp_path, checkpoint):
+    from lpmnet.resources import fusion_pass_mb, fusion_tile
+
+    a, b = write_pair(tmp_path, shape=(64, 80, 48))  # (D, H, W) = (48, 80, 64)
+    shape = (48, 80, 64)
+    budget = fusion_pass_mb(shape) * 0.6
+    tile = fusion_tile(shape, budget)
+    assert tile is not None and all(t % 16 == 0 for t in tile) and fusion_pass_mb(tile) <= budget
+    assert fusion_tile(shape, fusion_pass_mb(shape)) is None  # it fits: one pass
+
+    whole = fuse_files(a, b, tmp_path / "whole.nii.gz", checkpoint, memory_budget_mb=None)
+    auto = fuse_files(a, b, tmp_path / "auto.nii.gz", checkpoint, memory_budget_mb=budget)
+    fuse_files(a, b, tmp_path / "given.nii.gz", checkpoint, tile=list(tile))
+    assert whole["Tile"] is None and auto["Tile"] == list(tile) and auto["TileChoice"].startswith("auto")
+    f_whole, f_auto, f_given = (nib.load(tmp_path / f"{n}.nii.gz").get_fdata() for n in ("whole", "auto", "given"))
+    assert np.array_equal(f_auto, f_given)  # the same tiles as --tile
+    # Tiles aligned to the Mamba windows see the whole-volume context except near their seams, where the
+    # blending averages two slightly different predictions: the same fused image to within 1 % of the range.
+    assert np.abs(f_auto - f_whole).max() < 0.01 and np.abs(f_auto - f_whole).mean() < 1e-4
+
+
+def test_memory_estimates_follow_the_volume_size(tmp_path):
+    from lpmnet import resources
+
+    small = save_volume(tmp_path / "small.nii.gz", np.zeros((96, 160, 160), np.float32) + 1, TEST_AFFINE)
+    large = save_volume(tmp_path / "large.nii.gz", np.zeros((240, 240, 155), np.float32) + 1, TEST_AFFINE)
+    assert resources.volume_shape(large) == (240, 240, 155)
+    whole_small, whole_large = (resources.fusion_mem_mb(p, None) for p in (small, large))
+    assert whole_large > 3 * whole_small
+    # The default budget keeps a 240x240x155 fusion job under 8 GB; the estimate of its tiled pass fits.
+    assert resources.fusion_mem_mb(large, resources.DEFAULT_FUSION_BUDGET_MB) < 8000 < whole_large
+    assert resources.metrics_mem_mb(large) > resources.metrics_mem_mb(small)
+    assert resources.registration_mem_mb(large, small) > resources.registration_mem_mb(small, small)
+    assert resources.training_mem_mb([large], (32, 32, 32), 1) > resources.training_mem_mb([small], (32, 32, 32), 1)
+    assert resources.training_mem_mb([small], None, 1) > resources.training_mem_mb([small], (32, 32, 32), 1)
+    with pytest.raises(FileNotFoundError) as missing:  # Snakemake then evaluates mem_mb when the file exists
+        resources.volume_shape(tmp_path / "later.nii.gz")
+    assert missing.value.filename == str(tmp_path / "later.nii.gz")
