@@ -28,7 +28,8 @@ from matplotlib.figure import Figure
 from lpmnet.errors import InputError
 from lpmnet.io import atomic_output, load_volume, require_same_grid
 
-__all__ = ["fusion_montage", "training_curves", "orthogonal_slices", "LOSS_COLUMNS", "ORIENTATION_NOTE"]
+__all__ = ["fusion_montage", "training_curves", "orthogonal_slices", "label_edges", "LOSS_COLUMNS",
+           "ORIENTATION_NOTE", "EDGE_LETTERS"]
 
 #: Loss-term columns of the training log (the terms of :data:`lpmnet.losses.LOSS_TERMS`).
 LOSS_COLUMNS = ("mse", "ssim", "base", "detail", "sf", "rec")
@@ -39,6 +40,20 @@ ORIENTATION_NOTE = ("closest canonical RAS orientation, neurological convention 
 
 DPI = 100
 WIDTH_IN = 11.0
+
+#: Anatomical direction at the left, right, top and bottom edge of each view of a closest-canonical (RAS)
+#: volume shown with ``origin="lower"`` (neurological convention).
+EDGE_LETTERS = {"axial": ("L", "R", "A", "P"), "coronal": ("L", "R", "S", "I"), "sagittal": ("P", "A", "S", "I")}
+
+
+def label_edges(ax, view, color="#ffd84d"):
+    """Write the anatomical direction of each edge of ``view`` inside the axes."""
+    left, right, top, bottom = EDGE_LETTERS[view]
+    style = dict(transform=ax.transAxes, color=color, fontsize=9, fontweight="bold")
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.97, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.03, bottom, ha="center", va="bottom", **style)
 
 
 def _save(fig: Figure, out_png) -> Path:
@@ -79,6 +94,13 @@ def _window(data: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
+def grid_caption(volume) -> str:
+    """The file's own grid (voxel axes i, j, k as stored), not the display order of the canonical views."""
+    grid = "\u00d7".join(str(n) for n in volume.shape)
+    voxel = "\u00d7".join(f"{z:.3g}" for z in volume.zooms)
+    return f"grid {grid} (i\u00d7j\u00d7k as stored), voxel {voxel} mm"
+
+
 def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
     """Montage of source and fused volumes; writes ``out_png`` and returns its path.
 
@@ -99,11 +121,11 @@ def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
     nx, ny, nz = first.shape
     zx, zy, zz = zooms
     centre = affine @ np.array([nx // 2, ny // 2, nz // 2, 1.0])
-    # (view, horizontal size mm, vertical size mm, column title, edge letters left/right/top/bottom)
+    # (view, horizontal size mm, vertical size mm, column title)
     views = [
-        ("axial", nx * zx, ny * zy, f"axial  z = {centre[2]:.1f} mm", ("L", "R", "A", "P")),
-        ("coronal", nx * zx, nz * zz, f"coronal  y = {centre[1]:.1f} mm", ("L", "R", "S", "I")),
-        ("sagittal", ny * zy, nz * zz, f"sagittal  x = {centre[0]:.1f} mm", ("P", "A", "S", "I")),
+        ("axial", nx * zx, ny * zy, f"axial  z = {centre[2]:.1f} mm"),
+        ("coronal", nx * zx, nz * zz, f"coronal  y = {centre[1]:.1f} mm"),
+        ("sagittal", ny * zy, nz * zz, f"sagittal  x = {centre[0]:.1f} mm"),
     ]
 
     widths = [v[1] for v in views]
@@ -121,7 +143,7 @@ def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
     for r, ((label, path, kind), vol) in enumerate(zip(rows, volumes)):
         lo, hi = _window(vol.data)
         slices = orthogonal_slices(vol.data, vol.affine)
-        for c, (view, w_mm, h_mm, col_title, letters) in enumerate(views):
+        for c, (view, w_mm, h_mm, col_title) in enumerate(views):
             ax = fig.add_subplot(grid[r, c])
             ax.imshow(slices[view], cmap="gray", vmin=lo, vmax=hi, origin="lower",
                       extent=(0, w_mm, 0, h_mm), interpolation="nearest", aspect="equal")
@@ -132,19 +154,14 @@ def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
                 spine.set_visible(False)
             if r == 0:
                 ax.set_title(col_title, fontsize=10)
-                style = dict(transform=ax.transAxes, color="#ffd84d", fontsize=9, fontweight="bold")
-                ax.text(0.02, 0.5, letters[0], ha="left", va="center", **style)
-                ax.text(0.98, 0.5, letters[1], ha="right", va="center", **style)
-                ax.text(0.5, 0.97, letters[2], ha="center", va="top", **style)
-                ax.text(0.5, 0.03, letters[3], ha="center", va="bottom", **style)
+                label_edges(ax, view)
             if c == 0:
                 ax.set_ylabel(f"{label}\n({kind})", rotation=0, ha="right", va="center",
                               fontsize=10, labelpad=8,
                               fontweight="bold" if kind == "fused" else "normal")
     fig.suptitle(title, fontsize=13, y=1 - 0.12 / fig_h, va="top")
     fig.text(0.5, 1 - 0.42 / fig_h, ORIENTATION_NOTE, ha="center", va="top", fontsize=8.5, color="#444")
-    fig.text(0.5, 0.1 / fig_h, f"grid {nx}\u00d7{ny}\u00d7{nz}, voxel {zx:.3g}\u00d7{zy:.3g}\u00d7{zz:.3g} mm",
-             ha="center", va="bottom", fontsize=8, color="#666")
+    fig.text(0.5, 0.1 / fig_h, grid_caption(volumes[0]), ha="center", va="bottom", fontsize=8, color="#666")
     return _save(fig, out_png)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "file_digest",
     "sidecar_path",
     "dhw",
+    "read_tsv_rows",
     "XFORM_CODES",
 ]
 
@@ -397,3 +398,15 @@ def sidecar_path(nifti_path) -> Path:
     """The JSON sidecar next to a NIfTI: same name with ``.json`` instead of ``.nii.gz`` / ``.nii``."""
     p = Path(nifti_path)
     return p.with_name(p.name.removesuffix(".gz").removesuffix(".nii") + ".json")
+
+
+def read_tsv_rows(path, columns) -> list[dict]:
+    """Rows of a tab-separated table as dicts; a missing column is an error naming the file."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(path, f"missing column(s) {', '.join(missing)}")
+        return list(reader)

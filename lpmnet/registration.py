@@ -378,6 +378,8 @@ def registration_qc_figure(fixed_path, registered_path, out_png, title: str = ""
     from matplotlib.figure import Figure
     from skimage.feature import canny
 
+    from lpmnet.figures import label_edges
+
     fixed = load_volume(fixed_path, allow_constant=True)
     moving = load_volume(registered_path, allow_constant=True)
     if not same_grid(fixed, moving):
@@ -406,6 +408,7 @@ def registration_qc_figure(fixed_path, registered_path, out_png, title: str = ""
         ax.imshow(np.ma.masked_where(~edges, edges), cmap=edge_cmap, origin="lower",
                   aspect=zy / zx, interpolation="nearest", alpha=0.9)
         ax.set_title(name, color="white", fontsize=10)
+        label_edges(ax, name)
         ax.set_axis_off()
     fig.suptitle(title or f"{Path(registered_path).name} (edges) on {Path(fixed_path).name}",
                  color="white", fontsize=11)

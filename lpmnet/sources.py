@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -28,7 +27,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from lpmnet.errors import InputError
-from lpmnet.io import atomic_write_text, file_digest
+from lpmnet.io import atomic_write_text, file_digest, read_tsv_rows
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +258,4 @@ def write_manifest(path, dataset, rows, checksums=True):
 
 def read_manifest(path):
     """Rows of a manifest as dicts; a missing column is an error naming the file."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(path, f"missing column(s) {', '.join(missing)}")
-        return list(reader)
+    return read_tsv_rows(path, MANIFEST_COLUMNS)

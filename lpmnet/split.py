@@ -13,9 +13,9 @@ single subject cannot be split; ``allow_overlap=True`` then labels it ``"train+t
 (trained on and evaluated on the same data).  That is only for smoke runs of the
 workflow: metrics of such a subject say nothing about generalisation.
 
-The split is stored as a two-column TSV (``subject<TAB>split``, sorted by subject) with
-:func:`write_split_tsv` / :func:`read_split_tsv`; :func:`subjects_in` lists the subjects
-used for one role.
+The split is stored as a TSV (``subject<TAB>split<TAB>note``, sorted by subject) with
+:func:`write_split_tsv` / :func:`read_split_tsv`; a ``"train+test"`` subject's note says that its
+metrics are not an evaluation. :func:`subjects_in` lists the subjects used for one role.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ BOTH = "train+test"
 ROLES = (TRAIN, TEST, BOTH)
 
 _HEADER = ("subject", "split")
+_NOTE = "note"
+#: What split.tsv, the console and the metric tables say of a subject trained and tested on.
+OVERLAP_NOTE = ("trained and tested on the same subject (fewer subjects than a train/test split needs): "
+                "its metrics say nothing about how the model does on unseen data")
 
 
 def _check_name(name) -> str:
@@ -159,14 +163,14 @@ def subjects_in(split: dict, role: str) -> list[str]:
 
 
 def write_split_tsv(path, split: dict) -> Path:
-    """Write ``split`` atomically as ``subject<TAB>split`` rows sorted by subject; returns the path."""
-    lines = ["\t".join(_HEADER)]
+    """Write ``split`` atomically as ``subject<TAB>split<TAB>note`` rows sorted by subject; returns the path."""
+    lines = ["\t".join((*_HEADER, _NOTE))]
     for subject in sorted(split):
         role = split[subject]
         _check_name(subject)
         if role not in ROLES:
             raise ValueError(f"subject {subject}: unknown split label {role!r}; expected one of {ROLES}")
-        lines.append(f"{subject}\t{role}")
+        lines.append(f"{subject}\t{role}\t{OVERLAP_NOTE if role == BOTH else ''}")
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -181,14 +185,15 @@ def read_split_tsv(path) -> dict[str, str]:
         raise InputError(p, "split file not found")
     lines = [line.rstrip("\r") for line in p.read_text(encoding="utf-8").split("\n")]
     lines = [line for line in lines if line.strip()]
-    if not lines or tuple(c.strip() for c in lines[0].split("\t")) != _HEADER:
-        raise InputError(p, f"expected the header 'subject<TAB>split', got {lines[0] if lines else 'an empty file'!r}")
+    header = tuple(c.strip() for c in lines[0].split("\t")) if lines else ()
+    if header not in (_HEADER, (*_HEADER, _NOTE)):
+        raise InputError(p, f"expected the header 'subject<TAB>split<TAB>note', got {lines[0] if lines else 'an empty file'!r}")
     split = {}
     for number, line in enumerate(lines[1:], start=2):
         cells = [c.strip() for c in line.split("\t")]
-        if len(cells) != 2:
-            raise InputError(p, f"line {number}: expected 2 tab-separated columns, got {len(cells)}")
-        subject, role = cells
+        if len(cells) != len(header):
+            raise InputError(p, f"line {number}: expected {len(header)} tab-separated columns, got {len(cells)}")
+        subject, role = cells[:2]
         if not subject:
             raise InputError(p, f"line {number}: empty subject name")
         if role not in ROLES:

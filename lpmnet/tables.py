@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 #: Columns of the long table (and keys of :func:`metrics_record` rows).
-LONG_COLUMNS = ("subject", "method", "convention", "metric", "value", "slices_used")
+LONG_COLUMNS = ("subject", "method", "convention", "metric", "value", "slices_used", "note")
+#: Columns of a pair's ``failed_subjects.tsv``: the subjects left out of its tables, and why.
+FAILED_COLUMNS = ("subject", "split", "modality", "problem")
 
 CONVENTION_NOTE = ("lpmnet = 3D definitions of the LPM-Net code; "
                    "standard = 2D slice-wise community toolbox definitions")
@@ -57,12 +59,12 @@ NA_REP = "NaN"
 
 
 # --------------------------------------------------------------------------- records
-def _parts(result) -> tuple[dict, dict]:
-    """(values, slices_used) of a MetricSet or of its dict form."""
+def _parts(result) -> tuple[dict, dict, dict]:
+    """(values, slices_used, notes) of a MetricSet or of its dict form."""
     if hasattr(result, "values") and hasattr(result, "slices_used") and not isinstance(result, dict):
-        return dict(result.values), dict(result.slices_used or {})
+        return dict(result.values), dict(result.slices_used or {}), dict(getattr(result, "notes", None) or {})
     if isinstance(result, dict) and "values" in result:
-        return dict(result["values"]), dict(result.get("slices_used") or {})
+        return dict(result["values"]), dict(result.get("slices_used") or {}), dict(result.get("notes") or {})
     raise TypeError(f"expected a MetricSet or a dict with 'values', got {type(result).__name__}")
 
 
@@ -84,19 +86,20 @@ def _slices(value):
 
 
 def metrics_record(subject: str, method: str, results: dict) -> list[dict]:
-    """Long rows ``{subject, method, convention, metric, value, slices_used}`` of a ``compute_all`` result.
+    """Long rows ``{subject, method, convention, metric, value, slices_used, note}`` of a ``compute_all`` result.
 
     ``results`` maps convention -> :class:`lpmnet.metrics.MetricSet` (or its ``to_dict()`` /
     JSON form ``{"values": ..., "slices_used": ...}``).  Rows follow the conventions' order in
     ``results`` and :data:`METRIC_NAMES` order (unknown metric names last, alphabetically);
-    ``value`` is a float (NaN when undefined), ``slices_used`` an int or None.
+    ``value`` is a float (NaN when undefined), ``slices_used`` an int or None, ``note`` why a value is
+    undefined ("" otherwise).
     """
     _check_label(subject, "subject")
     _check_label(method, "method")
     rows = []
     for convention, result in results.items():
         _check_label(convention, "convention")
-        values, used = _parts(result)
+        values, used, notes = _parts(result)
         for metric in _metric_order(values):
             value = values[metric]
             rows.append({
@@ -106,6 +109,7 @@ def metrics_record(subject: str, method: str, results: dict) -> list[dict]:
                 "metric": metric,
                 "value": float("nan") if value is None else float(value),
                 "slices_used": _slices(used.get(metric)),
+                "note": notes.get(metric, ""),
             })
     return rows
 
@@ -150,11 +154,12 @@ def write_metrics_json(path, subject: str, method: str, results: dict) -> Path:
     conventions = {}
     for convention, result in results.items():
         _check_label(convention, "convention")
-        values, used = _parts(result)
+        values, used, notes = _parts(result)
         order = _metric_order(values)
         conventions[convention] = {
             "values": {m: _encode(values[m]) for m in order},
             "slices_used": {m: _slices(used.get(m)) for m in order},
+            "notes": {m: str(notes[m]) for m in order if notes.get(m)},
         }
     doc = {"subject": subject, "method": method, "conventions": conventions}
     return atomic_write_json(path, doc, nan_as_null=True)
@@ -194,7 +199,10 @@ def read_metrics_json(path) -> dict:
             if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or s != int(s)):
                 raise InputError(p, f"{convention}.slices_used.{m}: expected an integer or null, got {s!r}")
             slices[m] = None if s is None else int(s)
-        out["conventions"][convention] = {"values": values, "slices_used": slices}
+        notes = entry.get("notes") or {}
+        if not isinstance(notes, dict) or not all(isinstance(n, str) for n in notes.values()):
+            raise InputError(p, f"convention {convention!r}: 'notes' must map metrics to strings")
+        out["conventions"][convention] = {"values": values, "slices_used": slices, "notes": dict(notes)}
     return out
 
 
@@ -300,14 +308,39 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _undefined_notes(long_df: pd.DataFrame | None) -> dict:
+    """(method, convention, metric) -> the distinct reasons why some of its values are undefined."""
+    if long_df is None or "note" not in long_df:
+        return {}
+    noted = long_df[long_df["note"].fillna("") != ""]
+    return {key: sorted(set(part["note"])) for key, part in noted.groupby(["method", "convention", "metric"])}
+
+
+def _failed_section(failed) -> str:
+    if not failed:
+        return ""
+    rows = "".join(
+        "<tr>" + "".join(f"<td class='lbl'>{html.escape(str(r[c]))}</td>" for c in FAILED_COLUMNS) + "</tr>"
+        for r in failed)
+    head = "".join(f"<th style='text-align:left'>{c}</th>" for c in FAILED_COLUMNS)
+    return (f"<h3>Subjects not in this table ({len({r['subject'] for r in failed})})</h3>"
+            "<p class='note'>Their inputs failed the check before processing (also in failed_subjects.tsv); "
+            "training subjects among them were left out of the training set.</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+
+
 def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None = None,
-                 title: str = "Fusion metrics") -> str:
+                 title: str = "Fusion metrics", failed=(), warnings=()) -> str:
     """A small standalone HTML page of the summary table (mean ± SD per metric).
 
     With ``long_df`` a cell whose number of defined values differs from ``n_subjects`` shows
-    that count (``n=k``).
+    that count (``n=k``), and a cell with undefined values points to a footnote saying why.
+    ``failed``: rows (:data:`FAILED_COLUMNS`) of the subjects left out, listed below the table;
+    ``warnings``: sentences shown above it (e.g. that test subjects were also trained on).
     """
     counts = _counts(long_df) if long_df is not None else {}
+    notes = _undefined_notes(long_df)
+    footnotes = []
     metrics = [c[: -len("_mean")] for c in summary_df.columns if c.endswith("_mean")]
     if long_df is not None:  # only the metrics that were computed (even if undefined everywhere)
         present = set(long_df["metric"])
@@ -326,6 +359,10 @@ def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None =
             n = counts.get((row["method"], row["convention"], m))
             if long_df is not None and n is not None and n != int(row["n_subjects"]):
                 text += f" <span class='n'>(n={n})</span>"
+            for note in notes.get((row["method"], row["convention"], m), []):
+                if note not in footnotes:
+                    footnotes.append(note)
+                text += f"<sup>{footnotes.index(note) + 1}</sup>"
             cells.append(f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     caption = (f"{html.escape(title)}<br><span class='note'>Mean ± sample SD over subjects; "
@@ -346,9 +383,13 @@ def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None =
   td.lbl {{ text-align: left; font-weight: 600; }}
   tr:nth-child(even) td {{ background: #fafbfc; }}
   .n {{ color: #888; font-size: 0.85em; }}
+  .note, ol {{ font-size: 0.85em; color: #555; }}
+  h3 {{ font-size: 1em; margin-top: 1.5em; }}
+  .warning {{ background: #fff3cd; border-left: 4px solid #d39e00; padding: 0.5em 0.8em; }}
 </style>
 </head>
 <body>
+{"".join(f"<p class='warning'>{html.escape(w)}</p>" for w in warnings)}
 <table>
 <caption>{caption}</caption>
 <thead><tr><th style="text-align:left">method</th><th style="text-align:left">convention</th><th>n</th>{head}</tr></thead>
@@ -356,6 +397,8 @@ def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None =
 {chr(10).join(body)}
 </tbody>
 </table>
+{"<ol>" + "".join(f"<li>{html.escape(n)}</li>" for n in footnotes) + "</ol>" if footnotes else ""}
+{_failed_section(failed)}
 </body>
 </html>
 """
@@ -369,17 +412,26 @@ def _write_tsv(df: pd.DataFrame, path) -> Path:
 
 
 def write_tables(json_paths, long_tsv, summary_tsv, summary_html=None,
-                 title: str = "Fusion metrics") -> tuple[pd.DataFrame, pd.DataFrame]:
+                 title: str = "Fusion metrics", failed=(), failed_tsv=None,
+                 warnings=()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`aggregate` the JSONs and write the long and summary tables atomically.
 
     TSVs are tab-separated with a header, floats as ``%.6g``, missing values as ``NaN``
     (``pandas.read_csv(path, sep="\\t")`` reads them back).  ``summary_html`` (optional path)
-    gets a standalone HTML page of the summary (:func:`render_summary_html`).  Returns
-    ``(long_df, summary_df)``.
+    gets a standalone HTML page of the summary (:func:`render_summary_html`).  ``failed``: rows
+    (:data:`FAILED_COLUMNS`) of subjects that could not be processed, listed in the HTML and in
+    ``failed_tsv``; ``warnings`` are shown above the HTML table. With no JSON at all (every subject failed) the tables have their header only.
+    Returns ``(long_df, summary_df)``.
     """
-    long_df, summary_df = aggregate(json_paths)
+    if json_paths:
+        long_df, summary_df = aggregate(json_paths)
+    else:
+        long_df, summary_df = pd.DataFrame(columns=list(LONG_COLUMNS)), pd.DataFrame(columns=summary_columns())
     _write_tsv(long_df, long_tsv)
     _write_tsv(summary_df, summary_tsv)
+    if failed_tsv is not None:
+        _write_tsv(pd.DataFrame(list(failed), columns=list(FAILED_COLUMNS)), failed_tsv)
     if summary_html is not None:
-        atomic_write_text(summary_html, render_summary_html(summary_df, long_df, title=title))
+        atomic_write_text(summary_html, render_summary_html(summary_df, long_df, title=title, failed=failed,
+                                                                warnings=warnings))
     return long_df, summary_df

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lpmnet import __version__
-from lpmnet.io import dhw, load_volume
+from lpmnet.io import dhw, load_volume, to_jsonable
 from lpmnet.losses import LOSS_TERMS, FusionLoss
 from lpmnet.models import LPMNet, read_checkpoint, save_checkpoint
 from lpmnet.normalize import minmax01
@@ -149,22 +149,29 @@ def validate(model, val_volumes, metric_names, device):
 
 
 class _CsvLog:
-    """Per-iteration CSV log; on resume the rows after the checkpoint are dropped (they are replayed)."""
+    """Per-iteration CSV log whose rows also travel in every resumable checkpoint.
 
-    def __init__(self, path, columns, resume_iteration):
+    The workflow declares ``training_log.csv`` as an output, so Snakemake deletes it before it reruns a
+    killed training job; the checkpoint ``last.pt`` is not an output and survives. Keeping the rows up to
+    the checkpoint's iteration inside it (and rewriting the CSV from them on resume) means that after
+    any number of kills the log holds every iteration exactly once; rows after the checkpoint are
+    replayed by the resumed run.
+    """
+
+    def __init__(self, path, columns, rows=()):
         self.path = Path(path)
         self.columns = columns
-        kept = []
-        if resume_iteration and self.path.exists():
-            with open(self.path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["iteration"]) <= resume_iteration]
+        self.rows = [dict(row) for row in rows]
         self.file = open(self.path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=columns)
         self.writer.writeheader()
-        self.writer.writerows(kept)
+        self.writer.writerows(self.rows)
 
     def write(self, row):
-        self.writer.writerow({k: row.get(k, "") for k in self.columns})
+        # Plain Python numbers only: checkpoints load with torch.load(weights_only=True).
+        row = to_jsonable({k: row.get(k, "") for k in self.columns})
+        self.rows.append(row)
+        self.writer.writerow(row)
 
     def flush(self):
         self.file.flush()
@@ -182,7 +189,6 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     """
     config = config or TrainConfig()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     if not pairs:
         raise ValueError("no training pairs given")
@@ -191,6 +197,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     val_volumes = [load_pair(a, b) for a, b in val_pairs]
     if config.patch_size is None and config.batch_size > 1 and len({v[0].shape for v in volumes}) > 1:
         raise ValueError("whole-volume training with batch_size > 1 needs volumes of one shape")
+    # Only once the inputs are known to be good: bad input leaves no (empty) output folder behind.
+    out_dir.mkdir(parents=True, exist_ok=True)
     sampler = PatchSampler(volumes, config.patch_size, config.flips)
 
     torch.manual_seed(config.seed)
@@ -203,7 +211,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     loss_fn = FusionLoss(mode=config.loss_mode, alpha=config.alpha, beta=config.beta, gamma=config.gamma)
     autocast, scaler = _autocast(device, config.amp)
 
-    start, best_ssim = 0, -math.inf
+    start, best_ssim, log_rows = 0, -math.inf, []
     last_path = out_dir / LAST_CHECKPOINT
     if last_path.exists():
         state = read_checkpoint(last_path, map_location=device)
@@ -216,11 +224,12 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, best_ssim = state["iteration"], state.get("best_val_ssim", -math.inf)
+        log_rows = state.get("log_rows", [])
         log.info("resuming from %s at iteration %d", last_path, start)
 
     val_columns = [f"val_{m}" for m in config.val_metrics] if val_volumes else []
     columns = ["iteration", "epoch", "lr", "total", *LOSS_TERMS, "lambda", "seconds", *val_columns]
-    csv_log = _CsvLog(out_dir / TRAINING_LOG, columns, start)
+    csv_log = _CsvLog(out_dir / TRAINING_LOG, columns, log_rows)
     card = {
         "method": "LPM-Net",
         "lpmnet_version": __version__,
@@ -239,7 +248,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
         save_checkpoint(path, model, model_card=card, iteration=iteration, train_config=asdict(config),
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler is not None else None,
-                        best_val_ssim=best_ssim, **extra)
+                        best_val_ssim=best_ssim, log_rows=csv_log.rows, **extra)
 
     show_bar = sys.stderr.isatty() if progress is None else progress
     try:

@@ -25,7 +25,8 @@ TABLE_COLUMNS = ("dataset", "subject", "modality", "path")
 class Source:
     """One input volume: a NIfTI file or a DICOM series folder (``kind`` "nifti", "dicom" or "missing").
 
-    ``problem`` explains a "missing" source; the conversion job reports it.
+    ``problem`` explains a "missing" source; the conversion job reports it. ``where`` is the line of
+    the user's subjects table that lists it ("" for other sources).
     """
 
     dataset: str
@@ -34,6 +35,7 @@ class Source:
     path: str
     kind: str
     problem: str = ""
+    where: str = ""
 
 
 def subject_label(raw, where):
@@ -127,10 +129,10 @@ def table_sources(name, table):
         path = Path(row["path"].strip())
         path = path if path.is_absolute() else table.parent / path
         if path.exists():
-            sources.append(Source(name, subject, modality, str(path), _kind(path)))
+            sources.append(Source(name, subject, modality, str(path), _kind(path), where=where))
         else:
             sources.append(Source(name, subject, modality, str(path), "missing",
-                                  f"{path}: file not found (listed in {table})"))
+                                  f"{path}: file not found (listed in {table})", where=where))
     return sources
 
 
@@ -196,6 +198,26 @@ def dataset_sources(name, dataset_config, results=RESULTS):
     return sources
 
 
+def check_dataset_modalities(name, dataset_config, sources):
+    """A modality that ``fixed`` or ``pairs`` names and no subject has is a mistake: refuse it now, naming the
+    key, rather than fail every subject's conversion later. (An IXI dataset has no sources before its
+    download: nothing to check yet.)"""
+    have = sorted({s.modality for s in sources if s.kind != "missing"})
+    if not have:
+        return
+    for key, names in (("fixed", [dataset_config["fixed"]]), ("pairs", [m for p in dataset_config["pairs"] for m in p])):
+        unknown = sorted({m for m in names if m not in have})
+        if unknown:
+            raise ValueError(f"datasets.{name}.{key}: no subject has {', '.join(unknown)}; "
+                             f"the dataset's modalities are {', '.join(have)}")
+
+
+def ignored_table_rows(dataset_config, sources):
+    """Rows of a user's subjects table whose modality neither ``fixed`` nor a pair uses."""
+    needed = set(needed_modalities(dataset_config))
+    return [s for s in sources if s.where and s.modality not in needed]
+
+
 def check_dataset_config(name, dataset_config):
     """Consistency that the JSON schema cannot express."""
     fixed = dataset_config["fixed"]
@@ -223,6 +245,88 @@ def check_dataset_config(name, dataset_config):
                 raise ValueError(f"datasets.{name}: modality {m} is used but not in modalities {modalities}")
         if fixed not in modalities:
             raise ValueError(f"datasets.{name}.fixed: {fixed} is not among modalities {modalities}")
+
+
+def convert_source(kind, path, problem="", out_path=None):
+    """Read one source as the conversion does, refusing bad input with an InputError naming the file.
+
+    ``kind`` is a :class:`Source` kind; a "missing" source raises its ``problem``. With ``out_path``
+    the checked volume is written there as NIfTI (DICOM series with a scanner-space header); without
+    it the source is only checked, which is how a subject's inputs are vetted before anything else
+    runs (:func:`check_subject_sources`).
+    """
+    from lpmnet.io import load_volume, save_volume
+
+    if kind == "missing":
+        where, _, reason = problem.partition(": ")
+        raise InputError(where, reason)
+    if kind == "dicom":
+        from lpmnet.dicom import dicom_series_to_nifti, read_dicom_series
+
+        if out_path is None:
+            read_dicom_series(path)
+        else:
+            dicom_series_to_nifti(path, out_path)
+        return
+    volume = load_volume(path)  # refuses missing, unreadable, 4D, NaN and constant volumes
+    if out_path is not None:
+        save_volume(out_path, volume.data, volume.affine, header=volume.header)
+
+
+#: Columns of a subject's input check (``sub-<id>_inputs.tsv``) and of a dataset's ``input_status.tsv``.
+INPUT_STATUS_COLUMNS = ("subject", "modality", "status", "problem")
+
+
+def check_subject_sources(subject, sources):
+    """Status rows of one subject's sources: ``sources`` maps modality -> (kind, path, problem).
+
+    A source that its conversion would refuse gets status "failed" and the conversion's one-line
+    message; nothing is raised, so that the other subjects' results can still be tabulated.
+    """
+    from lpmnet.errors import LPMNetError
+
+    rows = []
+    for modality, (kind, path, problem) in sorted(sources.items()):
+        try:
+            convert_source(kind, path, problem)
+            rows.append({"subject": subject, "modality": modality, "status": "ok", "problem": ""})
+        except LPMNetError as err:
+            rows.append({"subject": subject, "modality": modality, "status": "failed",
+                         "problem": " ".join(str(err).split())})
+    return rows
+
+
+def write_input_status(path, rows):
+    from lpmnet.io import atomic_write_text
+
+    lines = ["\t".join(INPUT_STATUS_COLUMNS)]
+    lines += ["\t".join(str(row[c]) for c in INPUT_STATUS_COLUMNS) for row in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_input_status(path):
+    """Rows of :func:`write_input_status` (one subject's check or a whole dataset's)."""
+    from lpmnet.io import read_tsv_rows
+
+    return read_tsv_rows(path, INPUT_STATUS_COLUMNS)
+
+
+def failed_inputs(status_rows):
+    """{subject: {modality: problem}} of the sources that failed their check."""
+    failed = {}
+    for row in status_rows:
+        if row["status"] != "ok":
+            failed.setdefault(row["subject"], {})[row["modality"]] = row["problem"]
+    return failed
+
+
+def pair_failures(status_rows, split, modalities):
+    """Rows (subject, split, modality, problem) of the split's subjects that a pair of ``modalities``
+    (with the fixed one) cannot use, because one of those sources failed its check."""
+    failures = failed_inputs(status_rows)
+    return [{"subject": subject, "split": split[subject], "modality": modality, "problem": problem}
+            for subject in sorted(split) for modality, problem in sorted(failures.get(subject, {}).items())
+            if modality in modalities]
 
 
 def run_job(smk, main):

@@ -1,24 +1,14 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.errors import InputError
 from lpmnet.workflow import run_job
 
 
 def main(smk):
+    from lpmnet.workflow import convert_source
+
     p = smk.params
-    if p.kind == "missing":
-        path, _, problem = p.problem.partition(": ")
-        raise InputError(path, problem)
-    if p.kind == "dicom":
-        from lpmnet.dicom import dicom_series_to_nifti
-
-        dicom_series_to_nifti(p.source, smk.output[0])
-    else:
-        from lpmnet.io import load_volume, save_volume
-
-        volume = load_volume(p.source)  # refuses missing, unreadable, 4D, NaN and constant volumes
-        save_volume(smk.output[0], volume.data, volume.affine, header=volume.header)
+    convert_source(p.kind, p.source, p.problem, smk.output[0])
 
 
 run_job(snakemake, main)

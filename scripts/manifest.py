@@ -17,6 +17,9 @@ def main(smk):
         for ixi_id, missing in skipped.items():
             log.warning("skipped subject %s: no %s volume", ixi_id, ", ".join(missing))
         log.info("%d subjects paired, %d skipped", len({r[0] for r in rows}), len(skipped))
+    for where, subject, modality in p.ignored:
+        log.warning("%s: subject %s, modality %s is ignored: no pair and not fixed uses %s", where, subject,
+                    modality, modality)
     write_manifest(smk.output[0], smk.wildcards.dataset, rows)
 
 

@@ -5,9 +5,23 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.tables import write_tables
+    import logging
 
-    write_tables(smk.input, smk.output.long, smk.output.summary, smk.output.html)
+    from lpmnet.split import BOTH, OVERLAP_NOTE, read_split_tsv
+    from lpmnet.tables import write_tables
+    from lpmnet.workflow import pair_failures, read_input_status
+
+    split = read_split_tsv(smk.input.split)
+    failed = pair_failures(read_input_status(smk.input.input_status), split, smk.params.modalities)
+    overlap = [s for s, role in split.items() if role == BOTH]
+    warnings = [f"sub-{', sub-'.join(overlap)}: {OVERLAP_NOTE}."] if overlap else []
+    for row in failed:
+        logging.getLogger("metric_tables").warning("sub-%s (%s) left out: %s", row["subject"], row["split"],
+                                                   row["problem"])
+    w = smk.wildcards
+    write_tables(smk.input.metrics, smk.output.long, smk.output.summary, smk.output.html,
+                 title=f"Fusion metrics: {w.dataset} {w.pair}", failed=failed, failed_tsv=smk.output.failed,
+                 warnings=warnings)
 
 
 run_job(snakemake, main)

@@ -90,3 +90,13 @@ def test_module_does_not_import_pyplot():
     code = "import sys, lpmnet.figures; print('matplotlib.pyplot' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_montage_caption_gives_the_grid_as_stored(tmp_path):
+    """A sagittal 256x256x35 series is displayed permuted; its caption still reads 256x256x35."""
+    from lpmnet.figures import grid_caption
+    from lpmnet.io import load_volume, save_volume
+
+    sagittal = np.array([[0, 0, 4.8, 0], [1.016, 0, 0, 0], [0, 1.016, 0, 0], [0, 0, 0, 1]], dtype=float)
+    path = save_volume(tmp_path / "sag.nii.gz", np.random.default_rng(0).random((256, 256, 35)), sagittal)
+    assert grid_caption(load_volume(path)) == "grid 256\u00d7256\u00d735 (i\u00d7j\u00d7k as stored), voxel 1.02\u00d71.02\u00d74.8 mm"

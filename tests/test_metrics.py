@@ -384,7 +384,10 @@ def test_metric_set_api():
         assert tuple(ms.values) == METRIC_NAMES == tuple(ms.slices_used)
         assert all(type(v) is float for v in ms.values.values())
         d = ms.to_dict()
-        assert d == {"convention": convention, "values": ms.values, "slices_used": ms.slices_used}
+        assert d == {"convention": convention, "values": ms.values, "slices_used": ms.slices_used,
+                     "notes": ms.notes}
+        assert set(ms.notes) == {m for m, v in ms.values.items() if math.isnan(v)}
+    assert results["lpmnet"].notes["VIF"].startswith("undefined: the 3D VIF needs at least 41 voxels")
     assert results["lpmnet"].slices_used["Qabf"] == 16
     assert results["lpmnet"].slices_used["SSIM"] is None
     assert results["standard"].slices_used["SSIM"] == 16

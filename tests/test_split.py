@@ -1,7 +1,7 @@
 import pytest
 
 from lpmnet.errors import InputError
-from lpmnet.split import make_split, read_split_tsv, subjects_in, write_split_tsv
+from lpmnet.split import OVERLAP_NOTE, make_split, read_split_tsv, subjects_in, write_split_tsv
 
 SUBJECTS = [f"sub-{i:02d}" for i in range(1, 11)]
 
@@ -69,8 +69,11 @@ def test_errors():
 def test_tsv_round_trip(tmp_path):
     split = make_split(["b", "a", "c"], train=["a", "b"], test=["b", "c"], allow_overlap=True)
     path = write_split_tsv(tmp_path / "out" / "split.tsv", split)
-    assert path.read_text() == "subject\tsplit\na\ttrain\nb\ttrain+test\nc\ttest\n"
+    assert path.read_text() == f"subject\tsplit\tnote\na\ttrain\t\nb\ttrain+test\t{OVERLAP_NOTE}\nc\ttest\t\n"
     assert read_split_tsv(path) == split
+    old = tmp_path / "old.tsv"  # written before the note column existed
+    old.write_text("subject\tsplit\na\ttrain\nb\ttrain+test\nc\ttest\n")
+    assert read_split_tsv(old) == split
     assert [p.name for p in path.parent.iterdir()] == ["split.tsv"]  # no temp file left
 
 

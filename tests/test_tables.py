@@ -40,7 +40,7 @@ def test_record_from_compute_all():
     rows = metrics_record("sub-01", "mean", res)
     assert [(r["convention"], r["metric"]) for r in rows] == [
         ("lpmnet", "SSIM"), ("lpmnet", "SF"), ("standard", "SSIM"), ("standard", "SF")]
-    assert set(rows[0]) == {"subject", "method", "convention", "metric", "value", "slices_used"}
+    assert set(rows[0]) == {"subject", "method", "convention", "metric", "value", "slices_used", "note"}
     assert rows[0]["subject"] == "sub-01" and isinstance(rows[0]["value"], float)
 
 
@@ -61,7 +61,7 @@ def test_json_round_trip_with_nan_and_inf(tmp_path):
 
 def test_aggregate_means_stds_and_order(jsons):
     long_df, summary = aggregate(jsons)
-    assert list(long_df.columns) == ["subject", "method", "convention", "metric", "value", "slices_used"]
+    assert list(long_df.columns) == ["subject", "method", "convention", "metric", "value", "slices_used", "note"]
     assert len(long_df) == 6 * 2 * 2
     assert list(long_df["method"].drop_duplicates()) == ["lpmnet", "laplacian", "mean"]
     first = long_df[long_df["method"] == "lpmnet"].head(6)
@@ -122,3 +122,27 @@ def test_errors(tmp_path, jsons):
         read_metrics_json(bad)
     with pytest.raises(InputError, match="not found"):
         aggregate([tmp_path / "missing.json"])
+
+
+def test_undefined_values_say_why_and_failed_subjects_are_listed(tmp_path):
+    """A NaN carries its reason into the long table and a footnote of the HTML; left-out subjects are listed."""
+    from lpmnet.metrics import MetricSet
+
+    why = "undefined: the 3D VIF needs at least 41 voxels along every axis, this volume has 28 along D"
+    paths = []
+    for i, subject in enumerate(("sub-01", "sub-02")):
+        result = {"lpmnet": MetricSet("lpmnet", {"SSIM": 0.5 + i / 10, "VIF": float("nan")},
+                                      {"SSIM": None, "VIF": None}, {"VIF": why})}
+        paths.append(write_metrics_json(tmp_path / f"{subject}.json", subject, "lpmnet", result))
+    failed = [{"subject": "03", "split": "test", "modality": "FLAIR", "problem": "x.nii.gz: NaN values"}]
+    long_df, _ = write_tables(paths, tmp_path / "long.tsv", tmp_path / "summary.tsv", tmp_path / "s.html",
+                              failed=failed, failed_tsv=tmp_path / "failed.tsv", warnings=["trained on"])
+    assert list(long_df.loc[long_df.metric == "VIF", "note"]) == [why, why]
+    page = (tmp_path / "s.html").read_text()
+    assert "–<sup>1</sup>" in page and f"<li>{why}</li>" in page
+    assert "Subjects not in this table (1)" in page and "x.nii.gz: NaN values" in page and "trained on" in page
+    assert pd.read_csv(tmp_path / "failed.tsv", sep="\t").to_dict("records") == [
+        {"subject": 3, "split": "test", "modality": "FLAIR", "problem": "x.nii.gz: NaN values"}]
+    # Every subject failed: tables with their header only, and the list.
+    write_tables([], tmp_path / "l2.tsv", tmp_path / "s2.tsv", tmp_path / "s2.html", failed=failed)
+    assert pd.read_csv(tmp_path / "s2.tsv", sep="\t").empty and "x.nii.gz" in (tmp_path / "s2.html").read_text()

@@ -94,11 +94,23 @@ def test_killed_training_resumes_to_the_same_weights(pairs, tmp_path):
     resumed_from = read_checkpoint(out / "last.pt")["iteration"]
     assert 3 <= resumed_from < iterations, "the run finished before it could be killed"
     assert not (out / "model.pt").exists()
+    # Snakemake deletes a killed job's declared outputs (the CSV), not last.pt: the rows come back from it.
+    (out / "training_log.csv").unlink()
 
     subprocess.run(_cli_train(pairs, out, iterations), check=True, capture_output=True)
     straight, resumed = _weights(tmp_path / "straight" / "model.pt"), _weights(out / "model.pt")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     rows = list(csv.DictReader(open(out / "training_log.csv")))
     assert [int(r["iteration"]) for r in rows] == list(range(1, iterations + 1))
+    expected = list(csv.DictReader(open(tmp_path / "straight" / "training_log.csv")))
+    assert [r["total"] for r in rows] == [r["total"] for r in expected]
     card = read_checkpoint(out / "model.pt")["model_card"]
     assert card["final_loss"]["total"] == pytest.approx(float(rows[-1]["total"]))
+
+
+def test_bad_input_leaves_no_output_folder(tmp_path):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a volume")
+    with pytest.raises(Exception, match="bad.nii.gz"):
+        train([(bad, bad)], tmp_path / "run", TrainConfig(**SMALL))
+    assert not (tmp_path / "run").exists()

@@ -115,6 +115,9 @@ def test_brats_folders_skip_registration_and_carry_the_segmentation(tmp_path):
     datasets = {"brats": {"source": "brats", "root": str(b20), "fixed": "T1", "pairs": [["T1", "FLAIR"], ["T1CE", "T2"]]},
                 "brats21": {"source": "brats", "root": str(b21), "fixed": "T1", "pairs": [["T1", "FLAIR"]]}}
     workdir = workdir_with(tmp_path / "run", config_with(datasets))
+    # every subject's sources are checked first (a checkpoint per dataset, the first one first)
+    assert planned_jobs(workdir) == {"check_inputs": 3, "input_status": 1, "all": 1}
+    snakemake(workdir, "--cores", "2", "results/brats/input_status.tsv", "results/brats21/input_status.tsv")
     jobs = planned_jobs(workdir)
     assert "register" not in jobs and jobs["manifest"] == 2 and jobs["convert"] == 3 * 4 + 2 * 2
     subject = "BraTS20Training001"
@@ -144,6 +147,7 @@ def test_generic_paired_folders(tmp_path):
     datasets = {"study": {"source": "folders", "root": str(root), "patterns": {"T1": "mprage", "FLAIR": "^flair"},
                           "fixed": "T1", "pairs": [["T1", "FLAIR"]], "register": False}}
     workdir = workdir_with(tmp_path / "run", config_with(datasets))
+    snakemake(workdir, "--cores", "2", "results/study/input_status.tsv")
     jobs = planned_jobs(workdir)
     assert jobs["convert"] == 6 and "register" not in jobs and jobs["manifest"] == 1
     target = "results/study/sub-patient01/sub-patient01_space-T1_desc-norm_FLAIR.nii.gz"

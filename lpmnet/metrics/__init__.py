@@ -17,7 +17,8 @@ torch's thread count).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,16 +40,40 @@ class MetricSet:
     name to the number of 2D slices averaged: in ``standard`` the slices left after skipping those
     without content or where the metric is undefined; in ``lpmnet`` the number of slices for the
     slice-wise metrics (Qabf, MI, Nabf) and None for whole-volume metrics. ``to_dict()`` gives the
-    same as plain dicts (values may be NaN or inf floats).
+    same as plain dicts (values may be NaN or inf floats). ``notes`` says, for each undefined (NaN)
+    value, why it is undefined, so that tables can show the reason instead of a bare NaN.
     """
 
     convention: str
     values: dict
     slices_used: dict
+    notes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"convention": self.convention, "values": dict(self.values),
-                "slices_used": dict(self.slices_used)}
+                "slices_used": dict(self.slices_used), "notes": dict(self.notes)}
+
+
+_AXES = "DHW"
+
+
+def undefined_reason(convention, metric, shape, axis=0, slices_used=None):
+    """Why ``metric`` of ``convention`` came out NaN for volumes of ``shape`` (D, H, W)."""
+    from lpmnet.metrics._shared import VIF_MIN_SIZE
+    from lpmnet.metrics.standard_convention import SSIM_WINDOW
+
+    if convention == "lpmnet" and metric == "VIF" and min(shape) < VIF_MIN_SIZE:
+        small = int(np.argmin(shape))
+        return (f"undefined: the 3D VIF needs at least {VIF_MIN_SIZE} voxels along every axis, this volume has "
+                f"{shape[small]} along {_AXES[small]}")
+    plane = [n for i, n in enumerate(shape) if i != axis]
+    window = {"VIF": VIF_MIN_SIZE, "SSIM": SSIM_WINDOW}.get(metric)
+    if convention == "standard" and window and min(plane) < window:
+        return (f"undefined: the 2D {metric} needs slices of at least {window}x{window} voxels, the slices along "
+                f"{_AXES[axis]} are {plane[0]}x{plane[1]}")
+    if slices_used == 0:
+        return "undefined: no slice where the metric is defined (no content in the sources or the fused image)"
+    return "undefined for these volumes (0/0: a source or the fused image has no contrast)"
 
 
 def _as_tensor(x, name, device):
@@ -95,7 +120,10 @@ def _check_convention(convention):
 def _evaluate(a, b, f, convention, axis, names):
     with torch.no_grad(), cpu_block_parallelism(a.device):
         values, used = _MODULES[convention].compute(a, b, f, axis, names)
-    return MetricSet(convention, {n: float(values[n]) for n in names}, {n: used[n] for n in names})
+    values = {n: float(values[n]) for n in names}
+    notes = {n: undefined_reason(convention, n, tuple(f.shape), axis, used[n])
+             for n in names if math.isnan(values[n])}
+    return MetricSet(convention, values, {n: used[n] for n in names}, notes)
 
 
 def compute_metrics(a, b, f, convention: str = "lpmnet", axis: int = 0, device=None,
