@@ -82,15 +82,18 @@ even in float64 runs, a 1e-10 relative difference the float64 fixtures were comp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpmnet.errors import InputError
 from lpmnet.mamba import Mamba
 from lpmnet.precision import at_least_float32
 from lpmnet.scan import BACKENDS, causal_conv1d, selective_scan
 
-__all__ = ["MambaDFuse", "VARIANTS"]
+__all__ = ["MambaDFuse", "VARIANTS", "load_released_checkpoint"]
 
 VARIANTS = ("faithful", "fixed")
 # The original's LeakyReLU; its slope is part of what the fixtures check.
@@ -480,3 +483,73 @@ class MambaDFuse(nn.Module):
         fusion = self.dual_phase_feature_fusion(I1, I1_residual, I2, I2_residual, H, W)
         out = self.fused_img_recon(fusion) / self.img_range + mean
         return out[:, :, : H * self.upscale, : W * self.upscale]
+
+
+# Wrappers of a state dict in KAIR/BasicSR checkpoints, in order of preference: the EMA weights are
+# what the authors evaluate (their test script loads ``*_E.pth``).
+CHECKPOINT_WRAPPERS = ("params_ema", "params")
+
+
+def _describe_keys(kind, keys):
+    shown = ", ".join(repr(k) for k in keys[:3])
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"{len(keys)} {kind} key(s): {shown}{more}"
+
+
+def load_released_checkpoint(path, **kwargs) -> MambaDFuse:
+    """The authors' released MambaDFuse weights as a :class:`MambaDFuse` in eval mode, on the CPU.
+
+    The authors' repository (Lizhe1228/MambaDFuse) ships its medical-fusion models under
+    ``Model/Medical_Fusion-{CT-MRI,PET-MRI,SPECT-MRI}/Medical_Fusion/models/``: ``10000_E.pth``, the
+    EMA generator (decay 0.999) that their test script loads, and ``10000_G.pth``, the plain
+    generator, both after 10,000 iterations. Their KAIR training code saves ``network.state_dict()``
+    as it is; a file whose dict is wrapped in ``{"params_ema": ...}`` and/or ``{"params": ...}``
+    (BasicSR style; "params_ema" preferred when both are there) or whose keys carry DataParallel's
+    ``module.`` prefix loads too. The weights are loaded with ``strict=True`` into
+    ``MambaDFuse(**kwargs)``, by default the authors' test-script configuration (``embed_dim=60``,
+    ``variant="faithful"``, the computation the weights were trained with); ``kwargs`` set e.g.
+    ``scan_backend``.
+
+    For example, the PET-MRI model, from the project's root with the authors' repository cloned
+    into it::
+
+        git clone https://github.com/Lizhe1228/MambaDFuse
+        .venv/bin/python - <<'EOF'
+        from lpmnet.methods.mambadfuse import load_released_checkpoint
+        model = load_released_checkpoint("MambaDFuse/Model/Medical_Fusion-PET-MRI/Medical_Fusion/models/10000_E.pth")
+        print(sum(p.numel() for p in model.parameters()))
+        EOF
+
+    which prints 1347271. Raises :class:`lpmnet.errors.InputError` naming ``path`` when the file is
+    missing or unreadable, or is not a MambaDFuse state dict of this configuration (the message
+    names the missing, unexpected or mis-shaped keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "MambaDFuse checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    state_dict = payload
+    if isinstance(payload, dict):
+        state_dict = next((payload[k] for k in CHECKPOINT_WRAPPERS if isinstance(payload.get(k), dict)), payload)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise InputError(path, "not a MambaDFuse state dict (expected a dict of tensors, bare or under "
+                               f"{' or '.join(map(repr, CHECKPOINT_WRAPPERS))})")
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel saves
+
+    model = MambaDFuse(**kwargs)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        found = "; ".join(_describe_keys(kind, keys) for kind, keys in (("missing", missing),
+                                                                       ("unexpected", unexpected)) if keys)
+        raise InputError(path, f"not a MambaDFuse state dict of this configuration: {found}")
+    for key, tensor in expected.items():
+        if state_dict[key].shape != tensor.shape:
+            raise InputError(path, f"not a MambaDFuse state dict of this configuration: {key!r} has shape "
+                                   f"{tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}")
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
