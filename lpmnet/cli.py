@@ -16,6 +16,7 @@ import numpy as np
 
 from lpmnet import __version__
 from lpmnet.errors import LPMNetError
+from lpmnet.methods import MODULES as METHOD_MODULES
 from lpmnet.resources import DEFAULT_FUSION_BUDGET_MB
 
 EXIT_BAD_INPUT = 2
@@ -52,9 +53,13 @@ def _cmd_train(args):
 def _cmd_fuse(args):
     from lpmnet.fuse import fuse_files
 
-    fuse_files(args.fixed, args.moving, args.output, args.checkpoint, device=args.device, tile=args.tile,
-               overlap=args.overlap, scan_backend=args.scan_backend, components=args.components,
-               memory_budget_mb=args.memory_budget_mb or None)
+    # Only the options given go to the method: one that only another method has is refused by name.
+    options = dict(tile=args.tile, overlap=args.overlap, axis=args.axis, batch_size=args.batch_size)
+    settings = {k: v for k, v in options.items() if v is not None}
+    if args.memory_budget_mb is not None:
+        settings["memory_budget_mb"] = args.memory_budget_mb or None  # 0: never tile
+    fuse_files(args.fixed, args.moving, args.output, args.checkpoint, device=args.device, method=args.method,
+               components=args.components, scan_backend=args.scan_backend, **settings)
     print(args.output)
 
 
@@ -120,12 +125,18 @@ def build_parser():
     p.add_argument("fixed", help="first input; the output takes its grid and affine")
     p.add_argument("moving", help="second input, already on the fixed grid")
     p.add_argument("-o", "--output", required=True, help="fused NIfTI (.nii.gz); a .json sidecar is written")
-    p.add_argument("--checkpoint", required=True, help="project checkpoint or original LPM-Net state dict")
+    p.add_argument("--checkpoint", required=True,
+                   help="lpmnet: project checkpoint or original LPM-Net state dict; mambadfuse: the authors' "
+                        "released 10000_E.pth (or a state dict of the original code)")
+    p.add_argument("--method", default="lpmnet", choices=tuple(METHOD_MODULES), help="fusion method")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tile", type=int, nargs="+", help="sliding-window tile size (multiple of 16)")
-    p.add_argument("--memory-budget-mb", type=int, default=DEFAULT_FUSION_BUDGET_MB,
-                   help="without --tile: tile automatically when a whole-volume pass needs more (0: never)")
-    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--tile", type=int, nargs="+", help="lpmnet: sliding-window tile size (multiple of 16)")
+    p.add_argument("--memory-budget-mb", type=int,
+                   help=f"lpmnet, without --tile: tile automatically when a whole-volume pass needs more "
+                        f"(default {DEFAULT_FUSION_BUDGET_MB}; 0: never)")
+    p.add_argument("--overlap", type=float, help="lpmnet: tile overlap (default 0.25)")
+    p.add_argument("--axis", type=int, help="2D methods: slice axis in (D, H, W) order (default 0 = D)")
+    p.add_argument("--batch-size", type=int, help="2D methods: slices per batch (default 8)")
     p.add_argument("--scan-backend", choices=("auto", "cuda", "cpu", "torch"), default="auto")
     p.add_argument("--components", action="store_true", help="also write the base and detail volumes")
     p.set_defaults(func=_cmd_fuse)

@@ -24,12 +24,11 @@ from lpmnet import __version__
 from lpmnet.io import atomic_write_json, dhw, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.models import WINDOW
 from lpmnet.normalize import minmax01
-from lpmnet.resources import DEFAULT_FUSION_BUDGET_MB
 from lpmnet.runtime import release_freed_memory
 
 log = logging.getLogger("lpmnet.fuse")
 
-NORMALIZATION = "per-volume min-max to [0, 1] of each input; output in [0, 1] (tanh/2 + 0.5 head)"
+NORMALIZATION = "per-volume min-max to [0, 1] of each input; output in [0, 1]"
 
 
 def _tile_starts(size, tile, step):
@@ -93,56 +92,53 @@ def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25):
     return outputs
 
 
-def fuse_files(path1, path2, out_path, checkpoint, device="auto", tile=None, overlap=0.25,
-               scan_backend="auto", components=False, memory_budget_mb=DEFAULT_FUSION_BUDGET_MB):
-    """Fuse two NIfTI files with a checkpoint; writes ``out_path`` (+ ``.json`` sidecar). Returns the sidecar.
+def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet", components=False,
+               **settings):
+    """Fuse two NIfTI files with a checkpoint of ``method``; writes ``out_path`` (+ ``.json`` sidecar).
 
-    Without ``tile``, the volume is tiled automatically when its model pass would need more than
-    ``memory_budget_mb`` (None: never). ``components=True`` also writes the base and detail volumes
-    next to the output (``..._base.nii.gz``, ``..._detail.nii.gz``).
+    ``settings`` go to the method's fuse (:mod:`lpmnet.methods`); LPM-Net's: ``tile``, ``overlap``,
+    ``memory_budget_mb`` (without ``tile``, the volume is tiled automatically when its pass would
+    need more; None: never) and ``scan_backend``. ``components=True`` also writes the base and detail
+    volumes of a method that has them next to the output (``..._base.nii.gz``, ``..._detail.nii.gz``).
+    Returns the sidecar.
     """
-    from lpmnet.models import load_checkpoint
-    from lpmnet.resources import fusion_tile, model_dim
+    from lpmnet.methods import get_method
     from lpmnet.train import resolve_device
 
+    spec = get_method(method)
+    unknown = sorted(set(settings) - set(spec.settings))
+    if unknown:
+        raise ValueError(f"method {method} has no setting {', '.join(unknown)}; its settings: "
+                         f"{', '.join(spec.settings)}")
     out_path = Path(out_path)
     v1, v2 = load_volume(path1), load_volume(path2)
     # Registration is the workflow's job: fusing volumes on different grids would mix anatomy.
     require_same_grid(v1, v2)
     device = resolve_device(device)
-    model, card = load_checkpoint(checkpoint, map_location=device)
-    model.set_scan_backend(scan_backend)
+    model, card = spec.load(checkpoint, map_location=device)
     model.to(device)
-    x1, x2 = minmax01(dhw(v1.data)), minmax01(dhw(v2.data))
-    tile_source = "given" if tile is not None else "none"
-    if tile is None:
-        tile = fusion_tile(x1.shape, memory_budget_mb, model_dim(model.config))
-        if tile is not None:
-            tile_source = f"auto: a whole-volume pass exceeds memory_budget_mb={memory_budget_mb}"
-            log.info("fusing in tiles of %s (D, H, W): a whole-volume pass would need more than %s MB",
-                     "x".join(map(str, tile)), memory_budget_mb)
     tic = time.perf_counter()
-    result = fuse_arrays(model, x1, x2, device=device, tile=tile, overlap=overlap)
+    result = spec.fuse(model, minmax01(dhw(v1.data)), minmax01(dhw(v2.data)), device=device, **settings)
     seconds = time.perf_counter() - tic
 
+    volumes = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     written = {"fused": out_path}
     if components:
         stem = out_path.name.removesuffix(".gz").removesuffix(".nii")
-        for name in ("base", "detail"):
-            if name in result:
-                written[name] = out_path.with_name(f"{stem}_{name}.nii.gz")
+        written.update({name: out_path.with_name(f"{stem}_{name}.nii.gz") for name in volumes if name != "fused"})
     for name, path in written.items():
-        save_volume(path, dhw(result[name]), v1.affine, header=v1.header)
+        save_volume(path, dhw(volumes[name]), v1.affine, header=v1.header)
     sidecar = {
-        "Description": "LPM-Net fusion in the grid of the fixed (first) input",
+        "Description": f"{spec.name} fusion in the grid of the fixed (first) input",
+        "Method": spec.name,
         "Sources": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
         "SpaceOf": str(path1),
         "Checkpoint": {"path": str(checkpoint), "sha256": file_digest(checkpoint),
-                       "model_kwargs": dict(model.config), "model_card_method": card.get("method")},
+                       "model_kwargs": dict(getattr(model, "config", {})), "model_card_method": card.get("method")},
         "Normalization": NORMALIZATION,
         "Components": {k: str(v) for k, v in written.items()},
-        "Tile": [int(t) for t in np.broadcast_to(tile, 3)] if tile is not None else None,
-        "TileChoice": tile_source,
+        "Settings": settings,
+        **{k: v for k, v in result.items() if k not in volumes},  # what the method reports (e.g. LPM-Net's tiles)
         "Device": str(device),
         "Seconds": round(seconds, 3),
         "lpmnet_version": __version__,

@@ -90,6 +90,7 @@ from torch import nn
 
 from lpmnet.errors import InputError
 from lpmnet.mamba import Mamba
+from lpmnet.methods import FusionMethod
 from lpmnet.precision import at_least_float32
 from lpmnet.scan import BACKENDS, causal_conv1d, selective_scan
 
@@ -553,3 +554,22 @@ def load_released_checkpoint(path, **kwargs) -> MambaDFuse:
                                    f"{tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}")
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def _load(path, map_location="cpu"):
+    model = load_released_checkpoint(path).to(map_location)
+    return model, {"method": "MambaDFuse", "source": str(path)}
+
+
+def _fuse(model, x1, x2, device=None, axis=0, batch_size=8, scan_backend="auto"):
+    """Slice by slice along ``axis`` (0 = D, the files' slice axis), output clamped to [0, 1] as the
+    authors' test script does; the network needs no padding (see the module docstring)."""
+    from lpmnet.slicewise import fuse_slicewise
+
+    model.set_scan_backend(scan_backend)
+    return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}
+
+
+METHOD = FusionMethod(name="mambadfuse", description="MambaDFuse (Li et al. 2024): 2D Mamba dual-phase fusion, "
+                      "slice by slice", dims=2, load=_load, fuse=_fuse,
+                      settings=("axis", "batch_size", "scan_backend"))

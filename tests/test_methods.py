@@ -1,0 +1,77 @@
+"""The method layer: one interface for LPM-Net and the published networks, from the API and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from helpers import write_pair
+from lpmnet.io import dhw, load_volume
+from lpmnet.methods import MODULES, get_method
+from lpmnet.normalize import minmax01
+
+
+def test_methods_are_found_by_name_and_lpmnet_keeps_its_old_home():
+    import lpmnet.models
+    from lpmnet.methods.lpmnet import LPMNet
+
+    assert LPMNet is lpmnet.models.LPMNet
+    assert {get_method(name).name for name in MODULES} == set(MODULES)
+    assert get_method("mambadfuse").dims == 2 and get_method("lpmnet").dims == 3
+    with pytest.raises(ValueError, match="unknown fusion method 'mambadfus'; known methods: lpmnet, mambadfuse"):
+        get_method("mambadfus")
+
+
+@pytest.fixture(scope="module")
+def released_mambadfuse(tmp_path_factory):
+    """A file laid out as the authors' released 10000_E.pth (a bare state dict of the default network)."""
+    from lpmnet.methods.mambadfuse import MambaDFuse
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("released") / "10000_E.pth"
+    torch.save(MambaDFuse().state_dict(), path)
+    return path
+
+
+def _lpmnet(args):
+    return subprocess.run([sys.executable, "-m", "lpmnet.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_fuses_with_released_mambadfuse_weights_onto_the_fixed_grid(tmp_path, released_mambadfuse):
+    from lpmnet.methods.mambadfuse import load_released_checkpoint
+    from lpmnet.slicewise import fuse_slicewise
+
+    a, b = write_pair(tmp_path)
+    out = tmp_path / "fused.nii.gz"
+    result = _lpmnet(["fuse", a, b, "-o", out, "--method", "mambadfuse", "--checkpoint", released_mambadfuse,
+                      "--batch-size", "7", "--device", "cpu"])
+    assert result.returncode == 0, result.stderr
+    image, fixed = nib.load(out), nib.load(a)
+    assert image.shape == fixed.shape and np.allclose(image.affine, fixed.affine)
+    fused = image.get_fdata(dtype=np.float32)
+    assert 0 <= fused.min() <= fused.max() <= 1
+    sidecar = json.loads(out.with_suffix("").with_suffix(".json").read_text())
+    assert sidecar["Method"] == "mambadfuse" and sidecar["Settings"]["batch_size"] == 7
+    model = load_released_checkpoint(released_mambadfuse)
+    x1, x2 = (minmax01(dhw(load_volume(p).data)) for p in (a, b))
+    expected = dhw(fuse_slicewise(model, x1, x2, axis=0, batch_size=3))
+    np.testing.assert_allclose(fused, expected, atol=1e-5)
+
+
+def test_cli_refuses_a_setting_of_another_method_and_a_checkpoint_of_another_network(tmp_path, released_mambadfuse):
+    from lpmnet.models import LPMNet, save_checkpoint
+
+    a, b = write_pair(tmp_path)
+    out = tmp_path / "fused.nii.gz"
+    result = _lpmnet(["fuse", a, b, "-o", out, "--method", "mambadfuse", "--checkpoint", released_mambadfuse,
+                      "--tile", "32"])
+    assert result.returncode == 2 and "method mambadfuse has no setting tile" in result.stderr
+    lpm = tmp_path / "lpmnet.pt"
+    save_checkpoint(lpm, LPMNet(), model_card={})
+    result = _lpmnet(["fuse", a, b, "-o", out, "--method", "mambadfuse", "--checkpoint", lpm])
+    assert result.returncode == 2 and "lpmnet.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
