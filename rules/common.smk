@@ -11,11 +11,10 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 from snakemake.logging import logger
 
 from lpmnet import resources
-from lpmnet.split import subjects_in
+from lpmnet.split import BOTH, OVERLAP_NOTE, subjects_in
 from lpmnet.workflow import (RESULTS, check_dataset_config, check_dataset_modalities, dataset_sources,
                              dataset_splits, failed_inputs, grid_entity, ignored_table_rows, ixi_modalities,
                              manifest_path, needed_modalities, pair_label, read_input_status, with_defaults)
-from lpmnet.split import BOTH, OVERLAP_NOTE
 
 DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
 for _name, _cfg in DATASETS.items():

@@ -53,10 +53,16 @@ rule check_inputs:
         f"{RESULTS}/{{dataset}}/logs/check_inputs/sub-{{subject}}.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/check_inputs/sub-{{subject}}.tsv"
+    group:
+        "subject_preprocessing"
     conda:
         "../envs/registration.yaml"
     script:
         "../scripts/check_inputs.py"
+
+
+localrules:
+    input_status,
 
 
 # Which subjects can be processed: the job graph below (training sets, metric tables, montages) is built

@@ -125,6 +125,9 @@ def slurm_run(tmp_path_factory):
     """The SLURM run, its train job cancelled mid-run, then resumed: (workdir, jobs of run 1, of run 2, ...)."""
     assert subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0, "no SLURM cluster: start_cluster.sh"
     workdir = workdir_with(tmp_path_factory.mktemp("slurm"), slurm_config())
+    # The sources are checked first (the checkpoint input_status); then the whole job graph is known.
+    subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "results/demo/input_status.tsv"],
+                   check=True, capture_output=True)
     expected = planned_jobs(workdir)
     start = last_job_id()
 
