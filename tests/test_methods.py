@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import write_pair
+from lpmnet.errors import InputError
 from lpmnet.io import dhw, load_volume
 from lpmnet.methods import MODULES, get_method
 from lpmnet.normalize import minmax01
@@ -21,8 +22,8 @@ def test_methods_are_found_by_name_and_lpmnet_keeps_its_old_home():
 
     assert LPMNet is lpmnet.models.LPMNet
     assert {get_method(name).name for name in MODULES} == set(MODULES)
-    assert get_method("mambadfuse").dims == 2 and get_method("lpmnet").dims == 3
-    with pytest.raises(ValueError, match="unknown fusion method 'mambadfus'; known methods: lpmnet, mambadfuse"):
+    assert get_method("mambadfuse").dims == 2 and get_method("asfe").dims == 2 and get_method("lpmnet").dims == 3
+    with pytest.raises(ValueError, match="unknown fusion method 'mambadfus'; known methods: lpmnet, mambadfuse, asfe"):
         get_method("mambadfus")
 
 
@@ -75,3 +76,26 @@ def test_cli_refuses_a_setting_of_another_method_and_a_checkpoint_of_another_net
     result = _lpmnet(["fuse", a, b, "-o", out, "--method", "mambadfuse", "--checkpoint", lpm])
     assert result.returncode == 2 and "lpmnet.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_asfe_fuses_a_volume_from_a_state_dict_of_the_original(tmp_path):
+    """A reduced-width ASFE-Fusion (the original's dim argument) saved as its training code would."""
+    from lpmnet.fuse import fuse_files
+    from lpmnet.methods import load_original_state_dict
+    from lpmnet.methods.asfe import ASFEFusion
+
+    torch.manual_seed(0)
+    saved = tmp_path / "asfe.pth"
+    torch.save({"model": ASFEFusion(dim=32, num_heads=4).state_dict()}, saved)
+    with pytest.raises(InputError, match="asfe.pth: not a ASFE-Fusion state dict of this configuration"):
+        load_original_state_dict(saved, ASFEFusion(), "ASFE-Fusion", ("model",))
+    model = load_original_state_dict(saved, ASFEFusion(dim=32, num_heads=4), "ASFE-Fusion", ("model",))
+    a, b = write_pair(tmp_path, shape=(20, 24, 3))
+    x1, x2 = (minmax01(dhw(load_volume(p).data)) for p in (a, b))
+    from lpmnet.slicewise import fuse_slicewise
+
+    fused = fuse_slicewise(model, x1, x2, batch_size=2)
+    assert fused.shape == x1.shape and 0 <= fused.min() <= fused.max() <= 1
+    with pytest.raises(InputError, match="asfe.pth"):  # the CLI's default configuration is the full width
+        fuse_files(a, b, tmp_path / "f.nii.gz", saved, method="asfe")
+    assert not (tmp_path / "f.nii.gz").exists()

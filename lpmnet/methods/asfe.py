@@ -80,6 +80,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lpmnet.methods import FusionMethod, load_original_state_dict
+
 __all__ = ["ASFEFusion", "VARIANTS"]
 
 VARIANTS = ("faithful", "fixed")
@@ -662,3 +664,22 @@ class ASFEFusion(nn.Module):
             if level:
                 x = torch.cat((x, fusion[level - 1](features[level - 1], inputs[level - 1])), dim=1)
         return self.outlayer(x)
+
+
+def _load(path, map_location="cpu"):
+    """A state dict of the original code (bare, or under "model"/"state_dict"), default configuration."""
+    model = load_original_state_dict(path, ASFEFusion(), "ASFE-Fusion").to(map_location)
+    return model, {"method": "ASFE-Fusion", "source": str(path)}
+
+
+def _fuse(model, x1, x2, device=None, axis=0, batch_size=4):
+    """Slice by slice along ``axis`` (0 = D); the network pads each slice to multiples of 128 itself.
+    The output is clipped to [0, 1], the range of the fused volumes of every method."""
+    from lpmnet.slicewise import fuse_slicewise
+
+    return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}
+
+
+METHOD = FusionMethod(name="asfe", description="ASFE-Fusion (Gu et al.): 2D spatial and frequency experts with a "
+                      "Soft-MoE fusion, slice by slice", dims=2, load=_load, fuse=_fuse,
+                      settings=("axis", "batch_size"))

@@ -82,15 +82,12 @@ even in float64 runs, a 1e-10 relative difference the float64 fixtures were comp
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpmnet.errors import InputError
 from lpmnet.mamba import Mamba
-from lpmnet.methods import FusionMethod
+from lpmnet.methods import FusionMethod, load_original_state_dict
 from lpmnet.precision import at_least_float32
 from lpmnet.scan import BACKENDS, causal_conv1d, selective_scan
 
@@ -491,12 +488,6 @@ class MambaDFuse(nn.Module):
 CHECKPOINT_WRAPPERS = ("params_ema", "params")
 
 
-def _describe_keys(kind, keys):
-    shown = ", ".join(repr(k) for k in keys[:3])
-    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-    return f"{len(keys)} {kind} key(s): {shown}{more}"
-
-
 def load_released_checkpoint(path, **kwargs) -> MambaDFuse:
     """The authors' released MambaDFuse weights as a :class:`MambaDFuse` in eval mode, on the CPU.
 
@@ -525,35 +516,7 @@ def load_released_checkpoint(path, **kwargs) -> MambaDFuse:
     missing or unreadable, or is not a MambaDFuse state dict of this configuration (the message
     names the missing, unexpected or mis-shaped keys).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "MambaDFuse checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise InputError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    state_dict = payload
-    if isinstance(payload, dict):
-        state_dict = next((payload[k] for k in CHECKPOINT_WRAPPERS if isinstance(payload.get(k), dict)), payload)
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise InputError(path, "not a MambaDFuse state dict (expected a dict of tensors, bare or under "
-                               f"{' or '.join(map(repr, CHECKPOINT_WRAPPERS))})")
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel saves
-
-    model = MambaDFuse(**kwargs)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        found = "; ".join(_describe_keys(kind, keys) for kind, keys in (("missing", missing),
-                                                                       ("unexpected", unexpected)) if keys)
-        raise InputError(path, f"not a MambaDFuse state dict of this configuration: {found}")
-    for key, tensor in expected.items():
-        if state_dict[key].shape != tensor.shape:
-            raise InputError(path, f"not a MambaDFuse state dict of this configuration: {key!r} has shape "
-                                   f"{tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}")
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return load_original_state_dict(path, MambaDFuse(**kwargs), "MambaDFuse", CHECKPOINT_WRAPPERS)
 
 
 def _load(path, map_location="cpu"):
