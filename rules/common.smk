@@ -172,7 +172,8 @@ def all_targets(wildcards):
         for pair, modalities in PAIRS[name].items():
             base = pair_dir(name, pair)
             targets += [f"{base}/metrics.tsv", f"{base}/metrics_long.tsv", f"{base}/metrics.html",
-                        f"{base}/failed_subjects.tsv", f"{base}/model/training_curves.png"]
+                        f"{base}/failed_subjects.tsv", f"{base}/model/training_curves.png",
+                        f"{base}/comparison.tsv", f"{base}/comparison.html", f"{base}/comparison.png"]
             targets += [f"{base}/qc/sub-{s}_montage.png" for s in usable_subjects(name, "test", modalities)]
         if DATASETS[name]["register"]:
             fixed = DATASETS[name]["fixed"]
@@ -274,6 +275,19 @@ def metric_table_inputs(wildcards):
         "input_status": checkpoints.input_status.get(dataset=wildcards.dataset).output[0],
         "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
     }
+
+
+def comparison_inputs(wildcards):
+    """The pair's long table, and per method the benchmark files of its fusions (and training)."""
+    base = pair_dir(wildcards.dataset, wildcards.pair)
+    bench = f"{RESULTS}/{wildcards.dataset}/benchmarks"
+    subjects = usable_subjects(wildcards.dataset, "test", pair_modalities(wildcards))
+    space = space_label(wildcards.dataset)
+    inputs = {"long": f"{base}/metrics_long.tsv", "model": f"{base}/model/model.pt",
+              "train_lpmnet": [f"{bench}/train/{wildcards.pair}.tsv"]}
+    for m in METHODS:
+        inputs[f"fuse_{m}"] = [f"{bench}/fuse/{wildcards.pair}/sub-{s}_space-{space}_{m}.tsv" for s in subjects]
+    return inputs
 
 
 def fused_path(dataset, pair, subject, method):

@@ -54,6 +54,37 @@ rule metric_tables:
         "../scripts/metric_tables.py"
 
 
+rule comparison:
+    input:
+        unpack(comparison_inputs),
+    output:
+        tsv=f"{RESULTS}/{{dataset}}/{{pair}}/comparison.tsv",
+        html=report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/comparison.html",
+            caption="../report/comparison.rst",
+            category="Comparison",
+            subcategory="{dataset}",
+            labels={"pair": "{pair}", "figure": "table"},
+        ),
+        png=report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/comparison.png",
+            caption="../report/comparison.rst",
+            category="Comparison",
+            subcategory="{dataset}",
+            labels={"pair": "{pair}", "figure": "box plots"},
+        ),
+    params:
+        methods=METHODS,
+    log:
+        f"{RESULTS}/{{dataset}}/logs/comparison/{{pair}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/comparison/{{pair}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/comparison.py"
+
+
 rule fusion_montage:
     input:
         unpack(fusion_sources),

@@ -100,6 +100,13 @@ def test_end_to_end_tiny_demo(finished_run):
     for s in split.subject:  # registered intermediates are temporary
         assert not list((results / f"sub-{s}").glob("*desc-registered*"))
     assert (results / "T1-FLAIR" / "model" / "training_curves.png").stat().st_size > 10_000
+    comparison = pd.read_csv(results / "T1-FLAIR" / "comparison.tsv", sep="\t")
+    assert set(comparison.method) == {"lpmnet", "mean", "max"} and set(comparison.convention) == {"lpmnet", "standard"}
+    assert (comparison.groupby(["convention", "metric"]).best.sum() >= 1).all()
+    assert set(comparison.test_note) == {"reference", "n too small"}  # one test subject
+    lpm = comparison[comparison.method == "lpmnet"].iloc[0]
+    assert lpm.parameters == 26051 and lpm.fusion_seconds > 0 and lpm.training_seconds > 0
+    assert "Which method fuses best" in (results / "T1-FLAIR" / "comparison.html").read_text()
     assert planned_jobs(finished_run) == {}
 
     report = finished_run / "report.html"
@@ -116,7 +123,7 @@ def test_changing_a_training_parameter_retrains_only_that_pair(finished_run, tmp
     finally:
         workdir_with(finished_run, tiny_config())
     assert jobs == {"train": 1, "fuse_lpmnet": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1,
-                    "training_curves": 1, "all": 1}
+                    "training_curves": 1, "comparison": 1, "all": 1}
 
 
 def test_changing_the_registration_reruns_from_registration_on(finished_run):
@@ -147,7 +154,7 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
         # Only the resize of the kept normalised volumes and the pair's work on the new grid.
         assert planned_jobs(finished_run) == {
             "resize": 6, "train": 1, "fuse_lpmnet": 1, "fuse_classical": 2, "metrics": 3, "metric_tables": 1,
-            "fusion_montage": 1, "training_curves": 1, "all": 1}
+            "fusion_montage": 1, "training_curves": 1, "comparison": 1, "all": 1}
         snakemake(finished_run, "--cores", "2")
     finally:
         workdir_with(finished_run, tiny_config())
