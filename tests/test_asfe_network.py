@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+from baseline_fixtures import read_keys
 from lpmnet.methods.asfe import ASFEFusion, _faithful_inverse, _rfft2_rows
 
 # Never used by the original's forward (needed for a strict load): per fusion module, both QKV blocks'
@@ -22,14 +23,6 @@ UNUSED = {f"fusionnet{i}.CASFusion.QKV_Block{j}.{name}"
                        "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias")}
 
 
-def read_keys(path):
-    """(name, shape) per line of a keys.txt, in order."""
-    entries = []
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, shape = line.split("\t")
-            entries.append((name, tuple(int(v) for v in shape.strip("()").split(",") if v.strip())))
-    return entries
 
 
 def rel_error(actual, expected):

@@ -14,7 +14,6 @@ check that this restatement reproduces the fixture when it replaces every block,
 default-width model with random weights equals itself with every block replaced by the restatement.
 """
 
-import json
 from contextlib import contextmanager
 from functools import reduce
 from operator import mul
@@ -24,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from baseline_fixtures import read_cases, read_config, read_keys, read_state_dict_float64
 from lpmnet.methods.dc2fusion import CrossTransformerBlock3D, DC2Fusion, sample_partner
 
 # The fixture README's acceptance bound; a float64 re-implementation lands near 1e-13.
@@ -49,19 +49,17 @@ def fixture_dir(baseline_fixtures):
 
 @pytest.fixture(scope="module")
 def config(fixture_dir):
-    return json.loads((fixture_dir / "config.json").read_text())
+    return read_config(fixture_dir)
 
 
 @pytest.fixture(scope="module")
 def state_dict(fixture_dir):
-    sd = torch.load(fixture_dir / "state_dict.pt", weights_only=True)
-    # Stored as float32, every value exact in float32: the cast loses nothing.
-    return {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    return read_state_dict_float64(fixture_dir)
 
 
 @pytest.fixture(scope="module")
 def cases(fixture_dir, config):
-    return [torch.load(fixture_dir / case["file"], weights_only=True) for case in config["cases"]]
+    return read_cases(fixture_dir, config)
 
 
 def constructor_kwargs(config):
@@ -101,14 +99,6 @@ def rel(actual, expected):
     return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
-def read_keys(path):
-    """(name, shape) pairs of a keys.txt file, in state-dict order."""
-    rows = []
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, shape = line.split("\t")
-            rows.append((name, tuple(int(v) for v in shape.strip("(,)").split(",") if v.strip())))
-    return rows
 
 
 def perturb_(model, seed):

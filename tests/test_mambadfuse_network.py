@@ -6,7 +6,6 @@ input pairs and the original's float64 eval-mode outputs. A re-implementation th
 dict strictly and reproduces the outputs to round-off is numerically the same network.
 """
 
-import json
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scan_reference import reference_selective_scan  # noqa: E402
 
+from baseline_fixtures import read_cases, read_config, read_keys, read_state_dict_float64
 from lpmnet.mamba import Mamba  # noqa: E402
 from lpmnet.methods import mambadfuse  # noqa: E402
 from lpmnet.methods.mambadfuse import MambaDFuse  # noqa: E402
@@ -36,19 +36,17 @@ def fixture_dir(baseline_fixtures):
 
 @pytest.fixture(scope="module")
 def config(fixture_dir):
-    return json.loads((fixture_dir / "config.json").read_text())
+    return read_config(fixture_dir)
 
 
 @pytest.fixture(scope="module")
 def state_dict(fixture_dir):
-    sd = torch.load(fixture_dir / "state_dict.pt", weights_only=True)
-    # Stored as float32, every value exact in float32: the cast loses nothing.
-    return {k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+    return read_state_dict_float64(fixture_dir)
 
 
 @pytest.fixture(scope="module")
 def cases(fixture_dir, config):
-    return [torch.load(fixture_dir / case["file"], weights_only=True) for case in config["cases"]]
+    return read_cases(fixture_dir, config)
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +116,6 @@ def rel_err(actual, expected):
     return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
-def read_keys(path):
-    rows = []
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, shape = line.split("\t")
-            rows.append((name, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
-    return rows
 
 
 def test_default_model_has_the_originals_state_dict_names_and_shapes(fixture_dir, config):
