@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from baseline_fixtures import read_cases, read_config, read_keys, read_state_dict_float64
+from helpers import one_thread
 from lpmnet.methods.dc2fusion import CrossTransformerBlock3D, DC2Fusion, sample_partner
 
 # The fixture README's acceptance bound; a float64 re-implementation lands near 1e-13.
@@ -33,13 +34,9 @@ SAME_FUNCTION_TOL = 1e-10
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are small, so a forward is thousands of short operations; on a shared machine
-    every parallel one waits for a descheduled second thread (measured: 4x slower with 2 threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

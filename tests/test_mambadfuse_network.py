@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scan_reference import reference_selective_scan  # noqa: E402
 
 from baseline_fixtures import read_cases, read_config, read_keys, read_state_dict_float64
+from helpers import one_thread
 from lpmnet.mamba import Mamba  # noqa: E402
 from lpmnet.methods import mambadfuse  # noqa: E402
 from lpmnet.methods.mambadfuse import MambaDFuse  # noqa: E402
@@ -60,18 +61,6 @@ def backend(request, backends):
     if request.param not in backends:
         pytest.skip("the C++ selective-scan kernel could not be built here")
     return request.param
-
-
-@contextmanager
-def one_thread():
-    """The test inputs are tiny: with more threads every op pays for a parallel region larger than
-    its work, and on a shared machine for waiting on a descheduled thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @contextmanager

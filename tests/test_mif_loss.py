@@ -6,17 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import one_thread
 from lpmnet.losses import MIFLoss, sobel_magnitude
 from lpmnet.metrics.lpmnet_convention import ssim3d
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The test tensors are tiny: more threads only add parallel-region overhead."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def single_thread():
+    with one_thread():
+        yield
 
 
 def images(shape, seed):

@@ -1,6 +1,5 @@
 """lpmnet.slicewise.fuse_slicewise: a 2D fusion network applied slice by slice to a volume pair."""
 
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,21 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import one_thread
 from lpmnet.methods.mambadfuse import MambaDFuse
 from lpmnet.slicewise import fuse_slicewise
 
 SHAPE = (6, 9, 11)  # (D, H, W): different sizes, so that a wrong axis shows
-
-
-@contextmanager
-def one_thread():
-    """The test inputs are tiny: more threads only add parallel-region overhead."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class ConvFuse(nn.Module):

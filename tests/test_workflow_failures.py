@@ -27,6 +27,15 @@ def table_config(table, **training):
     return config
 
 
+def subject_rows(folder, n):
+    """Table rows (subject, modality, file) of ``n`` good T1 + FLAIR subjects s0, s1, ... written in ``folder``."""
+    rows = []
+    for i in range(n):
+        a, b = write_pair(folder, f"sub-s{i}", seed=i)
+        rows += [(f"s{i}", "T1", a.name), (f"s{i}", "FLAIR", b.name)]
+    return rows
+
+
 def write_table(folder, rows):
     table = folder / "subjects.tsv"
     table.write_text("dataset\tsubject\tmodality\tpath\n" + "".join(f"mine\t{s}\t{m}\t{p}\n" for s, m, p in rows))
@@ -36,10 +45,7 @@ def write_table(folder, rows):
 def test_bad_subjects_are_tabulated_as_failed_and_the_run_fails(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    rows = []
-    for i in range(6):
-        a, b = write_pair(data, f"sub-s{i}", seed=i)
-        rows += [(f"s{i}", "T1", a.name), (f"s{i}", "FLAIR", b.name)]
+    rows = subject_rows(data, 6)
     # s2 (training): NaN values; s5 (test): a truncated file
     nan = np.random.default_rng(2).random((24, 28, 20)).astype(np.float32)
     nan[3, 4, 5] = np.nan
@@ -80,10 +86,7 @@ def test_bad_subjects_are_tabulated_as_failed_and_the_run_fails(tmp_path):
 def test_training_killed_under_snakemake_keeps_every_log_row(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    rows = []
-    for i in range(3):
-        a, b = write_pair(data, f"sub-s{i}", seed=i)
-        rows += [(f"s{i}", "T1", a.name), (f"s{i}", "FLAIR", b.name)]
+    rows = subject_rows(data, 3)
     iterations = 60
     config = table_config(write_table(data, rows), iterations=iterations, checkpoint_every=4)
     workdir = workdir_with(tmp_path / "run", config)
@@ -115,11 +118,7 @@ def test_training_killed_under_snakemake_keeps_every_log_row(tmp_path):
 
 
 def _two_subjects(data, extra_rows=()):
-    rows = []
-    for i in range(2):
-        a, b = write_pair(data, f"sub-s{i}", seed=i)
-        rows += [(f"s{i}", "T1", a.name), (f"s{i}", "FLAIR", b.name)]
-    return write_table(data, [*rows, *extra_rows])
+    return write_table(data, [*subject_rows(data, 2), *extra_rows])
 
 
 def test_a_pair_modality_that_no_subject_has_stops_the_run_at_start(tmp_path):
