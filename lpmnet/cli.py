@@ -31,6 +31,20 @@ def _read_pairs(path):
     return [(row["x1"], row["x2"]) for row in rows]
 
 
+LPMNET_MODEL_OPTIONS = ("base_c", "depth_c", "depth_m", "fuse_method", "rec")
+LPMNET_LOSS_OPTIONS = {"loss_mode": "mode", "alpha": "alpha", "beta": "beta", "gamma": "gamma"}
+
+
+def _json_object(text, option):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{option}: not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option}: expected a JSON object, got {text!r}")
+    return value
+
+
 def _cmd_train(args):
     from lpmnet.train import TrainConfig, train
 
@@ -38,14 +52,28 @@ def _cmd_train(args):
     if not pairs or (args.x1 and len(args.x1) != len(args.x2 or [])):
         raise ValueError("give --pairs TSV, or as many --x1 as --x2 volumes")
     val_pairs = _read_pairs(args.val_pairs) if args.val_pairs else []
-    model = dict(base_c=args.base_c, depth_c=args.depth_c, depth_m=args.depth_m, fuse_method=args.fuse_method,
-                 rec=args.rec, reconstruction=not args.no_reconstruction)
-    config = TrainConfig(
-        iterations=args.iterations, batch_size=args.batch_size,
-        patch_size=None if args.whole_volume else tuple(args.patch_size), lr=args.lr, seed=args.seed,
-        loss_mode=args.loss_mode, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
-        checkpoint_every=args.checkpoint_every, val_every=args.val_every, amp=not args.no_amp, model=model,
-    )
+    model = _json_object(args.model, "--model") if args.model else {}
+    loss_settings = _json_object(args.loss_settings, "--loss-settings") if args.loss_settings else None
+    # LPM-Net's own options (its constructor and its loss), refused by name for another method.
+    lpmnet_model = {k: getattr(args, k) for k in LPMNET_MODEL_OPTIONS if getattr(args, k) is not None}
+    if args.no_reconstruction:
+        lpmnet_model["reconstruction"] = False
+    lpmnet_loss = {v: getattr(args, k) for k, v in LPMNET_LOSS_OPTIONS.items() if getattr(args, k) is not None}
+    if args.method != "lpmnet" and lpmnet_model:
+        raise ValueError(f"--{next(iter(lpmnet_model)).replace('_', '-')} is an option of lpmnet, not of {args.method}; "
+                         "give the network's arguments with --model JSON")
+    model.update(lpmnet_model)
+    if lpmnet_loss:
+        loss_settings = {**(loss_settings or {}), **lpmnet_loss}
+    recipe = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                  loss=args.loss, loss_settings=loss_settings, slice_axis=args.slice_axis)
+    if args.whole_volume:
+        recipe["patch_size"] = None
+    elif args.patch_size:
+        recipe["patch_size"] = tuple(args.patch_size)
+    config = TrainConfig(method=args.method, **{k: v for k, v in recipe.items() if v is not None},
+                         checkpoint_every=args.checkpoint_every, val_every=args.val_every, amp=not args.no_amp,
+                         model=model)
     final = train(pairs, args.out_dir, config, val_pairs=val_pairs, device=args.device)
     print(final)
 
@@ -54,12 +82,13 @@ def _cmd_fuse(args):
     from lpmnet.fuse import fuse_files
 
     # Only the options given go to the method: one that only another method has is refused by name.
-    options = dict(tile=args.tile, overlap=args.overlap, axis=args.axis, batch_size=args.batch_size)
+    options = dict(tile=args.tile, overlap=args.overlap, axis=args.axis, batch_size=args.batch_size,
+                   scan_backend=args.scan_backend)
     settings = {k: v for k, v in options.items() if v is not None}
     if args.memory_budget_mb is not None:
         settings["memory_budget_mb"] = args.memory_budget_mb or None  # 0: never tile
     fuse_files(args.fixed, args.moving, args.output, args.checkpoint, device=args.device, method=args.method,
-               components=args.components, scan_backend=args.scan_backend, **settings)
+               components=args.components, **settings)
     print(args.output)
 
 
@@ -76,7 +105,12 @@ def _cmd_metrics(args):
     results = compute_all(minmax01(dhw(a.data)), minmax01(dhw(b.data)), np.clip(dhw(f.data), 0, 1),
                           conventions=conventions, axis=args.axis)
     table = {name: ms.values for name, ms in results.items()}
-    if args.output:
+    if args.output and args.method:
+        from lpmnet.tables import write_metrics_json
+
+        # The workflow's per-subject document, which the metric tables and the comparison read.
+        write_metrics_json(args.output, args.subject, args.method, results)
+    elif args.output:
         atomic_write_json(args.output, table)
     if args.json:
         print(json.dumps(table, indent=2))
@@ -93,30 +127,38 @@ def build_parser():
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train LPM-Net on pairs of co-registered volumes")
+    p = sub.add_parser("train", help="train a fusion method on pairs of co-registered volumes (its original's "
+                                      "recipe unless options change it)")
+    p.add_argument("--method", default="lpmnet", help=f"fusion method: {', '.join(METHOD_MODULES)} or the dotted "
+                                                      "name of your own method's module")
     p.add_argument("--pairs", help="TSV with columns x1, x2 (training pairs)")
     p.add_argument("--x1", action="append", help="first volume of a pair (repeatable)")
     p.add_argument("--x2", action="append", help="second volume of a pair (repeatable)")
     p.add_argument("--val-pairs", help="TSV with columns x1, x2 (validation pairs)")
     p.add_argument("-o", "--out-dir", required=True, help="folder for checkpoints and the training log")
-    p.add_argument("--iterations", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--patch-size", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"))
-    p.add_argument("--whole-volume", action="store_true", help="train on whole volumes (GPU)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=2)
-    p.add_argument("--loss-mode", choices=("faithful", "fixed"), default="faithful")
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--beta", type=float, default=1.0)
-    p.add_argument("--gamma", type=float, default=0.5)
+    p.add_argument("--iterations", type=int, help="default: the method's recipe (lpmnet 3000)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patch-size", type=int, nargs="+", metavar="N",
+                   help="3D methods: D H W of a patch (lpmnet: 64 64 64); 2D methods: H W of a slice crop")
+    p.add_argument("--whole-volume", action="store_true", help="train on whole volumes or slices (GPU)")
+    p.add_argument("--slice-axis", type=int, help="2D methods: the axis slices are taken along (0 = D)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--loss", help="a loss of lpmnet.losses.LOSSES (lpmnet, mif, ...); default: the method's")
+    p.add_argument("--loss-settings", help="JSON object of the loss's keyword arguments")
+    p.add_argument("--model", help="JSON object of the network's constructor arguments")
+    p.add_argument("--loss-mode", choices=("faithful", "fixed"), help="lpmnet loss (default faithful)")
+    p.add_argument("--alpha", type=float, help="lpmnet loss: MSE weight (0.05)")
+    p.add_argument("--beta", type=float, help="lpmnet loss: 1 - SSIM weight (1.0)")
+    p.add_argument("--gamma", type=float, help="lpmnet loss: spatial-frequency reward (0.5)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--val-every", type=int, default=200)
-    p.add_argument("--base-c", type=int, default=8)
-    p.add_argument("--depth-c", type=int, default=2)
-    p.add_argument("--depth-m", type=int, default=2)
-    p.add_argument("--fuse-method", choices=("max", "mean", "min"), default="max")
-    p.add_argument("--rec", type=float, default=0.2, help="block drop probability of the masked branch")
-    p.add_argument("--no-reconstruction", action="store_true", help="train without the masked branch")
+    p.add_argument("--base-c", type=int, help="lpmnet network (8)")
+    p.add_argument("--depth-c", type=int, help="lpmnet network (2)")
+    p.add_argument("--depth-m", type=int, help="lpmnet network (2)")
+    p.add_argument("--fuse-method", choices=("max", "mean", "min"), help="lpmnet network (max)")
+    p.add_argument("--rec", type=float, help="lpmnet network: block drop probability of the masked branch (0.2)")
+    p.add_argument("--no-reconstruction", action="store_true", help="lpmnet: train without the masked branch")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_train)
@@ -126,9 +168,11 @@ def build_parser():
     p.add_argument("moving", help="second input, already on the fixed grid")
     p.add_argument("-o", "--output", required=True, help="fused NIfTI (.nii.gz); a .json sidecar is written")
     p.add_argument("--checkpoint", required=True,
-                   help="lpmnet: project checkpoint or original LPM-Net state dict; mambadfuse: the authors' "
-                        "released 10000_E.pth (or a state dict of the original code)")
-    p.add_argument("--method", default="lpmnet", choices=tuple(METHOD_MODULES), help="fusion method")
+                   help="a checkpoint of the method written by lpmnet train (or the workflow), or the original "
+                        "code's weights: lpmnet an original LPM-Net state dict, mambadfuse the authors' released "
+                        "10000_E.pth, asfe a state dict of the original code")
+    p.add_argument("--method", default="lpmnet", help=f"fusion method: {', '.join(METHOD_MODULES)} or the dotted "
+                                                      "name of your own method's module")
     p.add_argument("--device", default="auto")
     p.add_argument("--tile", type=int, nargs="+", help="lpmnet: sliding-window tile size (multiple of 16)")
     p.add_argument("--memory-budget-mb", type=int,
@@ -137,7 +181,8 @@ def build_parser():
     p.add_argument("--overlap", type=float, help="lpmnet: tile overlap (default 0.25)")
     p.add_argument("--axis", type=int, help="2D methods: slice axis in (D, H, W) order (default 0 = D)")
     p.add_argument("--batch-size", type=int, help="2D methods: slices per batch (default 8)")
-    p.add_argument("--scan-backend", choices=("auto", "cuda", "cpu", "torch"), default="auto")
+    p.add_argument("--scan-backend", choices=("auto", "cuda", "cpu", "torch"),
+                   help="methods with Mamba layers (lpmnet, mambadfuse): the selective-scan backend (default auto)")
     p.add_argument("--components", action="store_true", help="also write the base and detail volumes")
     p.set_defaults(func=_cmd_fuse)
 
@@ -149,6 +194,9 @@ def build_parser():
     p.add_argument("--axis", type=int, default=0, help="slice axis of the 2D metrics in (D, H, W) order: 0 = D = the files' voxel axis k")
     p.add_argument("--json", action="store_true", help="print JSON: {convention: {metric: value}}")
     p.add_argument("-o", "--output", help="also write the JSON to this file")
+    p.add_argument("--method", help="the method that fused F: -o then writes the workflow's per-subject metrics "
+                                    "file (subject, method, values, slices used, notes), as its tables read them")
+    p.add_argument("--subject", default="01", help="with --method: the subject's label (default 01)")
     p.set_defaults(func=_cmd_metrics)
     return parser
 

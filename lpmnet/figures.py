@@ -28,11 +28,11 @@ from matplotlib.figure import Figure
 from lpmnet.errors import InputError
 from lpmnet.io import atomic_output, load_volume, require_same_grid
 
-__all__ = ["fusion_montage", "training_curves", "orthogonal_slices", "label_edges", "LOSS_COLUMNS",
-           "ORIENTATION_NOTE", "EDGE_LETTERS"]
+__all__ = ["fusion_montage", "training_curves", "orthogonal_slices", "label_edges", "ORIENTATION_NOTE",
+           "EDGE_LETTERS"]
 
-#: Loss-term columns of the training log (the terms of :data:`lpmnet.losses.LOSS_TERMS`).
-LOSS_COLUMNS = ("mse", "ssim", "base", "detail", "sf", "rec")
+#: Columns of the training log that are not loss terms (the terms depend on the method's loss).
+NON_LOSS_COLUMNS = ("iteration", "epoch", "lr", "total", "lambda", "seconds")
 
 ORIENTATION_NOTE = ("closest canonical RAS orientation, neurological convention "
                     "(patient's left on image left, anterior/superior up); "
@@ -202,8 +202,8 @@ def _tidy(ax, title: str) -> None:
 def training_curves(log_csv, out_png, title: str) -> Path:
     """Plot a training log; writes ``out_png`` and returns its path.
 
-    Loss section: one small panel per series, ``total`` first, then each loss term of
-    :data:`LOSS_COLUMNS` present with a non-zero value (light raw line plus a centred moving
+    Loss section: one small panel per series, ``total`` first, then each loss term of the log (every
+    column but :data:`NON_LOSS_COLUMNS` and ``val_*``) with a non-zero value (light raw line plus a centred moving
     average; the terms differ in scale and sign, hence separate y axes).  Validation section
     (when ``val_*`` columns hold values): one small panel per metric.  Bottom panel: the
     learning rate (and the SF weight ``lambda`` on a second axis when it varies).
@@ -213,8 +213,8 @@ def training_curves(log_csv, out_png, title: str) -> Path:
     n = len(df)
     window = max(1, min(round(n / 50), 500))
 
-    losses = ["total"] + [c for c in LOSS_COLUMNS
-                          if c in df.columns and (df[c].fillna(0) != 0).any()]
+    losses = ["total"] + [c for c in df.columns if c not in NON_LOSS_COLUMNS and not c.startswith("val_")
+                          and (df[c].fillna(0) != 0).any()]
     vals = [c for c in df.columns if c.startswith("val_") and df[c].notna().any()]
     per_row = min(5, max(3, len(losses), len(vals)))
     loss_rows = math.ceil(len(losses) / per_row)

@@ -178,3 +178,227 @@ class MIFLoss(nn.Module):
         logged = {name: float(terms[name].detach()) for name in MIF_TERMS}
         logged["total"] = float(total.detach())
         return total, logged
+
+
+# --- ASFE-Fusion's loss (train.py of the original, as ../shared/docs/baselines.md 3.2 reads it) -------
+
+ASFE_TERMS = ("intensity", "structure", "ssim")
+
+
+def structure_tensor(x: torch.Tensor) -> torch.Tensor:
+    """(B, 4, H, W) per-pixel [dx^2, dx dy, dx dy, dy^2] of a (B, C, H, W) batch, summed over its channels.
+
+    Forward differences along W (dx) and H (dy), zero in the last column and row (ASFE-Fusion's)."""
+    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    dxdy = (dx * dy).sum(1, keepdim=True)
+    return torch.cat([(dx * dx).sum(1, keepdim=True), dxdy, dxdy, (dy * dy).sum(1, keepdim=True)], dim=1)
+
+
+class ASFELoss(nn.Module):
+    """ASFE-Fusion's training loss on (B, 1, H, W) batches, as its code computes it:
+
+        intensity = 0.5 * ||F - (A + B) / 2||_2                     (the norm of the whole batch tensor)
+        structure = 0.5 * log(1 + ||ST(F) - ST([A, B])||_F)         (:func:`structure_tensor`; the two
+                                                                     inputs' tensors add up)
+        ssim      = (1 - SSIM(F, A)) + (1 - SSIM(F, B))
+
+    Neither norm is squared or averaged, so the terms grow with the batch and the image size. The
+    original takes the SSIM terms with ``.item()``: they are constants without gradient, and only the
+    first two terms train the network; ``ssim_gradient=True`` (the project's option, not the
+    original's) keeps their gradient. SSIM: 11 x 11 Gaussian window, sigma 1.5, zero padding,
+    C1 = 0.01^2, C2 = 0.03^2, the mean of the map (as :class:`MIFLoss`).
+    """
+
+    def __init__(self, intensity_weight=0.5, structure_weight=0.5, ssim_weight=1.0, ssim_gradient=False):
+        super().__init__()
+        self.intensity_weight = intensity_weight
+        self.structure_weight = structure_weight
+        self.ssim_weight = ssim_weight
+        self.ssim_gradient = ssim_gradient
+
+    def forward(self, x1, x2, fused):
+        if x1.shape != x2.shape or x1.shape != fused.shape or x1.ndim != 4 or x1.shape[1] != 1:
+            raise ValueError(f"expected three (B, 1, H, W) tensors of one shape, got {tuple(x1.shape)}, "
+                             f"{tuple(x2.shape)} and {tuple(fused.shape)}")
+        with torch.autocast(device_type=fused.device.type, enabled=False):
+            a, b, f = (at_least_float32(t) for t in (x1, x2, fused))
+
+            def blur(t):
+                return gaussian_blur(t, SSIM_WINDOW, SSIM_SIGMA, 2, same=True)
+
+            # SSIM(F, A) and SSIM(F, B), each the mean of its map over the batch.
+            per_reference = ssim_mean(torch.stack([a, b]), f[None], blur, SSIM_C1, SSIM_C2, 2).flatten(1).mean(1)
+            ssim_term = self.ssim_weight * (2 - per_reference.sum())
+            if not self.ssim_gradient:
+                ssim_term = ssim_term.detach()
+            terms = {
+                "intensity": self.intensity_weight * torch.linalg.vector_norm(f - (a + b) / 2),
+                "structure": self.structure_weight * torch.log1p(torch.linalg.vector_norm(
+                    structure_tensor(f) - structure_tensor(torch.cat([a, b], dim=1)))),
+                "ssim": ssim_term,
+            }
+        total = sum(terms.values())
+        logged = {name: float(terms[name].detach()) for name in ASFE_TERMS}
+        logged["total"] = float(total.detach())
+        return total, logged
+
+
+# --- DC2Fusion's loss (train_diff.py + config_diff.py, as ../shared/docs/baselines.md 1.2 reads it) -----
+
+DC2FUSION_TERMS = ("lncc", "ssim", "l1")
+#: MONAI's LocalNormalizedCrossCorrelationLoss: box window, smoothing of the numerator and denominator.
+LNCC_SMOOTH_NUMERATOR = 0.0
+LNCC_SMOOTH_DENOMINATOR = 1e-5
+
+
+def local_ncc_loss(pred, target, window=3):
+    """MONAI's ``LocalNormalizedCrossCorrelationLoss(spatial_dims=3)``: minus the mean over all voxels of
+    the squared local correlation of ``pred`` and ``target`` in a ``window``^3 box (zero padding), in [-1, 0]."""
+    taps = (1.0,) * window
+    volume = float(window ** 3)
+    spatial = range(pred.ndim - 3, pred.ndim)
+
+    def box(t):
+        for dim in spatial:
+            t = correlate1d(t, taps, dim, same=True)
+        return t
+
+    sums = box(torch.cat([target, pred, target * target, pred * pred, target * pred]))
+    t_sum, p_sum, t2_sum, p2_sum, tp_sum = sums.chunk(5)
+    t_avg, p_avg = t_sum / volume, p_sum / volume
+    cross = tp_sum - p_avg * t_sum
+    t_var = (t2_sum - t_avg * t_sum).clamp_min(0)
+    p_var = (p2_sum - p_avg * p_sum).clamp_min(0)
+    ncc = (cross * cross + LNCC_SMOOTH_NUMERATOR) / (t_var * p_var + LNCC_SMOOTH_DENOMINATOR)
+    return -ncc.mean()
+
+
+def ssim3d_valid(x, y):
+    """MONAI's ``SSIMLoss(spatial_dims=3)`` SSIM: 11^3 Gaussian window, sigma 1.5, data range 1, k1 0.01,
+    k2 0.03, over the valid region only (no padding), mean over the batch and the map."""
+    def blur(t):
+        return gaussian_blur(t, SSIM_WINDOW, SSIM_SIGMA, 3, same=False)
+
+    return ssim_mean(x, y, blur, SSIM_C1, SSIM_C2, 3).mean()
+
+
+class DC2FusionLoss(nn.Module):
+    """DC2Fusion's training loss on (B, 1, D, H, W) volumes, with A = x1 (the MRI) and B = x2 (the PET):
+
+        lncc = 2 LNCC(F, A) + 1 LNCC(F, B)            (:func:`local_ncc_loss`, each in [-1, 0])
+        ssim = 2 (1 - SSIM(F, A)) + 1 (1 - SSIM(F, B))  (:func:`ssim3d_valid`)
+        l1   = 2 mean|F - A| + 1 mean|F - B|
+
+    The weights (alpha, beta, gamma per source) are the authors' defaults, which their README's
+    command does not change. Volumes need at least 11 voxels along each axis (the SSIM window).
+    """
+
+    def __init__(self, lncc_weights=(2.0, 1.0), ssim_weights=(2.0, 1.0), l1_weights=(2.0, 1.0), lncc_window=3):
+        super().__init__()
+        self.lncc_weights = tuple(lncc_weights)
+        self.ssim_weights = tuple(ssim_weights)
+        self.l1_weights = tuple(l1_weights)
+        self.lncc_window = lncc_window
+
+    def forward(self, x1, x2, fused):
+        if x1.shape != x2.shape or x1.shape != fused.shape or x1.ndim != 5 or x1.shape[1] != 1:
+            raise ValueError(f"expected three (B, 1, D, H, W) tensors of one shape, got {tuple(x1.shape)}, "
+                             f"{tuple(x2.shape)} and {tuple(fused.shape)}")
+        if min(x1.shape[2:]) < SSIM_WINDOW:
+            raise ValueError(f"DC2Fusion's SSIM needs at least {SSIM_WINDOW} voxels per axis, got {tuple(x1.shape[2:])}")
+        with torch.autocast(device_type=fused.device.type, enabled=False):
+            a, b, f = (at_least_float32(t) for t in (x1, x2, fused))
+            sources = (a, b)
+            terms = {
+                "lncc": sum(w * local_ncc_loss(f, s, self.lncc_window) for w, s in zip(self.lncc_weights, sources)),
+                "ssim": sum(w * (1 - ssim3d_valid(f, s)) for w, s in zip(self.ssim_weights, sources)),
+                "l1": sum(w * F.l1_loss(f, s) for w, s in zip(self.l1_weights, sources)),
+            }
+        total = sum(terms.values())
+        logged = {name: float(terms[name].detach()) for name in DC2FUSION_TERMS}
+        logged["total"] = float(total.detach())
+        return total, logged
+
+
+# --- The losses of the method layer: any method trains with any loss that supports its dimension ---
+
+
+@dataclass(frozen=True)
+class TrainingLoss:
+    """A loss the training engine can use for any method.
+
+    ``build(**settings)`` -> ``compute(x1, x2, output, schedule)`` -> (total tensor, dict of floats
+    with ``total`` and every name of ``terms``); ``output`` is what the network returned (a tensor or
+    an object with ``.fused`` and possibly ``.detail``, ``.base``, ``.reconstruction``), ``schedule``
+    the iteration's position (``iteration``, ``iterations``, ``step_in_epoch``, ``max_epoch``).
+    ``dims``: the dimensions (2: slices, 3: volumes) it is defined for.
+    """
+
+    description: str
+    terms: tuple[str, ...]
+    dims: tuple[int, ...]
+    build: callable
+
+
+def _network_output(output):
+    # Networks other than LPM-Net return the fused tensor alone: no components, no reconstruction.
+    if isinstance(output, torch.Tensor):
+        return _Output(output, None, None, None)
+    return output
+
+
+@dataclass(frozen=True)
+class _Output:
+    fused: torch.Tensor
+    base: torch.Tensor | None
+    detail: torch.Tensor | None
+    reconstruction: torch.Tensor | None
+
+
+def _lpmnet_loss(**settings):
+    loss = FusionLoss(**settings)
+
+    def compute(x1, x2, output, schedule):
+        return loss(x1, x2, _network_output(output), **schedule)
+
+    return compute
+
+
+def _fused_only(loss_class):
+    def build(**settings):
+        loss = loss_class(**settings)
+
+        def compute(x1, x2, output, schedule):
+            return loss(x1, x2, _network_output(output).fused)
+
+        return compute
+
+    return build
+
+
+LOSSES = {
+    "lpmnet": TrainingLoss("LPM-Net's objective (FusionLoss: MSE, 3D SSIM, spatial-frequency reward, base/detail, "
+                           "reconstruction)", (*LOSS_TERMS, "lambda"), (3,), _lpmnet_loss),
+    "mif": TrainingLoss("MambaDFuse's MIF loss (MIFLoss: intensity vs the maximum, Sobel gradient, SSIM)",
+                        MIF_TERMS, (2, 3), _fused_only(MIFLoss)),
+    "asfe": TrainingLoss("ASFE-Fusion's loss as coded (ASFELoss: intensity vs the mean, structure tensor, SSIM "
+                         "without gradient unless ssim_gradient)", ASFE_TERMS, (2,), _fused_only(ASFELoss)),
+    "dc2fusion": TrainingLoss("DC2Fusion's loss (DC2FusionLoss: LNCC, 3D SSIM and L1 against each source, weights "
+                              "2 for the first and 1 for the second)", DC2FUSION_TERMS, (3,), _fused_only(DC2FusionLoss)),
+}
+
+
+def make_loss(name, dims, settings=None):
+    """(compute, terms) of the loss ``name`` for a network of ``dims`` dimensions; settings go to its
+    constructor. An unknown loss, a dimension it lacks or an unknown setting raises ValueError naming it."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
+    spec = LOSSES[name]
+    if dims not in spec.dims:
+        raise ValueError(f"loss {name!r} is defined for {' and '.join(f'{d}D' for d in spec.dims)} networks, "
+                         f"not {dims}D ones")
+    try:
+        return spec.build(**(settings or {})), spec.terms
+    except TypeError as err:
+        raise ValueError(f"loss {name!r}: {err}") from None

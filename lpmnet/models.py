@@ -32,8 +32,6 @@ from lpmnet.mamba import Mamba
 
 WINDOW = 16
 MASK_BLOCK = 8
-CHECKPOINT_FORMAT = "lpmnet-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 class FusionOutput(NamedTuple):
@@ -319,40 +317,28 @@ def _infer_config(state_dict):
 
 
 def save_checkpoint(path, model, model_card=None, **training_state):
-    """Write the project's checkpoint format atomically.
+    """Write an LPM-Net checkpoint atomically (:func:`lpmnet.methods.save_checkpoint`, method "lpmnet").
 
     It stores the constructor arguments, the weights, a model card (data, shapes, metrics, versions)
     and any extra training state (optimizer, scheduler, iteration, RNG) needed to resume.
     """
-    from lpmnet.io import atomic_output, to_jsonable
+    from lpmnet.methods import save_checkpoint as save_method_checkpoint
 
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "model_kwargs": dict(model.config),
-        "state_dict": model.state_dict(),
-        # Plain JSON types only, so that the file loads with torch.load(weights_only=True).
-        "model_card": json.loads(json.dumps(to_jsonable(model_card or {}))),
-        **training_state,
-    }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    save_method_checkpoint(path, model, "lpmnet", model.config, model_card, **training_state)
 
 
 def read_checkpoint(path, map_location="cpu"):
     """Load a checkpoint file into a dict with at least ``model_kwargs``, ``state_dict``, ``model_card``.
 
-    Accepts the project's format and the original code's bare state dict (also wrapped in
-    {"model": ...} or {"state_dict": ...}).
+    Accepts the project's format (of LPM-Net; another method's raises InputError) and the original
+    code's bare state dict (also wrapped in {"model": ...} or {"state_dict": ...}).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise InputError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+    from lpmnet.methods import is_project_checkpoint, read_payload
+
+    payload = read_payload(path, map_location)
+    if is_project_checkpoint(payload):
+        if payload.get("method", "lpmnet") != "lpmnet":
+            raise InputError(path, f"a checkpoint of method {payload['method']}, not of lpmnet")
         return payload
     state_dict = payload
     if isinstance(payload, dict):

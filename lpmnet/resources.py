@@ -20,7 +20,7 @@ import os
 
 import nibabel as nib
 
-#: Memory for the model pass of ``lpmnet fuse`` and of the workflow's fusion (``fusion.memory_budget_mb``):
+#: Memory for the model pass of ``lpmnet fuse`` and of the workflow's fusion (``methods.lpmnet.fusion.memory_budget_mb``):
 #: keeps the whole fusion process of a 240x240x155 volume under 8 GB.
 DEFAULT_FUSION_BUDGET_MB = 6000
 
@@ -88,7 +88,7 @@ def fusion_tile(shape, budget_mb, model_dim=24):
     while fusion_pass_mb(tile, model_dim) > budget_mb:
         longest = max(range(3), key=lambda a: tile[a])
         if tile[longest] <= MIN_TILE:
-            raise ValueError(f"fusion.memory_budget_mb={budget_mb} is too small: even a {MIN_TILE}^3 tile "
+            raise ValueError(f"memory_budget_mb={budget_mb} is too small: even a {MIN_TILE}^3 tile "
                              f"needs {fusion_pass_mb([MIN_TILE] * 3, model_dim):.0f} MB")
         tile[longest] -= TILE_UNIT
     return tuple(tile)

@@ -1,11 +1,16 @@
-"""Training of LPM-Net on pairs of co-registered volumes.
+"""One training engine for every fusion method: the method's recipe, the project's bookkeeping.
 
-Random patches (or whole volumes, as the original did on a GPU), random flips on all three axes, Adam +
-cosine annealing stepped per epoch (an epoch is one pass over the training pairs), periodic atomic
-checkpoints, exact resume after a kill, a CSV log of every loss term per iteration with validation
-metrics, and a progress bar on a terminal.
+What differs between methods is their recipe (:attr:`lpmnet.methods.FusionMethod.recipe`, the
+original's settings of :class:`TrainConfig`): the loss (any loss of :data:`lpmnet.losses.LOSSES` that
+supports the network's dimension, so a method can train with another's), the optimiser (Adam or AdamW),
+the schedule (cosine annealing or poly stepped per epoch, or constant), an exponential moving average of
+the weights, the sampling (3D patches of the volumes, or 2D crops of their slices along ``slice_axis``)
+and the augmentation (random flips per axis, or one of the eight flip/rot90 modes of a 2D crop). What
+every method gets: patches centred on foreground voxels, an epoch as one pass over the training pairs,
+periodic atomic checkpoints, exact resume after a kill, a CSV log of every loss term per iteration with
+validation metrics, AMP on CUDA and a progress bar on a terminal.
 
-Determinism: every random draw of iteration i (which pairs, where the patch is, flips, the
+Determinism: every random draw of iteration i (which pairs, where the patch is, the augmentation, the
 reconstruction masks) comes from generators seeded with (seed, i). Resuming from a checkpoint therefore
 replays exactly the iterations an uninterrupted run would have made; on the CPU two runs with the same
 seed give bit-identical weights.
@@ -14,12 +19,13 @@ seed give bit-identical weights.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +33,8 @@ import torch
 
 from lpmnet import __version__
 from lpmnet.io import dhw, load_volume, to_jsonable
-from lpmnet.losses import LOSS_TERMS, FusionLoss
-from lpmnet.models import LPMNet, read_checkpoint, save_checkpoint
+from lpmnet.losses import make_loss
+from lpmnet.methods import RECIPE_KEYS, get_method, is_project_checkpoint, read_payload, save_checkpoint
 from lpmnet.normalize import minmax01
 
 log = logging.getLogger("lpmnet.train")
@@ -38,24 +44,59 @@ BEST_CHECKPOINT = "best.pt"
 FINAL_CHECKPOINT = "model.pt"
 TRAINING_LOG = "training_log.csv"
 
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "poly", "constant")
+AUGMENTATIONS = ("flips", "dihedral", "none")
+
+
+class _FromRecipe:
+    """Default of a recipe setting: the method's own value (see :class:`TrainConfig`)."""
+
+    def __repr__(self):
+        return "<the method's recipe>"
+
+
+RECIPE = _FromRecipe()
+
 
 @dataclass
 class TrainConfig:
-    """Every parameter that changes the trained model. Defaults follow the paper except the patch size
-    (the original trained on whole resized volumes; use ``patch_size=None`` for that)."""
+    """Every parameter that changes the trained model.
 
-    iterations: int = 3000
-    batch_size: int = 1
-    patch_size: tuple[int, int, int] | None = (64, 64, 64)
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 3e-4
-    seed: int = 2
-    flips: bool = True
-    loss_mode: str = "faithful"
-    alpha: float = 0.05
-    beta: float = 1.0
-    gamma: float = 0.5
+    ``method`` names the network (:func:`lpmnet.methods.get_method`); the recipe settings left at their
+    default take the method's recipe, the original's (LPM-Net: Adam 1e-4, wd 3e-4, cosine per epoch,
+    3000 iterations, 64^3 patches instead of the original's whole resized volumes). They are:
+
+    - ``iterations``, ``batch_size``, ``seed``;
+    - ``patch_size``: 3D methods a (D, H, W) patch, 2D methods an (H, W) crop of a slice along
+      ``slice_axis`` (0 = D, the files' slice axis); edges multiples of the method's ``patch_multiple``;
+      None: whole volumes or slices;
+    - ``lr``, ``betas``, ``weight_decay``, ``optimizer`` ("adam", with weight decay as L2, or "adamw");
+    - ``schedule``: "cosine" (annealing over the epochs, stepped per epoch), "poly" (lr (1 -
+      epoch/epochs)^poly_power) or "constant";
+    - ``ema_decay``: 0, or the decay of an exponential moving average of the weights that becomes the
+      final model (MambaDFuse: 0.999);
+    - ``augmentation``: "flips" (each axis flipped with probability 1/2), "dihedral" (2D: one of the 8
+      flip/rot90 modes, rotations only on square crops) or "none";
+    - ``loss`` (a name of :data:`lpmnet.losses.LOSSES`) and ``loss_settings`` (its keyword arguments).
+    """
+
+    method: str = "lpmnet"
+    iterations: int = RECIPE
+    batch_size: int = RECIPE
+    patch_size: tuple[int, ...] | None = RECIPE
+    slice_axis: int = RECIPE
+    lr: float = RECIPE
+    betas: tuple[float, float] = RECIPE
+    weight_decay: float = RECIPE
+    optimizer: str = RECIPE
+    schedule: str = RECIPE
+    poly_power: float = RECIPE
+    ema_decay: float = RECIPE
+    augmentation: str = RECIPE
+    loss: str = RECIPE
+    loss_settings: dict = RECIPE
+    seed: int = RECIPE
     checkpoint_every: int = 100
     val_every: int = 200
     val_metrics: tuple[str, ...] = ("SSIM", "Qabf", "SF", "PSNR")
@@ -63,14 +104,35 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        spec = get_method(self.method)
+        for key in RECIPE_KEYS:
+            if getattr(self, key) is RECIPE:
+                setattr(self, key, copy.deepcopy(spec.recipe[key]))
+        if self.patch_size is not None and len(self.patch_size) == 0:
+            self.patch_size = None  # the config's [] = whole volumes or slices
         if self.patch_size is not None:
             self.patch_size = tuple(int(p) for p in self.patch_size)
-            if len(self.patch_size) != 3 or any(p <= 0 or p % 16 for p in self.patch_size):
-                raise ValueError(f"patch_size must be three positive multiples of 16, not {self.patch_size}")
+            m = spec.patch_multiple
+            if len(self.patch_size) != spec.dims or any(p <= 0 or p % m for p in self.patch_size):
+                raise ValueError(f"patch_size of {self.method} must be {spec.dims} positive multiples of {m}, "
+                                 f"not {self.patch_size}")
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("iterations and batch_size must be at least 1")
+        for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augmentation", AUGMENTATIONS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        if self.slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, not {self.slice_axis!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
+        make_loss(self.loss, spec.dims, self.loss_settings)  # an unknown loss or setting fails here
         self.betas = tuple(self.betas)
         self.val_metrics = tuple(self.val_metrics)
+
+    @classmethod
+    def settings(cls):
+        """The names of every setting."""
+        return tuple(f.name for f in fields(cls))
 
 
 def resolve_device(device="auto"):
@@ -94,12 +156,18 @@ def load_pair(path1, path2):
 
 
 class PatchSampler:
-    """Draws training patches; crops are centred on foreground voxels so that patches are not background."""
+    """Draws training samples centred on foreground voxels, so that patches are not background.
 
-    def __init__(self, volumes, patch_size, flips):
+    3D (``slice_axis`` None): (D, H, W) patches of ``patch_size`` (None: whole volumes). 2D: the slice
+    along ``slice_axis`` through a foreground voxel, cropped to ``patch_size`` (H, W) around it (None:
+    the whole slice); slices without foreground are never drawn (as the 2D methods' recipe asks).
+    """
+
+    def __init__(self, volumes, patch_size, augmentation, slice_axis=None):
         self.volumes = volumes
         self.patch_size = patch_size
-        self.flips = flips
+        self.augmentation = augmentation
+        self.slice_axis = slice_axis
         self.foreground = []
         for x1, x2 in volumes:
             combined = np.maximum(x1, x2)
@@ -107,18 +175,29 @@ class PatchSampler:
 
     def sample(self, index, rng):
         x1, x2 = self.volumes[index]
+        fg = self.foreground[index]
+        centre = np.unravel_index(fg[rng.integers(len(fg))], x1.shape) if len(fg) else \
+            [rng.integers(s) for s in x1.shape]
+        if self.slice_axis is not None:
+            x1, x2 = (np.take(x, centre[self.slice_axis], axis=self.slice_axis) for x in (x1, x2))
+            centre = [c for a, c in enumerate(centre) if a != self.slice_axis]
         if self.patch_size is not None:
             size = [min(p, s) for p, s in zip(self.patch_size, x1.shape)]
-            fg = self.foreground[index]
-            centre = np.unravel_index(fg[rng.integers(len(fg))], x1.shape) if len(fg) else \
-                [rng.integers(s) for s in x1.shape]
             starts = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, size, x1.shape)]
             window = tuple(slice(st, st + p) for st, p in zip(starts, size))
             x1, x2 = x1[window], x2[window]
-        if self.flips:
-            axes = tuple(a for a in range(3) if rng.random() < 0.5)
+        if self.augmentation == "flips":
+            axes = tuple(a for a in range(x1.ndim) if rng.random() < 0.5)
             if axes:
                 x1, x2 = np.flip(x1, axes), np.flip(x2, axes)
+        elif self.augmentation == "dihedral":
+            # The 8 modes of KAIR's augment_img (MambaDFuse's training data): rot90 k times, then a
+            # flip; a non-square crop keeps its shape (batches stack) with k in {0, 2} only.
+            mode = int(rng.integers(8))
+            turns = mode % 4 if x1.shape[0] == x1.shape[1] else 2 * (mode % 2)
+            x1, x2 = np.rot90(x1, turns), np.rot90(x2, turns)
+            if mode >= 4:
+                x1, x2 = np.flipud(x1), np.flipud(x2)
         return np.ascontiguousarray(x1), np.ascontiguousarray(x2)
 
 
@@ -134,14 +213,14 @@ def _autocast(device, enabled):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-def validate(model, val_volumes, metric_names, device):
-    """Fuse each validation pair (whole volume) and average the lpmnet-convention metrics."""
-    from lpmnet.fuse import fuse_arrays
+def validate(spec, model, val_volumes, metric_names, device):
+    """Fuse each validation pair (whole volume, with the method's fusion) and average the lpmnet-convention
+    metrics."""
     from lpmnet.metrics import compute_metrics
 
     totals = dict.fromkeys(metric_names, 0.0)
     for x1, x2 in val_volumes:
-        fused = fuse_arrays(model, x1, x2, device=device)["fused"]
+        fused = spec.fuse(model, x1, x2, device=device)["fused"]
         values = compute_metrics(x1, x2, fused, convention="lpmnet", metrics=metric_names).values
         for name in metric_names:
             totals[name] += values[name] / len(val_volumes)
@@ -180,14 +259,56 @@ class _CsvLog:
         self.file.close()
 
 
+def _optimizer(config, parameters):
+    kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return kind(parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+
+def _scheduler(config, optimizer, max_epoch):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epoch)
+    if config.schedule == "poly":
+        # DC2Fusion's lr (1 - epoch / epochs)^0.9, set per epoch; never exactly 0 before the last epoch.
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _PolyFactor(max_epoch, config.poly_power))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _constant_factor)
+
+
+def _constant_factor(epoch):
+    return 1.0
+
+
+@dataclass(frozen=True)
+class _PolyFactor:
+    epochs: int
+    power: float
+
+    def __call__(self, epoch):
+        return max(0.0, 1 - epoch / self.epochs) ** self.power
+
+
+@torch.no_grad()
+def _update_ema(ema, model, decay):
+    # KAIR's update (MambaDFuse's netE): parameters averaged, buffers copied.
+    for average, current in zip(ema.parameters(), model.parameters()):
+        average.mul_(decay).add_(current.detach(), alpha=1 - decay)
+    for average, current in zip(ema.buffers(), model.buffers()):
+        average.copy_(current)
+
+
+def _to_batch(arrays, device):
+    return torch.from_numpy(np.stack(arrays)[:, None]).to(device)
+
+
 def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=None, progress=None):
-    """Train LPM-Net on ``pairs`` [(x1_path, x2_path), ...]; returns the path of the final checkpoint.
+    """Train ``config.method`` on ``pairs`` [(x1_path, x2_path), ...]; returns the final checkpoint's path.
 
     ``out_dir`` receives ``last.pt`` (resumable state, rewritten every ``checkpoint_every`` iterations),
-    ``best.pt`` (best validation SSIM, when validating), ``model.pt`` (final weights + model card) and
-    ``training_log.csv``. If ``last.pt`` exists, training resumes from it.
+    ``best.pt`` (best validation SSIM, when validating), ``model.pt`` (final weights + model card; the
+    averaged weights when the recipe keeps an EMA) and ``training_log.csv``. If ``last.pt`` exists,
+    training resumes from it.
     """
     config = config or TrainConfig()
+    spec = get_method(config.method)
     out_dir = Path(out_dir)
     device = resolve_device(device)
     if not pairs:
@@ -195,30 +316,36 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
 
     volumes = [load_pair(a, b) for a, b in pairs]
     val_volumes = [load_pair(a, b) for a, b in val_pairs]
-    if config.patch_size is None and config.batch_size > 1 and len({v[0].shape for v in volumes}) > 1:
-        raise ValueError("whole-volume training with batch_size > 1 needs volumes of one shape")
+    if config.patch_size is None and config.batch_size > 1:
+        shapes = {v[0].shape if spec.dims == 3 else v[0].shape[:config.slice_axis] + v[0].shape[config.slice_axis + 1:]
+                  for v in volumes}
+        if len(shapes) > 1:
+            raise ValueError("whole-volume (or whole-slice) training with batch_size > 1 needs volumes of one shape")
     # Only once the inputs are known to be good: bad input leaves no (empty) output folder behind.
     out_dir.mkdir(parents=True, exist_ok=True)
-    sampler = PatchSampler(volumes, config.patch_size, config.flips)
+    sampler = PatchSampler(volumes, config.patch_size, config.augmentation,
+                           slice_axis=config.slice_axis if spec.dims == 2 else None)
 
     torch.manual_seed(config.seed)
-    model = LPMNet(**config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 weight_decay=config.weight_decay)
+    model = spec.build(**config.model).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if config.ema_decay else None
+    optimizer = _optimizer(config, model.parameters())
     iters_per_epoch = math.ceil(len(volumes) / config.batch_size)
     max_epoch = config.iterations // iters_per_epoch + 1
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epoch)
-    loss_fn = FusionLoss(mode=config.loss_mode, alpha=config.alpha, beta=config.beta, gamma=config.gamma)
+    scheduler = _scheduler(config, optimizer, max_epoch)
+    loss_fn, loss_terms = make_loss(config.loss, spec.dims, config.loss_settings)
     autocast, scaler = _autocast(device, config.amp)
 
     start, best_ssim, log_rows = 0, -math.inf, []
     last_path = out_dir / LAST_CHECKPOINT
     if last_path.exists():
-        state = read_checkpoint(last_path, map_location=device)
-        if state.get("train_config") != asdict(config):
+        state = read_payload(last_path, map_location=device)
+        if not is_project_checkpoint(state) or state.get("train_config") != asdict(config):
             raise ValueError(f"{last_path}: it was written with other training settings; delete it to "
                              "start again")
         model.load_state_dict(state["state_dict"])
+        if ema is not None:
+            ema.load_state_dict(state["ema_state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -228,10 +355,12 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
         log.info("resuming from %s at iteration %d", last_path, start)
 
     val_columns = [f"val_{m}" for m in config.val_metrics] if val_volumes else []
-    columns = ["iteration", "epoch", "lr", "total", *LOSS_TERMS, "lambda", "seconds", *val_columns]
+    columns = ["iteration", "epoch", "lr", "total", *loss_terms, "seconds", *val_columns]
     csv_log = _CsvLog(out_dir / TRAINING_LOG, columns, log_rows)
     card = {
-        "method": "LPM-Net",
+        "method": spec.name,
+        "network": spec.description,
+        "weights": f"exponential moving average (decay {config.ema_decay})" if ema is not None else "final",
         "lpmnet_version": __version__,
         "torch_version": str(torch.__version__),
         "device": str(device),
@@ -243,11 +372,13 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     }
     if start:
         card["final_loss"] = state["model_card"].get("final_loss")
+    evaluated = ema if ema is not None else model
 
     def checkpoint(path, iteration, **extra):
-        save_checkpoint(path, model, model_card=card, iteration=iteration, train_config=asdict(config),
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict() if scaler is not None else None,
+        save_checkpoint(path, model, spec.name, config.model, model_card=card, iteration=iteration,
+                        train_config=asdict(config), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler is not None else None,
+                        ema_state_dict=ema.state_dict() if ema is not None else None,
                         best_val_ssim=best_ssim, log_rows=csv_log.rows, **extra)
 
     show_bar = sys.stderr.isatty() if progress is None else progress
@@ -263,17 +394,17 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             tic = time.perf_counter()
             epoch, step = divmod(iteration, iters_per_epoch)
             rng = _iteration_rng(config.seed, iteration)
-            torch.manual_seed(int(rng.integers(2**62)))  # reconstruction masks of this iteration
+            torch.manual_seed(int(rng.integers(2**62)))  # reconstruction masks, dropout of this iteration
             order = np.random.default_rng([config.seed, epoch, 1]).permutation(len(volumes))
             picks = [order[(step * config.batch_size + k) % len(volumes)] for k in range(config.batch_size)]
             patches = [sampler.sample(i, rng) for i in picks]
-            x1 = torch.from_numpy(np.stack([p[0] for p in patches])[:, None]).to(device)
-            x2 = torch.from_numpy(np.stack([p[1] for p in patches])[:, None]).to(device)
+            x1 = _to_batch([p[0] for p in patches], device)
+            x2 = _to_batch([p[1] for p in patches], device)
 
             with autocast:
                 output = model(x1, x2)
-            total, terms = loss_fn(x1, x2, output, iteration=iteration, iterations=config.iterations,
-                                   step_in_epoch=step, max_epoch=max_epoch)
+            total, terms = loss_fn(x1, x2, output, dict(iteration=iteration, iterations=config.iterations,
+                                                        step_in_epoch=step, max_epoch=max_epoch))
             if not math.isfinite(terms["total"]):
                 raise FloatingPointError(f"loss became {terms['total']} at iteration {iteration}; "
                                          f"the last good state is in {last_path}")
@@ -285,6 +416,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             else:
                 total.backward()
                 optimizer.step()
+            if ema is not None:
+                _update_ema(ema, model, config.ema_decay)
             row = {"iteration": iteration + 1, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **terms}
             card["final_loss"] = terms
             if step == iters_per_epoch - 1:
@@ -292,12 +425,14 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             done = iteration + 1
             if val_volumes and (done % config.val_every == 0 or done == config.iterations):
                 model.eval()
-                values = validate(model, val_volumes, config.val_metrics, device)
+                evaluated.eval()
+                values = validate(spec, evaluated, val_volumes, config.val_metrics, device)
                 model.train()
                 row.update({f"val_{k}": v for k, v in values.items()})
                 if "SSIM" in values and values["SSIM"] > best_ssim:
                     best_ssim = values["SSIM"]
-                    checkpoint(out_dir / BEST_CHECKPOINT, done)
+                    save_checkpoint(out_dir / BEST_CHECKPOINT, evaluated, spec.name, config.model,
+                                    model_card={**card, "iteration": done})
             row["seconds"] = time.perf_counter() - tic
             csv_log.write(row)
             if bar is not None:
@@ -312,5 +447,5 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             bar.close()
 
     final = out_dir / FINAL_CHECKPOINT
-    save_checkpoint(final, model, model_card=card)
+    save_checkpoint(final, evaluated, spec.name, config.model, model_card=card)
     return final

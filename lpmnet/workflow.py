@@ -329,6 +329,17 @@ def pair_failures(status_rows, split, modalities):
             if modality in modalities]
 
 
+def importable_working_directory():
+    """Put the working directory on ``sys.path``: a user's own method (``methods.<name>.network``, a dotted
+    module name) is a module there, imported by the workflow and by each job, whose scripts start in
+    their own folder."""
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def run_job(smk, main):
     """Entry point of the workflow's scripts: ``run_job(snakemake, main)``.
 
@@ -343,6 +354,7 @@ def run_job(smk, main):
     from lpmnet.runtime import keep_freed_memory_for_reuse
 
     keep_freed_memory_for_reuse()
+    importable_working_directory()
     console = sys.stderr
     log_file = open(smk.log[0], "w", buffering=1) if smk.log else console
     sys.stderr = log_file
@@ -382,3 +394,81 @@ def dataset_splits(subjects_by_dataset, split_config):
         splits[name] = make_split(subjects, split_config["test_fraction"], split_config["seed"],
                                   train=mine_train or None, test=mine_test or None, allow_overlap=True)
     return splits
+
+
+# --- The fusion methods of the workflow (config section ``methods``) -------------------------------
+
+#: A method's name: one row of every table and the desc- entity of its files.
+METHOD_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+#: The keys of one entry of ``methods``.
+METHOD_KEYS = ("network", "model", "training", "fusion", "checkpoint")
+#: Engine settings of the ``training`` section shared by every method (not part of a recipe).
+ENGINE_KEYS = ("checkpoint_every",)
+
+
+def resolve_methods(methods_config, training_config, classical=()):
+    """Every method of the config's ``methods`` section, checked and with its recipe filled in.
+
+    Returns {name: {"network", "model", "training" (the full :class:`lpmnet.train.TrainConfig` as a
+    dict; None with ``checkpoint``), "fusion", "checkpoint"}} in the config's order. An entry's
+    ``network`` (default: its name) is a registered method or the dotted name of a module defining
+    METHOD; ``training`` overrides the recipe of the network's original, ``fusion`` gives settings of
+    its fusion, ``checkpoint`` a file to fuse with instead of training. Anything wrong raises one
+    ValueError naming the key, e.g. ``methods.mambadfuse.training.lr: ...``.
+    """
+    import inspect
+    from dataclasses import asdict
+
+    from lpmnet.methods import get_method
+    from lpmnet.train import TrainConfig
+
+    if not methods_config:
+        raise ValueError("methods: list at least one fusion method")
+    resolved = {}
+    for name, entry in methods_config.items():
+        where = f"methods.{name}"
+        if not METHOD_NAME.fullmatch(str(name)):
+            raise ValueError(f"{where}: a method name is lower-case letters and digits, words joined by '-'")
+        if name in classical:
+            raise ValueError(f"{where}: {name} is a classical rule of fusion.classical")
+        entry = dict(entry or {})
+        unknown = sorted(set(entry) - set(METHOD_KEYS))
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; an entry has {', '.join(METHOD_KEYS)}")
+        network = entry.get("network", name)
+        try:
+            spec = get_method(network)
+        except ValueError as err:
+            raise ValueError(f"{where}.network: {err}") from None
+        model = dict(entry.get("model") or {})
+        try:
+            inspect.signature(spec.build).bind(**model)
+        except TypeError as err:
+            raise ValueError(f"{where}.model: {err} (of {spec.name}'s network)") from None
+        fusion = dict(entry.get("fusion") or {})
+        unknown = sorted(set(fusion) - set(spec.settings))
+        if unknown:
+            raise ValueError(f"{where}.fusion.{unknown[0]}: {spec.name} has no such fusion setting; its settings: "
+                             f"{', '.join(spec.settings) or 'none'}")
+        checkpoint = entry.get("checkpoint")
+        training = None
+        if checkpoint is None:
+            overrides = dict(entry.get("training") or {})
+            allowed = set(TrainConfig.settings()) - {"method", "model", *ENGINE_KEYS}
+            unknown = sorted(set(overrides) - allowed)
+            if unknown:
+                raise ValueError(f"{where}.training.{unknown[0]}: unknown training setting; settings: "
+                                 f"{', '.join(sorted(allowed))}")
+            engine = {k: training_config[k] for k in ENGINE_KEYS if k in training_config}
+            try:
+                training = asdict(TrainConfig(method=network, model=model, **engine, **overrides))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where}.training: {err}") from None
+        else:
+            for key in ("training", "model"):
+                if entry.get(key):
+                    raise ValueError(f"{where}.{key}: a method fused with a given checkpoint is not trained and "
+                                     "takes its network from the checkpoint")
+        resolved[name] = {"network": network, "model": model, "training": training,
+                          "fusion": fusion, "checkpoint": checkpoint}
+    return resolved

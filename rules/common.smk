@@ -11,10 +11,12 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 from snakemake.logging import logger
 
 from lpmnet import resources
+from lpmnet.methods import DEFAULT_JOB_MB, get_method
 from lpmnet.split import BOTH, OVERLAP_NOTE, subjects_in
 from lpmnet.workflow import (RESULTS, check_dataset_config, check_dataset_modalities, dataset_sources,
                              dataset_splits, failed_inputs, grid_entity, ignored_table_rows, ixi_modalities,
-                             manifest_path, needed_modalities, pair_label, read_input_status, with_defaults)
+                             importable_working_directory, manifest_path, needed_modalities, pair_label,
+                             read_input_status, resolve_methods, with_defaults)
 
 DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
 for _name, _cfg in DATASETS.items():
@@ -65,7 +67,19 @@ for _name in DATASETS:
 split_datasets()
 # Pair folders carry the grid (native or paper-style resized), so results of both grids coexist.
 PAIRS = {name: {pair_label(p, cfg): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
-METHODS = ["lpmnet", *config["fusion"]["classical"]]
+importable_working_directory()
+# The fusion methods (config section `methods`, checked and with their recipes filled in), those that the
+# workflow trains (the others fuse with a given checkpoint), and every row of the tables.
+METHOD_CONFIGS = resolve_methods(config["methods"], config["training"], config["fusion"]["classical"])
+TRAINED = [name for name, cfg in METHOD_CONFIGS.items() if cfg["checkpoint"] is None]
+METHODS = [*METHOD_CONFIGS, *config["fusion"]["classical"]]
+# The method every other one is tested against in the comparison table.
+REFERENCE = "lpmnet" if "lpmnet" in METHOD_CONFIGS else next(iter(METHOD_CONFIGS))
+
+
+def alternatives(names):
+    """A wildcard constraint matching exactly these names (none: nothing)."""
+    return "|".join(names) or "(?!)"
 
 
 # The optional grid entity of pair folders and spaces (paper-style resized volumes, see grid_entity).
@@ -81,7 +95,7 @@ wildcard_constraints:
     pair=f"[A-Za-z0-9]+-[A-Za-z0-9]+{RESIZED}",
     space=f"[A-Za-z0-9]+{RESIZED}",
     shape=SHAPE,
-    method="[a-z0-9]+",
+    method="[a-z0-9]+(-[a-z0-9]+)*",
 
 
 def pair_modalities(wildcards):
@@ -106,17 +120,21 @@ def pair_dir(dataset, pair):
     return f"{RESULTS}/{dataset}/{pair}"
 
 
-# Memory of the heavy jobs from the sizes of their inputs (lpmnet.resources; benchmarks/bench_memory.py).
-# Before the inputs exist these raise FileNotFoundError, and Snakemake evaluates them once they do.
+# Memory of the heavy jobs from the sizes of their inputs (lpmnet.resources, each method's estimate;
+# benchmarks/bench_memory.py). Before the inputs exist these raise FileNotFoundError, and Snakemake
+# evaluates them once they do.
 def fusion_mem_mb(wildcards, input):
-    return resources.fusion_mem_mb(input.x1, config["fusion"]["memory_budget_mb"],
-                                   resources.model_dim(config["training"]["model"]))
+    cfg = METHOD_CONFIGS[wildcards.method]
+    estimate = get_method(cfg["network"]).fusion_mem_mb
+    return estimate(input.x1, cfg["model"], cfg["fusion"]) if estimate else DEFAULT_JOB_MB
 
 
 def training_mem_mb(wildcards, input):
-    t = config["training"]
-    return resources.training_mem_mb(input.x1, t["patch_size"] or None, t["batch_size"],
-                                     resources.model_dim(t["model"]))
+    from lpmnet.train import TrainConfig
+
+    cfg = METHOD_CONFIGS[wildcards.method]
+    estimate = get_method(cfg["network"]).training_mem_mb
+    return estimate(input.x1, TrainConfig(**cfg["training"])) if estimate else DEFAULT_JOB_MB
 
 
 def metrics_mem_mb(wildcards, input):
@@ -172,8 +190,9 @@ def all_targets(wildcards):
         for pair, modalities in PAIRS[name].items():
             base = pair_dir(name, pair)
             targets += [f"{base}/metrics.tsv", f"{base}/metrics_long.tsv", f"{base}/metrics.html",
-                        f"{base}/failed_subjects.tsv", f"{base}/model/training_curves.png",
-                        f"{base}/comparison.tsv", f"{base}/comparison.html", f"{base}/comparison.png"]
+                        f"{base}/failed_subjects.tsv", f"{base}/comparison.tsv", f"{base}/comparison.html",
+                        f"{base}/comparison.png"]
+            targets += [f"{base}/model/{m}/training_curves.png" for m in TRAINED]
             targets += [f"{base}/qc/sub-{s}_montage.png" for s in usable_subjects(name, "test", modalities)]
         if DATASETS[name]["register"]:
             fixed = DATASETS[name]["fixed"]
@@ -247,15 +266,9 @@ def training_input(wildcards):
     }
 
 
-def training_params(wildcards):
-    """Every setting that changes the trained model, so that editing one retrains exactly this model."""
-    t = config["training"]
-    return dict(
-        iterations=t["iterations"], batch_size=t["batch_size"], patch_size=t["patch_size"] or None,
-        lr=t["lr"], weight_decay=t["weight_decay"], seed=t["seed"], loss_mode=t["loss_mode"],
-        alpha=t["alpha"], beta=t["beta"], gamma=t["gamma"], checkpoint_every=t["checkpoint_every"],
-        model=t["model"],
-    )
+def method_checkpoint(dataset, pair, method):
+    """The checkpoint a method fuses with: its trained model, or the file its config entry names."""
+    return METHOD_CONFIGS[method]["checkpoint"] or f"{pair_dir(dataset, pair)}/model/{method}/model.pt"
 
 
 def fusion_sources(wildcards):
@@ -278,13 +291,17 @@ def metric_table_inputs(wildcards):
 
 
 def comparison_inputs(wildcards):
-    """The pair's long table, and per method the benchmark files of its fusions (and training)."""
+    """The pair's long table, per method its checkpoint (parameters) and the benchmark files of its fusions
+    and training."""
     base = pair_dir(wildcards.dataset, wildcards.pair)
     bench = f"{RESULTS}/{wildcards.dataset}/benchmarks"
     subjects = usable_subjects(wildcards.dataset, "test", pair_modalities(wildcards))
     space = space_label(wildcards.dataset)
-    inputs = {"long": f"{base}/metrics_long.tsv", "model": f"{base}/model/model.pt",
-              "train_lpmnet": [f"{bench}/train/{wildcards.pair}.tsv"]}
+    inputs = {"long": f"{base}/metrics_long.tsv"}
+    for m in METHOD_CONFIGS:
+        inputs[f"model_{m}"] = method_checkpoint(wildcards.dataset, wildcards.pair, m)
+    for m in TRAINED:
+        inputs[f"train_{m}"] = [f"{bench}/train/{wildcards.pair}/{m}.tsv"]
     for m in METHODS:
         inputs[f"fuse_{m}"] = [f"{bench}/fuse/{wildcards.pair}/sub-{s}_space-{space}_{m}.tsv" for s in subjects]
     return inputs

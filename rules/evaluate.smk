@@ -75,6 +75,9 @@ rule comparison:
         ),
     params:
         methods=METHODS,
+        networks={m: cfg["network"] for m, cfg in METHOD_CONFIGS.items()},
+        trained=TRAINED,
+        reference=REFERENCE,
     log:
         f"{RESULTS}/{{dataset}}/logs/comparison/{{pair}}.log",
     benchmark:
@@ -111,19 +114,19 @@ rule fusion_montage:
 
 rule training_curves:
     input:
-        f"{RESULTS}/{{dataset}}/{{pair}}/model/training_log.csv",
+        f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/training_log.csv",
     output:
         report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/model/training_curves.png",
+            f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/training_curves.png",
             caption="../report/training.rst",
             category="Training",
             subcategory="{dataset}",
-            labels={"pair": "{pair}"},
+            labels={"pair": "{pair}", "method": "{method}"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/training_curves/{{pair}}.log",
+        f"{RESULTS}/{{dataset}}/logs/training_curves/{{pair}}/{{method}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/training_curves/{{pair}}.tsv"
+        f"{RESULTS}/{{dataset}}/benchmarks/training_curves/{{pair}}/{{method}}.tsv"
     conda:
         "../envs/report.yaml"
     script:

@@ -1,14 +1,17 @@
-# LPM-Net training per dataset and modality pair, fusion of the test subjects, classical references.
+# Training of every trained method per dataset and modality pair, fusion of the test subjects with every
+# method, classical references. The methods and their settings: config section `methods`.
 
 
 rule train:
     input:
         unpack(training_input),
     output:
-        model=f"{RESULTS}/{{dataset}}/{{pair}}/model/model.pt",
-        log_csv=f"{RESULTS}/{{dataset}}/{{pair}}/model/training_log.csv",
+        model=f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/model.pt",
+        log_csv=f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/training_log.csv",
+    wildcard_constraints:
+        method=alternatives(TRAINED),
     params:
-        config=training_params,
+        config=lambda w: METHOD_CONFIGS[w.method]["training"],
         device=config["training"]["device"],
         out_dir=lambda w, output: str(Path(output.model).parent),
     threads: config["training"]["threads"]
@@ -17,35 +20,37 @@ rule train:
         mem_mb=training_mem_mb,
         runtime=240,
     log:
-        f"{RESULTS}/{{dataset}}/logs/train/{{pair}}.log",
+        f"{RESULTS}/{{dataset}}/logs/train/{{pair}}/{{method}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/train/{{pair}}.tsv"
+        f"{RESULTS}/{{dataset}}/benchmarks/train/{{pair}}/{{method}}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
         "../scripts/train.py"
 
 
-rule fuse_lpmnet:
+rule fuse:
     input:
         unpack(fusion_sources),
-        model=f"{RESULTS}/{{dataset}}/{{pair}}/model/model.pt",
+        model=lambda w: method_checkpoint(w.dataset, w.pair, w.method),
     output:
-        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-lpmnet_fused.nii.gz",
-        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-lpmnet_fused.json",
+        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.nii.gz",
+        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.json",
+    wildcard_constraints:
+        method=alternatives(METHOD_CONFIGS),
     params:
+        network=lambda w: METHOD_CONFIGS[w.method]["network"],
+        settings=lambda w: METHOD_CONFIGS[w.method]["fusion"],
         device=config["fusion"]["device"],
-        tile=config["fusion"]["tile"] or None,
-        memory_budget_mb=config["fusion"]["memory_budget_mb"],
     threads: 2
     resources:
         gpu=gpu_resources("fusion"),
         mem_mb=fusion_mem_mb,
         runtime=30,
     log:
-        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_lpmnet.log",
+        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.log",
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_lpmnet.tsv"
+        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.tsv"
     conda:
         "../envs/torch.yaml"
     script:
@@ -59,7 +64,7 @@ rule fuse_classical:
         fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.nii.gz",
         sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.json",
     wildcard_constraints:
-        method="|".join(config["fusion"]["classical"]) or "none",
+        method=alternatives(config["fusion"]["classical"]),
     log:
         f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.log",
     benchmark:

@@ -11,7 +11,7 @@ def main(smk):
 
     torch.set_num_threads(smk.threads)
     fuse_files(smk.input.x1, smk.input.x2, smk.output.fused, smk.input.model, device=smk.params.device,
-               tile=smk.params.tile, memory_budget_mb=smk.params.memory_budget_mb)
+               method=smk.params.network, **smk.params.settings)
 
 
 run_job(snakemake, main)

@@ -12,7 +12,7 @@ def main(smk):
 
     torch.set_num_threads(smk.threads)
     w = smk.wildcards
-    card = {"dataset": w.dataset, "pair": w.pair, "split": read_split_tsv(smk.input.split)}
+    card = {"name": w.method, "dataset": w.dataset, "pair": w.pair, "split": read_split_tsv(smk.input.split)}
     train(list(zip(smk.input.x1, smk.input.x2)), smk.params.out_dir, TrainConfig(**smk.params.config),
           device=smk.params.device, model_card=card, progress=False)
 

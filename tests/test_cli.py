@@ -44,6 +44,13 @@ def test_fuse_then_metrics_json(files, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == table
     only = json.loads(run_cli("metrics", a, b, out, "--convention", "standard", "--json").stdout)
     assert set(only) == {"standard"}
+    # --method writes the workflow's per-subject document, which the tables read.
+    from lpmnet.tables import read_metrics_json
+
+    result = run_cli("metrics", a, b, out, "--method", "mine", "--subject", "s7", "-o", tmp_path / "doc.json")
+    assert result.returncode == 0, result.stderr
+    doc = read_metrics_json(tmp_path / "doc.json")
+    assert doc["subject"] == "s7" and doc["method"] == "mine" and set(doc["conventions"]) == {"lpmnet", "standard"}
 
 
 def _bad_inputs(folder, a):

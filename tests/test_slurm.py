@@ -1,8 +1,8 @@
 """The workflow submitted to a real SLURM cluster: tests/slurm/start_cluster.sh, profile tests/slurm/profile.
 
 Needs root, apt and a running test cluster, so it only runs with LPMNET_SLURM_TESTS=1 (set by .ci/run,
-which starts and stops the cluster). One tiny demo config (3 subjects, T1 + FLAIR, 2 iterations, classical
-[mean]) with training.device and fusion.device set to cuda, so that the GPU rules request a GPU; the
+which starts and stops the cluster). One tiny demo config (3 subjects, T1 + FLAIR, LPM-Net trained 2 iterations,
+classical [mean]) with training.device and fusion.device set to cuda, so that the GPU rules request a GPU; the
 test cluster's GPU is a stand-in, so the jobs fall back to the CPU with a warning in their log.
 
 The SLURM run is started, its train job is cancelled with scancel mid-run, and the same command is run
@@ -31,12 +31,13 @@ pytestmark = [
 STATE = Path(os.environ.get("LPMNET_SLURM_STATE", "/tmp/lpmnet-slurm"))
 JOBCOMP = STATE / "jobcomp.txt"
 PROFILE = REPO / "tests" / "slurm" / "profile"
-GPU_RULES = {"train", "fuse_lpmnet"}
+GPU_RULES = {"train", "fuse"}
 PREPROCESSING = {"convert", "n4_bias_correction", "register", "normalize"}
 
 
 def slurm_config():
     config = tiny_config()
+    config["methods"] = {"lpmnet": config["methods"]["lpmnet"]}  # one train job, which the test cancels
     config["training"]["device"] = "cuda"
     config["fusion"]["device"] = "cuda"
     config["fusion"]["classical"] = ["mean"]
@@ -180,7 +181,7 @@ def test_every_rule_ran_as_a_slurm_job_in_its_partition(slurm_run):
     assert groups[0]["comment"].startswith("rule_subject_preprocessing")
     assert jobs1[cancelled]["state"] == "CANCELLED" and jobs1[cancelled]["scheduled"] == ["train"]
     # the GPU job found no CUDA on the test node and said so
-    log = (workdir / "results" / "demo" / "logs" / "train" / "T1-FLAIR.log").read_text()
+    log = (workdir / "results" / "demo" / "logs" / "train" / "T1-FLAIR" / "lpmnet.log").read_text()
     assert "no GPU is visible" in log
 
 
@@ -190,7 +191,7 @@ def test_resuming_after_scancel_reruns_only_what_was_not_done(slurm_run):
     rerun = [rule for job in jobs2.values() for rule in job["scheduled"]]
     assert {"split", "convert", "register", "normalize"} <= done1  # the data and checks ran before, locally
     assert not done1 & set(rerun) - {"metrics"}, (done1, rerun)  # metrics: the lpmnet one was still missing
-    assert rerun.count("metrics") == 1 and "train" in rerun and "fuse_lpmnet" in rerun
+    assert rerun.count("metrics") == 1 and "train" in rerun and "fuse" in rerun
     files2 = result_files(workdir)
     assert {f: files2.get(f) for f in files1} == files1  # nothing that existed was rewritten
     assert planned_jobs(workdir) == {}

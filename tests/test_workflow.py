@@ -27,11 +27,20 @@ DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 pytestmark = pytest.mark.slow
 
 
+def quick_lpmnet(config, checkpoint_every=1, **training):
+    """``config`` with LPM-Net as its one method, trained for 2 iterations on 16^3 patches (or ``training``)."""
+    config["methods"] = {"lpmnet": {"training": {"iterations": 2, "patch_size": [16, 16, 16], **training}}}
+    config["training"]["checkpoint_every"] = checkpoint_every
+    return config
+
+
 def tiny_config():
-    config = copy.deepcopy(DEFAULT_CONFIG)
+    """The demo with 3 subjects, T1 + FLAIR, and two methods (LPM-Net, a small MambaDFuse) trained 2 iterations."""
+    config = quick_lpmnet(copy.deepcopy(DEFAULT_CONFIG))
     demo = config["datasets"]["demo"]
     demo.update(subjects=3, modalities=["T1", "FLAIR"], pairs=[["T1", "FLAIR"]])
-    config["training"].update(iterations=2, patch_size=[16, 16, 16], checkpoint_every=1)
+    config["methods"]["mambadfuse"] = {"model": {"embed_dim": 8},
+                                       "training": {"iterations": 2, "batch_size": 2, "patch_size": [16, 16]}}
     return config
 
 
@@ -73,15 +82,15 @@ def test_dry_run_of_the_default_demo(tmp_path):
     snakemake(workdir, "--cores", "2", "results/demo/input_status.tsv")
     jobs = planned_jobs(workdir)
     assert jobs["convert"] == 18 and jobs["register"] == 12
-    assert jobs["train"] == 2 and jobs["metric_tables"] == 2
-    assert jobs["metrics"] == jobs["fuse_lpmnet"] * 3  # lpmnet, mean, max per test subject and pair
+    assert jobs["train"] == 2 * 3 and jobs["metric_tables"] == 2  # lpmnet, lpmnet-mif, mambadfuse per pair
+    assert jobs["fuse"] == 3 * jobs["fuse_classical"] / 2 and jobs["metrics"] == 5 * jobs["fuse_classical"] / 2
 
 
 def test_end_to_end_tiny_demo(finished_run):
     results = finished_run / "results" / "demo"
     summary = pd.read_csv(results / "T1-FLAIR" / "metrics.tsv", sep="\t")
     assert set(zip(summary.method, summary.convention)) == {
-        (m, c) for m in ("lpmnet", "mean", "max") for c in ("lpmnet", "standard")}
+        (m, c) for m in ("lpmnet", "mambadfuse", "mean", "max") for c in ("lpmnet", "standard")}
     assert list(summary.method[:2]) == ["lpmnet", "lpmnet"]
     long = pd.read_csv(results / "T1-FLAIR" / "metrics_long.tsv", sep="\t")
     assert set(long.metric) == {"SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "SF", "rSFe", "EN", "PSNR", "Nabf"}
@@ -92,20 +101,28 @@ def test_end_to_end_tiny_demo(finished_run):
     import nibabel as nib
 
     subject = test_subjects[0]
-    fused = nib.load(results / "T1-FLAIR" / "fused" / f"sub-{subject}_space-T1_desc-lpmnet_fused.nii.gz")
     t1 = nib.load(results / f"sub-{subject}" / f"sub-{subject}_T1.nii.gz")  # converted from DICOM
-    assert fused.shape == t1.shape and np.allclose(fused.affine, t1.affine, atol=1e-4)
+    for method in ("lpmnet", "mambadfuse"):
+        fused = nib.load(results / "T1-FLAIR" / "fused" / f"sub-{subject}_space-T1_desc-{method}_fused.nii.gz")
+        assert fused.shape == t1.shape and np.allclose(fused.affine, t1.affine, atol=1e-4)
+        assert 0 <= fused.get_fdata().min() and fused.get_fdata().max() <= 1
     registration = (results / f"sub-{subject}" / "qc" / f"sub-{subject}_from-FLAIR_to-T1_registration.json")
     assert '"improved": true' in registration.read_text()
     for s in split.subject:  # registered intermediates are temporary
         assert not list((results / f"sub-{s}").glob("*desc-registered*"))
-    assert (results / "T1-FLAIR" / "model" / "training_curves.png").stat().st_size > 10_000
+    for method in ("lpmnet", "mambadfuse"):
+        assert (results / "T1-FLAIR" / "model" / method / "training_curves.png").stat().st_size > 10_000
+    mamba_log = pd.read_csv(results / "T1-FLAIR" / "model" / "mambadfuse" / "training_log.csv")
+    assert list(mamba_log.columns[4:7]) == ["intensity", "gradient", "ssim"] and len(mamba_log) == 2
     comparison = pd.read_csv(results / "T1-FLAIR" / "comparison.tsv", sep="\t")
-    assert set(comparison.method) == {"lpmnet", "mean", "max"} and set(comparison.convention) == {"lpmnet", "standard"}
+    assert set(comparison.method) == {"lpmnet", "mambadfuse", "mean", "max"}
+    assert set(comparison.convention) == {"lpmnet", "standard"}
     assert (comparison.groupby(["convention", "metric"]).best.sum() >= 1).all()
     assert set(comparison.test_note) == {"reference", "n too small"}  # one test subject
     lpm = comparison[comparison.method == "lpmnet"].iloc[0]
     assert lpm.parameters == 26051 and lpm.fusion_seconds > 0 and lpm.training_seconds > 0
+    mamba = comparison[comparison.method == "mambadfuse"].iloc[0]
+    assert mamba.parameters > 0 and mamba.fusion_seconds > 0 and mamba.training_seconds > 0
     assert "Which method fuses best" in (results / "T1-FLAIR" / "comparison.html").read_text()
     assert planned_jobs(finished_run) == {}
 
@@ -114,16 +131,37 @@ def test_end_to_end_tiny_demo(finished_run):
     assert report.stat().st_size > 100_000
 
 
-def test_changing_a_training_parameter_retrains_only_that_pair(finished_run, tmp_path):
+@pytest.mark.parametrize("method, section, key, value", [
+    ("lpmnet", "training", "loss_settings", {"gamma": 0.25}),
+    ("mambadfuse", "training", "lr", 1e-3),
+    ("mambadfuse", "model", "embed_dim", 12),
+])
+def test_changing_one_methods_setting_reruns_only_that_method(finished_run, method, section, key, value):
     config = tiny_config()
-    config["training"]["gamma"] = 0.25
+    config["methods"][method].setdefault(section, {})[key] = value
+    workdir_with(finished_run, config)
+    try:
+        jobs = planned_jobs(finished_run)
+        outputs = " ".join(re.findall(r"^\s+output: (.*)$", snakemake(finished_run, "-n", "--cores", "1").stdout,
+                                      flags=re.M))
+    finally:
+        workdir_with(finished_run, tiny_config())
+    assert jobs == {"train": 1, "fuse": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1,
+                    "training_curves": 1, "comparison": 1, "all": 1}
+    assert f"model/{method}/model.pt" in outputs and f"desc-{method}_fused" in outputs
+    other = ({"lpmnet", "mambadfuse"} - {method}).pop()
+    assert f"model/{other}/" not in outputs and f"desc-{other}_" not in outputs
+
+
+def test_changing_a_methods_fusion_setting_reruns_its_fusions_only(finished_run):
+    config = tiny_config()
+    config["methods"]["mambadfuse"]["fusion"] = {"batch_size": 3}
     workdir_with(finished_run, config)
     try:
         jobs = planned_jobs(finished_run)
     finally:
         workdir_with(finished_run, tiny_config())
-    assert jobs == {"train": 1, "fuse_lpmnet": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1,
-                    "training_curves": 1, "comparison": 1, "all": 1}
+    assert "train" not in jobs and jobs["fuse"] == 1 and jobs["metrics"] == 1
 
 
 def test_changing_the_registration_reruns_from_registration_on(finished_run):
@@ -136,8 +174,8 @@ def test_changing_the_registration_reruns_from_registration_on(finished_run):
         workdir_with(finished_run, tiny_config())
     assert "convert" not in jobs and "demo_dataset" not in jobs and "split" not in jobs
     assert jobs["register"] == 3 and jobs["normalize"] == 3  # the moving FLAIR of each subject
-    assert jobs["train"] == 1 and jobs["fuse_lpmnet"] == 1 and jobs["fuse_classical"] == 2
-    assert jobs["metrics"] == 3 and jobs["metric_tables"] == 1
+    assert jobs["train"] == 2 and jobs["fuse"] == 2 and jobs["fuse_classical"] == 2
+    assert jobs["metrics"] == 4 and jobs["metric_tables"] == 1
 
 
 def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
@@ -153,8 +191,8 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
     try:
         # Only the resize of the kept normalised volumes and the pair's work on the new grid.
         assert planned_jobs(finished_run) == {
-            "resize": 6, "train": 1, "fuse_lpmnet": 1, "fuse_classical": 2, "metrics": 3, "metric_tables": 1,
-            "fusion_montage": 1, "training_curves": 1, "comparison": 1, "all": 1}
+            "resize": 6, "train": 2, "fuse": 2, "fuse_classical": 2, "metrics": 4, "metric_tables": 1,
+            "fusion_montage": 1, "training_curves": 2, "comparison": 1, "all": 1}
         snakemake(finished_run, "--cores", "2")
     finally:
         workdir_with(finished_run, tiny_config())
@@ -162,7 +200,7 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
     assert {p: p.stat().st_mtime_ns for p in native} == native
 
     resized = results / "T1-FLAIR_res-32x48x40"
-    assert len(pd.read_csv(resized / "metrics.tsv", sep="\t")) == 6
+    assert len(pd.read_csv(resized / "metrics.tsv", sep="\t")) == 8
     fused = next((resized / "fused").glob("sub-*_space-T1_res-32x48x40_desc-lpmnet_fused.nii.gz"))
     subject = fused.name.split("_")[0]
     t1 = nib.load(results / subject / f"{subject}_space-T1_desc-norm_T1.nii.gz")
@@ -172,7 +210,13 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("training.iterations", "many", "iterations"),
+    ("methods.lpmnet.training.iterations", "many", "methods.lpmnet.training"),
+    ("methods.mambadfuse.training.lrate", 0.1, "methods.mambadfuse.training.lrate: unknown training setting"),
+    ("methods.mambadfuse.model.embed_dims", 8, "methods.mambadfuse.model"),
+    ("methods.mambadfuse.fusion.tile", [32], "methods.mambadfuse.fusion.tile: mambadfuse has no such fusion setting"),
+    ("methods.mambadfuse.network", "mambadfus", "methods.mambadfuse.network: unknown fusion method 'mambadfus'"),
+    ("methods.lpmnet-mif.training.loss", "l2", "methods.lpmnet-mif.training: unknown loss 'l2'"),
+    ("methods.lpmnet.training.patch_size", [24, 24, 24], "multiples of 16"),
     ("registration.transform", "Elastic", "transform"),
     ("trainig", {"iterations": 3}, "trainig"),
 ])

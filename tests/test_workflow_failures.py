@@ -14,16 +14,15 @@ import pytest
 from helpers import TEST_AFFINE, write_pair
 from lpmnet.io import save_volume
 from lpmnet.models import read_checkpoint
-from test_workflow import DEFAULT_CONFIG, SNAKEMAKE, snakemake, workdir_with
+from test_workflow import DEFAULT_CONFIG, SNAKEMAKE, quick_lpmnet, snakemake, workdir_with
 
 pytestmark = pytest.mark.slow
 
 
 def table_config(table, **training):
-    config = copy.deepcopy(DEFAULT_CONFIG)
+    config = quick_lpmnet(copy.deepcopy(DEFAULT_CONFIG), **training)
     config["datasets"] = {"mine": {"source": "table", "table": str(table), "fixed": "T1",
                                    "pairs": [["T1", "FLAIR"]], "register": False}}
-    config["training"].update({"iterations": 2, "patch_size": [16, 16, 16], "checkpoint_every": 1, **training})
     return config
 
 
@@ -90,8 +89,8 @@ def test_training_killed_under_snakemake_keeps_every_log_row(tmp_path):
     iterations = 60
     config = table_config(write_table(data, rows), iterations=iterations, checkpoint_every=4)
     workdir = workdir_with(tmp_path / "run", config)
-    model_dir = workdir / "results" / "mine" / "T1-FLAIR" / "model"
-    target = "results/mine/T1-FLAIR/model/model.pt"
+    model_dir = workdir / "results" / "mine" / "T1-FLAIR" / "model" / "lpmnet"
+    target = "results/mine/T1-FLAIR/model/lpmnet/model.pt"
 
     for kill_at in (8, 28):  # two kills, each after some checkpoints and before the end
         proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--rerun-incomplete",

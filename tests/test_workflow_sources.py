@@ -14,15 +14,14 @@ from helpers import smooth_pair
 from ixi_server import FileServer, make_ixi_tarballs
 from lpmnet.io import save_volume
 from lpmnet.sources import read_manifest
-from test_workflow import DEFAULT_CONFIG, planned_jobs, snakemake, workdir_with
+from test_workflow import DEFAULT_CONFIG, planned_jobs, quick_lpmnet, snakemake, workdir_with
 
 pytestmark = pytest.mark.slow
 
 
 def config_with(datasets):
-    config = copy.deepcopy(DEFAULT_CONFIG)
+    config = quick_lpmnet(copy.deepcopy(DEFAULT_CONFIG))
     config["datasets"] = datasets
-    config["training"].update(iterations=2, patch_size=[16, 16, 16], checkpoint_every=1)
     return config
 
 

@@ -1,13 +1,18 @@
 """Fusion methods behind one interface: the project's LPM-Net and the published networks.
 
-Each method is one module of this package that defines ``METHOD``, a :class:`FusionMethod`: how to
-load its network from a checkpoint and how to fuse a co-registered pair of volumes with it. The
-volumes come in the original LPM-Net code's (D, H, W) layout, normalised to [0, 1]
-(:func:`lpmnet.fuse.fuse_files` does that and writes the result on the fixed input's grid), so a
-method only maps two arrays to a fused array. 2D networks fuse slice by slice
-(:func:`lpmnet.slicewise.fuse_slicewise`).
+Each method is one module that defines ``METHOD``, a :class:`FusionMethod`: how to build its network
+from keyword arguments, how to fuse a co-registered pair of volumes with it, its training recipe (the
+original's loss, optimiser, schedule, patch or crop sampling and augmentation, as
+:class:`lpmnet.train.TrainConfig` settings) and how to read its checkpoints. The volumes come in the
+original LPM-Net code's (D, H, W) layout, normalised to [0, 1] (:func:`lpmnet.fuse.fuse_files` does that
+and writes the result on the fixed input's grid), so a method only maps two arrays to a fused array.
+2D networks fuse slice by slice (:func:`lpmnet.slicewise.fuse_slicewise`). One training engine
+(:func:`lpmnet.train.train`) serves every method; only the recipe differs.
 
-:func:`get_method` looks a method up by name; the modules are imported only when asked for.
+:func:`get_method` looks a method up by its registered name or, for a method of your own, by the dotted
+name of the module that defines its METHOD (README, "Add your own method"); modules are imported only
+when asked for. Checkpoints of every method share one format (:func:`load_checkpoint_of`): the
+network's constructor arguments, its weights, the method's name and a model card.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Callable
 
 from lpmnet.errors import InputError
 
+CHECKPOINT_FORMAT = "lpmnet-checkpoint"
+CHECKPOINT_VERSION = 1
+
 #: Method name -> the module that defines its METHOD.
 MODULES = {
     "lpmnet": "lpmnet.methods.lpmnet",
@@ -26,30 +34,151 @@ MODULES = {
     "asfe": "lpmnet.methods.asfe",
 }
 
+#: mem_mb of the jobs of a method that does not estimate its own.
+DEFAULT_JOB_MB = 8000
+
+#: The settings of :class:`lpmnet.train.TrainConfig` that make up a method's training recipe.
+RECIPE_KEYS = ("iterations", "batch_size", "patch_size", "slice_axis", "lr", "betas", "weight_decay", "optimizer",
+               "schedule", "poly_power", "ema_decay", "augmentation", "loss", "loss_settings", "seed")
+
 
 @dataclass(frozen=True)
 class FusionMethod:
     """One fusion method.
 
-    ``load(path, map_location)`` -> (network in eval mode, model card dict) reads its checkpoints;
+    ``build(**kwargs)`` -> the network (defaults: the configuration the authors trained); its
+    ``forward(x1, x2)`` takes two (B, 1, H, W) slices (``dims`` 2) or (B, 1, D, H, W) volumes
+    (``dims`` 3) in [0, 1] and returns the fused tensor or an object with ``.fused``.
     ``fuse(model, x1, x2, device, **settings)`` -> dict with at least ``"fused"`` ((D, H, W) float32
-    in [0, 1]; LPM-Net adds ``"base"`` and ``"detail"``) fuses two (D, H, W) arrays in [0, 1].
+    in [0, 1]; LPM-Net adds ``"base"`` and ``"detail"``) fuses two (D, H, W) arrays in [0, 1];
     ``settings`` names the keyword arguments ``fuse`` takes (so that callers can refuse others).
+    ``recipe``: the original's training recipe, a value for every key of :data:`RECIPE_KEYS`.
+    ``patch_multiple``: training patch (3D) or crop (2D) edges must be multiples of it.
+    ``load_original(path)`` -> network in eval mode: reads a state dict saved by the original code
+    (None: the method has no original weights to read); project checkpoints are read by
+    :func:`load_checkpoint_of`. ``fusion_mem_mb(fixed_path, model_kwargs, settings)`` and
+    ``training_mem_mb(volume_paths, train_config)``: the megabytes a fusion job on the grid of
+    ``fixed_path`` or a training job on those volumes needs (the workflow's ``mem_mb``; None:
+    :data:`DEFAULT_JOB_MB`).
     """
 
     name: str
     description: str
     dims: int
-    load: Callable
+    build: Callable
     fuse: Callable
+    recipe: dict
     settings: tuple[str, ...] = ()
+    patch_multiple: int = 1
+    load_original: Callable | None = None
+    fusion_mem_mb: Callable | None = None
+    training_mem_mb: Callable | None = None
+
+    def __post_init__(self):
+        missing = [k for k in RECIPE_KEYS if k not in self.recipe]
+        if missing:
+            raise ValueError(f"method {self.name}: its recipe lacks {', '.join(missing)}")
+
+    def load(self, path, map_location="cpu"):
+        """(network in eval mode, model card) from a checkpoint of this method (see :func:`load_checkpoint_of`)."""
+        return load_checkpoint_of(self, path, map_location)
 
 
 def get_method(name) -> FusionMethod:
-    """The method called ``name``; an unknown name raises ValueError listing the known ones."""
-    if name not in MODULES:
-        raise ValueError(f"unknown fusion method {name!r}; known methods: {', '.join(MODULES)}")
-    return importlib.import_module(MODULES[name]).METHOD
+    """The method registered as ``name``, or the METHOD of the module with dotted name ``name``.
+
+    An unknown name, a module that cannot be imported or one without a METHOD raises ValueError
+    naming it (and the registered methods)."""
+    if name in MODULES:
+        return importlib.import_module(MODULES[name]).METHOD
+    known = f"registered methods: {', '.join(MODULES)}; or the dotted name of a module that defines METHOD"
+    if "." not in str(name):
+        raise ValueError(f"unknown fusion method {name!r}; {known}")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as err:
+        raise ValueError(f"fusion method module {name!r} cannot be imported ({err}); {known}") from None
+    method = getattr(module, "METHOD", None)
+    if not isinstance(method, FusionMethod):
+        raise ValueError(f"module {name!r} defines no METHOD (a lpmnet.methods.FusionMethod)")
+    return method
+
+
+def fused_of(output):
+    """The fused tensor of a network's output (a tensor, or an object with ``.fused``)."""
+    return getattr(output, "fused", output)
+
+
+def save_checkpoint(path, model, method, model_kwargs, model_card=None, **training_state):
+    """Write a checkpoint of ``method`` (its name) atomically, in the project's one format.
+
+    It stores the method, the constructor arguments ``model_kwargs`` (``method.build(**model_kwargs)``
+    rebuilds the network), the weights, a model card (plain JSON: data, shapes, recipe, versions) and
+    any extra training state (optimiser, scheduler, iteration) needed to resume.
+    """
+    import json
+
+    import torch
+
+    from lpmnet.io import atomic_output, to_jsonable
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "method": method,
+        "model_kwargs": json.loads(json.dumps(to_jsonable(dict(model_kwargs)))),
+        "state_dict": model.state_dict(),
+        # Plain JSON types only, so that the file loads with torch.load(weights_only=True).
+        "model_card": json.loads(json.dumps(to_jsonable(model_card or {}))),
+        **training_state,
+    }
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_payload(path, map_location="cpu"):
+    """What a checkpoint file holds (any pickle-free PyTorch file); InputError naming it otherwise."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+
+
+def is_project_checkpoint(payload):
+    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+
+
+def load_checkpoint_of(method, path, map_location="cpu"):
+    """(network of ``method`` in eval mode on ``map_location``, model card) from ``path``.
+
+    A project checkpoint must be one of this method (files written before checkpoints named their
+    method are LPM-Net's) and its weights must fit ``method.build(**model_kwargs)`` exactly; any
+    other file is read by the method's ``load_original`` (a state dict of the original code). A
+    checkpoint of another method, of another architecture, or an unreadable file raises InputError
+    naming the file and the problem.
+    """
+    payload = read_payload(path, map_location)
+    if not is_project_checkpoint(payload):
+        if method.load_original is None:
+            raise InputError(path, f"not a checkpoint of method {method.name} (and {method.name} reads no "
+                                   "original state dicts)")
+        return method.load_original(path).to(map_location), {"method": method.name, "source": str(path)}
+    found = payload.get("method", "lpmnet")
+    if found != method.name:
+        raise InputError(path, f"a checkpoint of method {found}, not of {method.name}")
+    kwargs = payload["model_kwargs"]
+    try:
+        model = method.build(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"its model_kwargs do not build {method.name}: {err}") from None
+    check_state_dict(path, payload["state_dict"], model, f"{method.name}{kwargs}")
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.to(map_location).eval(), payload.get("model_card", {})
 
 
 def _describe_keys(kind, keys):
@@ -68,13 +197,7 @@ def load_original_state_dict(path, model, name, wrappers=("model", "state_dict")
     """
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"{name} checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise InputError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    payload = read_payload(path)
     state_dict = payload
     if isinstance(payload, dict):
         state_dict = next((payload[k] for k in wrappers if isinstance(payload.get(k), dict)), payload)
@@ -82,6 +205,13 @@ def load_original_state_dict(path, model, name, wrappers=("model", "state_dict")
         raise InputError(path, f"not a {name} state dict (expected a dict of tensors, bare or under "
                                f"{' or '.join(map(repr, wrappers))})")
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel saves
+    check_state_dict(path, state_dict, model, name)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def check_state_dict(path, state_dict, model, name):
+    """InputError naming ``path`` and the keys when ``state_dict`` does not fit ``model`` exactly."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -93,5 +223,3 @@ def load_original_state_dict(path, model, name, wrappers=("model", "state_dict")
         if state_dict[key].shape != tensor.shape:
             raise InputError(path, f"not a {name} state dict of this configuration: {key!r} has shape "
                                    f"{tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}")
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()

@@ -666,10 +666,9 @@ class ASFEFusion(nn.Module):
         return self.outlayer(x)
 
 
-def _load(path, map_location="cpu"):
+def _load_original(path):
     """A state dict of the original code (bare, or under "model"/"state_dict"), default configuration."""
-    model = load_original_state_dict(path, ASFEFusion(), "ASFE-Fusion").to(map_location)
-    return model, {"method": "ASFE-Fusion", "source": str(path)}
+    return load_original_state_dict(path, ASFEFusion(), "ASFE-Fusion")
 
 
 def _fuse(model, x1, x2, device=None, axis=0, batch_size=4):
@@ -680,6 +679,13 @@ def _fuse(model, x1, x2, device=None, axis=0, batch_size=4):
     return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}
 
 
+#: The original's recipe (args_setting.py, train.py; ../shared/docs/baselines.md 3.2): AdamW 2e-4 with its
+#: default decoupled weight decay 0.01, constant rate, batch 4 of 256x256 images (here crops of slices),
+#: no augmentation, seed 3407, its loss as coded.
+RECIPE = dict(iterations=2000, batch_size=4, patch_size=(256, 256), slice_axis=0, lr=2e-4, betas=(0.9, 0.999),
+              weight_decay=0.01, optimizer="adamw", schedule="constant", poly_power=0.9, ema_decay=0.0,
+              augmentation="none", loss="asfe", loss_settings={}, seed=3407)
+
 METHOD = FusionMethod(name="asfe", description="ASFE-Fusion (Gu et al.): 2D spatial and frequency experts with a "
-                      "Soft-MoE fusion, slice by slice", dims=2, load=_load, fuse=_fuse,
-                      settings=("axis", "batch_size"))
+                      "Soft-MoE fusion, slice by slice", dims=2, build=ASFEFusion, fuse=_fuse, recipe=RECIPE,
+                      settings=("axis", "batch_size"), load_original=_load_original)

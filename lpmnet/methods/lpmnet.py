@@ -6,7 +6,8 @@ import numpy as np
 
 from lpmnet.fuse import fuse_arrays
 from lpmnet.methods import FusionMethod
-from lpmnet.models import LPMNet, load_checkpoint
+from lpmnet.models import LPMNet, WINDOW, load_checkpoint
+from lpmnet import resources
 from lpmnet.resources import DEFAULT_FUSION_BUDGET_MB, fusion_tile, model_dim
 
 __all__ = ["LPMNet", "METHOD"]
@@ -33,12 +34,36 @@ def fuse(model, x1, x2, device=None, tile=None, overlap=0.25, memory_budget_mb=D
             "TileChoice": choice}
 
 
+def _load_original(path):
+    return load_checkpoint(path)[0]
+
+
+def _fusion_mem_mb(fixed_path, model_kwargs, settings):
+    return resources.fusion_mem_mb(fixed_path, settings.get("memory_budget_mb", DEFAULT_FUSION_BUDGET_MB),
+                                   model_dim(model_kwargs))
+
+
+def _training_mem_mb(volume_paths, config):
+    return resources.training_mem_mb(volume_paths, config.patch_size, config.batch_size, model_dim(config.model))
+
+
+#: The original's recipe (engine.py, main.py; ../shared/docs/baselines.md 4.2-4.3), except 64^3 patches
+#: where it trained on whole resized volumes on a GPU (``patch_size: None`` for that).
+RECIPE = dict(iterations=3000, batch_size=1, patch_size=(64, 64, 64), slice_axis=0, lr=1e-4, betas=(0.9, 0.999),
+              weight_decay=3e-4, optimizer="adam", schedule="cosine", poly_power=0.9, ema_decay=0.0,
+              augmentation="flips", loss="lpmnet", loss_settings={}, seed=2)
+
 METHOD = FusionMethod(
     name="lpmnet",
     description="LPM-Net (Wen & Zhang, Information Fusion 2025): 3D, axis-decomposed dense 2D convolutions "
                 "and 16x16-window Mamba layers",
     dims=3,
-    load=load_checkpoint,
+    build=LPMNet,
     fuse=fuse,
+    recipe=RECIPE,
     settings=("tile", "overlap", "memory_budget_mb", "scan_backend"),
+    patch_multiple=WINDOW,
+    load_original=_load_original,
+    fusion_mem_mb=_fusion_mem_mb,
+    training_mem_mb=_training_mem_mb,
 )

@@ -519,11 +519,6 @@ def load_released_checkpoint(path, **kwargs) -> MambaDFuse:
     return load_original_state_dict(path, MambaDFuse(**kwargs), "MambaDFuse", CHECKPOINT_WRAPPERS)
 
 
-def _load(path, map_location="cpu"):
-    model = load_released_checkpoint(path).to(map_location)
-    return model, {"method": "MambaDFuse", "source": str(path)}
-
-
 def _fuse(model, x1, x2, device=None, axis=0, batch_size=8, scan_backend="auto"):
     """Slice by slice along ``axis`` (0 = D, the files' slice axis), output clamped to [0, 1] as the
     authors' test script does; the network needs no padding (see the module docstring)."""
@@ -533,6 +528,15 @@ def _fuse(model, x1, x2, device=None, axis=0, batch_size=8, scan_backend="auto")
     return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}
 
 
+#: The authors' MIF recipe (KAIR options and models/loss_med.py; ../shared/docs/baselines.md 2.2): Adam 2e-4
+#: without weight decay, EMA 0.999 (the released and tested weights), batch 12 of 64x64 crops with one of
+#: the 8 flip/rot90 modes, 10,000 iterations (the released checkpoints); their MultiStepLR milestones
+#: (250k+) are never reached, so the rate is constant. Crops come from slices along the D axis that
+#: have foreground (their training data were 2D slices). Seed: theirs is unset (random); ours is fixed.
+RECIPE = dict(iterations=10000, batch_size=12, patch_size=(64, 64), slice_axis=0, lr=2e-4, betas=(0.9, 0.999),
+              weight_decay=0.0, optimizer="adam", schedule="constant", poly_power=0.9, ema_decay=0.999,
+              augmentation="dihedral", loss="mif", loss_settings={}, seed=0)
+
 METHOD = FusionMethod(name="mambadfuse", description="MambaDFuse (Li et al. 2024): 2D Mamba dual-phase fusion, "
-                      "slice by slice", dims=2, load=_load, fuse=_fuse,
-                      settings=("axis", "batch_size", "scan_backend"))
+                      "slice by slice", dims=2, build=MambaDFuse, fuse=_fuse, recipe=RECIPE,
+                      settings=("axis", "batch_size", "scan_backend"), load_original=load_released_checkpoint)
