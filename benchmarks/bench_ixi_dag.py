@@ -32,9 +32,13 @@ from lpmnet.workflow import write_input_status  # noqa: E402
 SITES = ("Guys", "HH", "IOP")
 
 
-def prepare(workdir: Path, n_subjects: int) -> Path:
+def prepare(workdir: Path, n_subjects: int, methods=None) -> Path:
+    """A working directory as the first run leaves it; ``methods``: the entries of the config's ``methods``
+    section to keep (default: all of them)."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config = copy.deepcopy(config)
+    if methods is not None:
+        config["methods"] = {name: config["methods"][name] for name in methods}
     config["datasets"] = {"ixi": {
         "source": "ixi", "pairs": [["T2", "T1"], ["T2", "PD"]], "modalities": ["T1", "T2", "PD"],
         "urls": {m: f"http://127.0.0.1:9/IXI-{m}.tar" for m in ("T1", "T2", "PD")}}}
@@ -94,9 +98,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", type=int, default=600)
     parser.add_argument("--keep", type=Path, help="prepare the working directory here and keep it")
+    parser.add_argument("--methods", help="comma-separated entries of the config's methods to keep (default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = prepare(args.keep or Path(tmp), args.subjects)
+        workdir = prepare(args.keep or Path(tmp), args.subjects, args.methods.split(",") if args.methods else None)
         dag, total, jobs = dry_run_seconds(workdir)
     print(f"IXI dry run, {args.subjects} subjects: {jobs.get('total', '?')} jobs; DAG built in {dag:.2f} s, "
           f"whole snakemake -n process {total:.2f} s (start-up, parsing and the dry-run listing included)")

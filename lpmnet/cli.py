@@ -83,7 +83,7 @@ def _cmd_fuse(args):
 
     # Only the options given go to the method: one that only another method has is refused by name.
     options = dict(tile=args.tile, overlap=args.overlap, axis=args.axis, batch_size=args.batch_size,
-                   scan_backend=args.scan_backend)
+                   scan_backend=args.scan_backend, preprocess=args.preprocess)
     settings = {k: v for k, v in options.items() if v is not None}
     if args.memory_budget_mb is not None:
         settings["memory_budget_mb"] = args.memory_budget_mb or None  # 0: never tile
@@ -174,11 +174,15 @@ def build_parser():
     p.add_argument("--method", default="lpmnet", help=f"fusion method: {', '.join(METHOD_MODULES)} or the dotted "
                                                       "name of your own method's module")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tile", type=int, nargs="+", help="lpmnet: sliding-window tile size (multiple of 16)")
+    p.add_argument("--tile", type=int, nargs="+",
+                   help="3D methods: sliding-window tile size (lpmnet: multiples of 16, dc2fusion: of 32)")
     p.add_argument("--memory-budget-mb", type=int,
-                   help=f"lpmnet, without --tile: tile automatically when a whole-volume pass needs more "
+                   help=f"3D methods, without --tile: tile automatically when a whole-volume pass needs more "
                         f"(default {DEFAULT_FUSION_BUDGET_MB}; 0: never)")
-    p.add_argument("--overlap", type=float, help="lpmnet: tile overlap (default 0.25)")
+    p.add_argument("--overlap", type=float, help="3D methods: tile overlap (default 0.25)")
+    p.add_argument("--preprocess", choices=("pad", "original"),
+                   help="dc2fusion: pad (default, the volume on its own grid) or original (the authors' crop, "
+                        "pad and 128^3 resize, resampled back)")
     p.add_argument("--axis", type=int, help="2D methods: slice axis in (D, H, W) order (default 0 = D)")
     p.add_argument("--batch-size", type=int, help="2D methods: slices per batch (default 8)")
     p.add_argument("--scan-backend", choices=("auto", "cuda", "cpu", "torch"),

@@ -48,11 +48,14 @@ def _blend_weights(shape):
 
 
 @torch.no_grad()
-def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25):
-    """Fuse two [0, 1] arrays (D, H, W) -> dict of float32 arrays ``fused``, ``base``, ``detail``.
+def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25, unit=WINDOW):
+    """Fuse two [0, 1] arrays (D, H, W) with a 3D network -> dict of float32 arrays ``fused`` (and, for
+    LPM-Net, ``base`` and ``detail``).
 
-    ``tile``: edge length(s) of the sliding window (multiples of 16), or None for the whole volume.
-    The model must be in eval mode (so the reconstruction branch does not run).
+    ``model(a, b)`` returns the fused tensor or an object with ``.fused`` (and ``.base``, ``.detail``).
+    ``tile``: edge length(s) of the sliding window (multiples of ``unit``), or None for the whole volume;
+    tile starts are multiples of ``unit`` (LPM-Net: its 16-voxel Mamba windows). The model must be in
+    eval mode (so that LPM-Net's reconstruction branch does not run).
     """
     if model.training:
         raise RuntimeError("fuse_arrays needs the model in eval mode")
@@ -64,16 +67,16 @@ def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25):
     outputs = {}
     weight_sum = np.zeros(shape, np.float32) if tile is not None else None
     weights = _blend_weights(tile_shape) if tile is not None else None
-    # Tile starts on multiples of the Mamba window keep each tile's windows aligned with the windows of
-    # a whole-volume pass, so interior voxels see the same context either way.
-    steps = [max(WINDOW, int(t * (1 - overlap)) // WINDOW * WINDOW) for t in tile_shape]
+    # Tile starts on multiples of the unit (LPM-Net: its Mamba window) keep each tile's windows aligned
+    # with the windows of a whole-volume pass, so interior voxels see the same context either way.
+    steps = [max(unit, int(t * (1 - overlap)) // unit * unit) for t in tile_shape]
     for start in itertools.product(*(_tile_starts(s, t, st) for s, t, st in zip(shape, tile_shape, steps))):
         region = tuple(slice(s, s + t) for s, t in zip(start, tile_shape))
         a = torch.from_numpy(np.ascontiguousarray(x1[region], dtype=np.float32))[None, None].to(device)
         b = torch.from_numpy(np.ascontiguousarray(x2[region], dtype=np.float32))[None, None].to(device)
         result = model(a, b)
         for name in ("fused", "base", "detail"):
-            value = getattr(result, name)
+            value = result if name == "fused" and isinstance(result, torch.Tensor) else getattr(result, name, None)
             if value is None:
                 continue
             value = value[0, 0].float().cpu().numpy()

@@ -76,25 +76,35 @@ def fusion_pass_mb(shape, model_dim=24):
 
 
 def fusion_tile(shape, budget_mb, model_dim=24):
-    """The tile (D, H, W) that a fusion of ``shape`` within ``budget_mb`` megabytes uses, or None.
+    """The tile (D, H, W) that an LPM-Net fusion of ``shape`` within ``budget_mb`` megabytes uses, or None.
 
     None when the whole volume fits. Otherwise the largest tile of multiples of the Mamba window that
-    fits, found by shrinking its longest edge one window at a time (near-cubic tiles waste the least
-    work on overlaps).
+    fits (:func:`largest_tile`).
     """
-    if budget_mb is None or fusion_pass_mb(shape, model_dim) <= budget_mb:
+    return largest_tile(shape, budget_mb, lambda tile: fusion_pass_mb(tile, model_dim), TILE_UNIT)
+
+
+def largest_tile(shape, budget_mb, pass_mb, unit, min_tile=MIN_TILE):
+    """The largest tile (D, H, W) of multiples of ``unit`` whose pass needs at most ``budget_mb``
+    (``pass_mb(tile)`` -> megabytes), or None when the whole volume fits (or ``budget_mb`` is None).
+
+    Found by shrinking the longest edge one unit at a time (near-cubic tiles waste the least work on
+    overlaps); a budget that not even a ``min_tile``^3 tile fits raises ValueError.
+    """
+    if budget_mb is None or pass_mb(shape) <= budget_mb:
         return None
-    tile = list(_padded(shape))
-    while fusion_pass_mb(tile, model_dim) > budget_mb:
+    tile = [math.ceil(n / unit) * unit for n in shape]
+    while pass_mb(tile) > budget_mb:
         longest = max(range(3), key=lambda a: tile[a])
-        if tile[longest] <= MIN_TILE:
-            raise ValueError(f"memory_budget_mb={budget_mb} is too small: even a {MIN_TILE}^3 tile "
-                             f"needs {fusion_pass_mb([MIN_TILE] * 3, model_dim):.0f} MB")
-        tile[longest] -= TILE_UNIT
+        if tile[longest] <= min_tile:
+            raise ValueError(f"memory_budget_mb={budget_mb} is too small: even a {min_tile}^3 tile "
+                             f"needs {pass_mb([min_tile] * 3):.0f} MB")
+        tile[longest] -= unit
     return tuple(tile)
 
 
-def _mb(value):
+def mb_with_margin(value):
+    """A job's ``mem_mb`` for an estimate of ``value`` megabytes: the margin on top, at least MIN_MEM_MB."""
     return max(MIN_MEM_MB, int(math.ceil(value * MARGIN)))
 
 
@@ -104,7 +114,7 @@ def fusion_mem_mb(fixed_path, budget_mb, model_dim=24):
     tile = fusion_tile(shape, budget_mb, model_dim)
     # Inputs, their normalised copies, the fused/base/detail outputs and the blending weights.
     copies = 10 * MB_PER_VOXEL_COPY * _voxels(shape)
-    return _mb(PROCESS_MB + copies + fusion_pass_mb(tile or shape, model_dim))
+    return mb_with_margin(PROCESS_MB + copies + fusion_pass_mb(tile or shape, model_dim))
 
 
 def training_mem_mb(volume_paths, patch_size, batch_size, model_dim=24):
@@ -116,18 +126,18 @@ def training_mem_mb(volume_paths, patch_size, batch_size, model_dim=24):
     else:  # whole volumes: the largest one sets the step's peak
         step_voxels = max(_voxels(_padded(s)) for s in shapes)
     step = TRAIN_MB_PER_VOXEL * model_dim / 24 * step_voxels * batch_size
-    return _mb(TRAIN_PROCESS_MB + volumes + step)
+    return mb_with_margin(TRAIN_PROCESS_MB + volumes + step)
 
 
 def metrics_mem_mb(fixed_path):
     """``mem_mb`` of a metrics job (both conventions) on the grid of ``fixed_path``."""
-    return _mb(METRICS_PROCESS_MB + METRICS_MB_PER_VOXEL * _voxels(volume_shape(fixed_path)))
+    return mb_with_margin(METRICS_PROCESS_MB + METRICS_MB_PER_VOXEL * _voxels(volume_shape(fixed_path)))
 
 
 def registration_mem_mb(fixed_path, moving_path):
     """``mem_mb`` of an ANTs registration of ``moving_path`` onto ``fixed_path``."""
     voxels = _voxels(volume_shape(fixed_path)) + _voxels(volume_shape(moving_path))
-    return _mb(REGISTRATION_PROCESS_MB + REGISTRATION_MB_PER_VOXEL * voxels)
+    return mb_with_margin(REGISTRATION_PROCESS_MB + REGISTRATION_MB_PER_VOXEL * voxels)
 
 
 def model_dim(model_kwargs):

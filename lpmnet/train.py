@@ -46,7 +46,7 @@ TRAINING_LOG = "training_log.csv"
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "poly", "constant")
-AUGMENTATIONS = ("flips", "dihedral", "none")
+AUGMENTATIONS = ("flips", "dihedral", "dc2fusion", "none")
 
 
 class _FromRecipe:
@@ -113,9 +113,9 @@ class TrainConfig:
         if self.patch_size is not None:
             self.patch_size = tuple(int(p) for p in self.patch_size)
             m = spec.patch_multiple
-            if len(self.patch_size) != spec.dims or any(p <= 0 or p % m for p in self.patch_size):
-                raise ValueError(f"patch_size of {self.method} must be {spec.dims} positive multiples of {m}, "
-                                 f"not {self.patch_size}")
+            if len(self.patch_size) != spec.dims or any(p < spec.min_patch or p % m for p in self.patch_size):
+                raise ValueError(f"patch_size of {self.method} must be {spec.dims} multiples of {m} of at least "
+                                 f"{max(spec.min_patch, m)}, not {self.patch_size}")
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("iterations and batch_size must be at least 1")
         for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augmentation", AUGMENTATIONS)):
@@ -198,7 +198,36 @@ class PatchSampler:
             x1, x2 = np.rot90(x1, turns), np.rot90(x2, turns)
             if mode >= 4:
                 x1, x2 = np.flipud(x1), np.flipud(x2)
+        elif self.augmentation == "dc2fusion":
+            x1, x2 = dc2fusion_augment(x1, x2, rng)
         return np.ascontiguousarray(x1), np.ascontiguousarray(x2)
+
+
+#: DC2Fusion's MONAI training transforms (../shared/docs/baselines.md 1.2), with their probabilities.
+DC2_ROTATION_RAD, DC2_ROTATION_P = 0.2, 0.1
+DC2_GAMMA, DC2_CONTRAST_P = (0.1, 2.0), 0.5
+DC2_NOISE_MEAN, DC2_NOISE_STD, DC2_NOISE_P = 0.5, 0.1, 0.5
+
+
+def dc2fusion_augment(x1, x2, rng):
+    """DC2Fusion's augmentation of a 3D pair: both rotated about each axis by U(-0.2, 0.2) rad with
+    probability 0.1 (linear, border values), then on x1 (the MRI) only a random gamma in (0.1, 2) with
+    probability 0.5 and Gaussian noise of mean 0.5 (sic: the original's) and std 0.1 with probability
+    0.5, then each min-max scaled to [0, 1] (MONAI's ScaleIntensity). Applied to the patch, where the
+    original transformed the whole 128^3 volume."""
+    from scipy import ndimage
+
+    x1, x2 = np.asarray(x1, np.float32), np.asarray(x2, np.float32)
+    for plane in ((1, 2), (0, 2), (0, 1)):
+        if rng.random() < DC2_ROTATION_P:
+            degrees = float(np.degrees(rng.uniform(-DC2_ROTATION_RAD, DC2_ROTATION_RAD)))
+            x1, x2 = (ndimage.rotate(x, degrees, axes=plane, reshape=False, order=1, mode="nearest") for x in (x1, x2))
+    if rng.random() < DC2_CONTRAST_P:
+        low, span = x1.min(), x1.max() - x1.min()
+        x1 = ((x1 - low) / (span + 1e-7)) ** rng.uniform(*DC2_GAMMA) * span + low
+    if rng.random() < DC2_NOISE_P:
+        x1 = x1 + rng.normal(DC2_NOISE_MEAN, DC2_NOISE_STD, x1.shape).astype(np.float32)
+    return tuple(minmax01(x).astype(np.float32) for x in (x1, x2))
 
 
 def _iteration_rng(seed, iteration):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -472,3 +473,36 @@ def resolve_methods(methods_config, training_config, classical=()):
         resolved[name] = {"network": network, "model": model, "training": training,
                           "fusion": fusion, "checkpoint": checkpoint}
     return resolved
+
+
+class MethodConfigs(Mapping):
+    """The resolved ``methods`` section (:func:`resolve_methods`), resolved on first use of a value.
+
+    The names (and which entries train) are known from the config itself; resolving imports torch and
+    every method's module, about 2 s that a job which reads no method's settings (conversion,
+    registration, metrics) should not pay when it re-reads the workflow. The main process resolves at
+    once (``resolve()``), so that a bad entry stops the run before any job.
+    """
+
+    def __init__(self, methods_config, training_config, classical=()):
+        self._arguments = (methods_config, training_config, classical)
+        self._names = list(methods_config or {})
+        self._resolved = None
+
+    def resolve(self):
+        if self._resolved is None:
+            self._resolved = resolve_methods(*self._arguments)
+        return self._resolved
+
+    def __getitem__(self, name):
+        return self.resolve()[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def trained(self):
+        """The names of the entries that the workflow trains (those without a ``checkpoint``)."""
+        return [name for name in self._names if not (self._arguments[0][name] or {}).get("checkpoint")]

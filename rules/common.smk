@@ -16,7 +16,7 @@ from lpmnet.split import BOTH, OVERLAP_NOTE, subjects_in
 from lpmnet.workflow import (RESULTS, check_dataset_config, check_dataset_modalities, dataset_sources,
                              dataset_splits, failed_inputs, grid_entity, ignored_table_rows, ixi_modalities,
                              importable_working_directory, manifest_path, needed_modalities, pair_label,
-                             read_input_status, resolve_methods, with_defaults)
+                             read_input_status, MethodConfigs, with_defaults)
 
 DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
 for _name, _cfg in DATASETS.items():
@@ -70,8 +70,10 @@ PAIRS = {name: {pair_label(p, cfg): p for p in cfg["pairs"]} for name, cfg in DA
 importable_working_directory()
 # The fusion methods (config section `methods`, checked and with their recipes filled in), those that the
 # workflow trains (the others fuse with a given checkpoint), and every row of the tables.
-METHOD_CONFIGS = resolve_methods(config["methods"], config["training"], config["fusion"]["classical"])
-TRAINED = [name for name, cfg in METHOD_CONFIGS.items() if cfg["checkpoint"] is None]
+METHOD_CONFIGS = MethodConfigs(config["methods"], config["training"], config["fusion"]["classical"])
+if workflow.is_main_process:
+    METHOD_CONFIGS.resolve()  # a bad entry stops the run here, with its key named
+TRAINED = METHOD_CONFIGS.trained()
 METHODS = [*METHOD_CONFIGS, *config["fusion"]["classical"]]
 # The method every other one is tested against in the comparison table.
 REFERENCE = "lpmnet" if "lpmnet" in METHOD_CONFIGS else next(iter(METHOD_CONFIGS))
@@ -95,7 +97,7 @@ wildcard_constraints:
     pair=f"[A-Za-z0-9]+-[A-Za-z0-9]+{RESIZED}",
     space=f"[A-Za-z0-9]+{RESIZED}",
     shape=SHAPE,
-    method="[a-z0-9]+(-[a-z0-9]+)*",
+    method="[a-z0-9]+(?:-[a-z0-9]+)*",
 
 
 def pair_modalities(wildcards):

@@ -75,7 +75,7 @@ rule comparison:
         ),
     params:
         methods=METHODS,
-        networks={m: cfg["network"] for m, cfg in METHOD_CONFIGS.items()},
+        networks=lambda w: {m: cfg["network"] for m, cfg in METHOD_CONFIGS.items()},
         trained=TRAINED,
         reference=REFERENCE,
     log:

@@ -35,7 +35,7 @@ def test_recipe_defaults_are_each_originals():
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(method="mambadfuse", patch_size=(32, 32, 32)), "patch_size of mambadfuse must be 2 positive"),
+    (dict(method="mambadfuse", patch_size=(32, 32, 32)), "patch_size of mambadfuse must be 2 multiples of 1"),
     (dict(method="lpmnet", loss="l2"), "unknown loss 'l2'"),
     (dict(method="mambadfuse", loss="lpmnet"), "loss 'lpmnet' is defined for 3D networks, not 2D"),
     (dict(method="asfe", loss_settings={"ssim_weigth": 1}), "ssim_weigth"),

@@ -82,8 +82,9 @@ def test_dry_run_of_the_default_demo(tmp_path):
     snakemake(workdir, "--cores", "2", "results/demo/input_status.tsv")
     jobs = planned_jobs(workdir)
     assert jobs["convert"] == 18 and jobs["register"] == 12
-    assert jobs["train"] == 2 * 3 and jobs["metric_tables"] == 2  # lpmnet, lpmnet-mif, mambadfuse per pair
-    assert jobs["fuse"] == 3 * jobs["fuse_classical"] / 2 and jobs["metrics"] == 5 * jobs["fuse_classical"] / 2
+    # lpmnet, lpmnet-mif, mambadfuse, dc2fusion per pair, and the classical mean and max
+    assert jobs["train"] == 2 * 4 and jobs["metric_tables"] == 2
+    assert jobs["fuse"] == 4 * jobs["fuse_classical"] / 2 and jobs["metrics"] == 6 * jobs["fuse_classical"] / 2
 
 
 def test_end_to_end_tiny_demo(finished_run):

@@ -32,6 +32,7 @@ MODULES = {
     "lpmnet": "lpmnet.methods.lpmnet",
     "mambadfuse": "lpmnet.methods.mambadfuse",
     "asfe": "lpmnet.methods.asfe",
+    "dc2fusion": "lpmnet.methods.dc2fusion",
 }
 
 #: mem_mb of the jobs of a method that does not estimate its own.
@@ -53,7 +54,8 @@ class FusionMethod:
     in [0, 1]; LPM-Net adds ``"base"`` and ``"detail"``) fuses two (D, H, W) arrays in [0, 1];
     ``settings`` names the keyword arguments ``fuse`` takes (so that callers can refuse others).
     ``recipe``: the original's training recipe, a value for every key of :data:`RECIPE_KEYS`.
-    ``patch_multiple``: training patch (3D) or crop (2D) edges must be multiples of it.
+    ``patch_multiple``, ``min_patch``: training patch (3D) or crop (2D) edges must be multiples of the
+    one and at least the other.
     ``load_original(path)`` -> network in eval mode: reads a state dict saved by the original code
     (None: the method has no original weights to read); project checkpoints are read by
     :func:`load_checkpoint_of`. ``fusion_mem_mb(fixed_path, model_kwargs, settings)`` and
@@ -70,6 +72,7 @@ class FusionMethod:
     recipe: dict
     settings: tuple[str, ...] = ()
     patch_multiple: int = 1
+    min_patch: int = 1
     load_original: Callable | None = None
     fusion_mem_mb: Callable | None = None
     training_mem_mb: Callable | None = None

@@ -62,9 +62,12 @@ are handled inside as in the original (window padding, merge padding, decoder re
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lpmnet.methods import FusionMethod, load_original_state_dict
 
 PATCH_SIZE = 4
 VARIANTS = ("faithful", "fixed")
@@ -437,12 +440,16 @@ class DC2Fusion(nn.Module):
             stages re-using their encoder stage's rates (training only).
         variant: "faithful" (the original's function) or "fixed" (the project's bug fixes, see the
             module docstring); the parameters are the same.
+        l1_reference_voxels: None (the original) or a voxel count N0: the faithful "L1NW"/"AL1NW"
+            norms, sums over the whole tensor, are scaled by N0 / (elements of the tensor), so that
+            the output has the scale of a pass over N0 voxels whatever the volume's size (the
+            project's normalisation; at exactly N0 voxels and batch 1 it is the original's output).
     """
 
     def __init__(self, n_channels: int = 1, embed_dim: int = 96, window_size: tuple[int, int, int] = (2, 2, 2),
                  fusion_strategy: str = "L1NW", depths: tuple[int, ...] = (2, 2, 6, 2),
                  num_heads: tuple[int, ...] = (3, 6, 12, 24), mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path_rate: float = 0.2, variant: str = "faithful"):
+                 drop_path_rate: float = 0.2, variant: str = "faithful", l1_reference_voxels: int | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -457,9 +464,12 @@ class DC2Fusion(nn.Module):
         for i, heads in enumerate(num_heads):
             if (embed_dim * 2 ** i) % heads:
                 raise ValueError(f"stage {i}: width {embed_dim * 2 ** i} is not divisible by {heads} heads")
+        if l1_reference_voxels is not None and l1_reference_voxels < 1:
+            raise ValueError(f"l1_reference_voxels must be a positive voxel count or None, not {l1_reference_voxels!r}")
         self.n_channels = n_channels
         self.fusion_strategy = fusion_strategy
         self.variant = variant
+        self.l1_reference_voxels = l1_reference_voxels
         self.swin = FusionModel(n_channels, embed_dim, tuple(depths), tuple(num_heads), tuple(window_size),
                                 mlp_ratio, qkv_bias, drop_path_rate, faithful=variant == "faithful")
         self.out_conv = nn.Conv3d(embed_dim // 2, 2, 3, padding=1)
@@ -495,6 +505,8 @@ class DC2Fusion(nn.Module):
         if self.variant == "faithful":
             # The original's L1 norms: one sum over the whole tensor, batch included.
             l1, l2 = f1.abs().sum(), f2.abs().sum()
+            if self.l1_reference_voxels is not None:
+                l1, l2 = (norm * (self.l1_reference_voxels / f1.numel()) for norm in (l1, l2))
             if strategy == "AL1NW":
                 l1, l2 = l1 / 2, l2 / 2
             elif strategy == "FL1N":
@@ -505,3 +517,141 @@ class DC2Fusion(nn.Module):
         # Both norms zero means f1 = f2 = 0; the guard only keeps 0/0 out of the result.
         total = (l1 + l2).clamp_min(torch.finfo(f1.dtype).tiny)
         return (l1 / total) * f1 + (l2 / total) * f2
+
+
+# --- The method layer: DC2Fusion fuses volumes of any shape on their own grid, and trains ----------
+
+#: The grid the authors trained on (their MNI crop, padded to 224^3 and resized): their weights
+#: produce outputs in [0, 1] for passes over this many voxels (batch 1).
+TRAINING_SHAPE = (128, 128, 128)
+TRAINING_VOXELS = 128 ** 3
+#: The original's preprocessing pads the foreground crop to this cube before resizing it to TRAINING_SHAPE.
+ORIGINAL_PAD = 224
+#: Tiles and their starts are multiples of the network's total downsampling (patch 4, three merges).
+TILE_UNIT = 32
+#: Training patch edges: multiples of 16 (the token grid halves twice evenly), at least 48, so that the
+#: bottleneck's BatchNorm sees more than one voxel per channel in training (batch 1).
+PATCH_MULTIPLE, MIN_PATCH = 16, 48
+PREPROCESSING = ("pad", "original")
+#: Peak memory of a float32 eval pass per voxel of the padded input at embed_dim 96 (activations grow
+#: with the width): measured 0.80 GB over the process for 128^3 and 1.0 GB for 96x160x160 (2 threads).
+FUSION_MB_PER_VOXEL_96 = 4.5e-4
+
+
+def build(**kwargs) -> DC2Fusion:
+    """:class:`DC2Fusion` as the method layer builds it: ``l1_reference_voxels`` defaults to the authors'
+    training grid (128^3), which normalises the faithful L1NW output of other sizes to their scale and
+    leaves a pass over 128^3 voxels exactly the original's."""
+    kwargs.setdefault("l1_reference_voxels", TRAINING_VOXELS)
+    return DC2Fusion(**kwargs)
+
+
+def _load_original(path):
+    """A state dict of the authors' code (bare, or under "model"/"state_dict"), default configuration."""
+    return load_original_state_dict(path, build(), "DC2Fusion")
+
+
+def _pass_mb(model):
+    width = model.out_conv.in_channels * 2  # embed_dim
+    return lambda shape: FUSION_MB_PER_VOXEL_96 * width / 96 * _voxels_padded(shape)
+
+
+def _voxels_padded(shape):
+    out = 1
+    for n in shape:
+        out *= -(-int(n) // PATCH_SIZE) * PATCH_SIZE
+    return out
+
+
+def _original_preprocess(x1, x2):
+    """The authors' validation transforms of a pair: crop to the bounding box of x1 > 0, pad symmetrically
+    to at least 224^3, resize (area) to 128^3, min-max each to [0, 1]. Returns the two 128^3 arrays and
+    the box and padding that :func:`_original_inverse` needs."""
+    nonzero = np.argwhere(x1 > 0)
+    if not len(nonzero):
+        raise ValueError("preprocess 'original' crops to the first input's foreground (x1 > 0), which is empty")
+    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(nonzero.min(0), nonzero.max(0)))
+    crop_shape = tuple(s.stop - s.start for s in box)
+    pads = [((max(ORIGINAL_PAD, n) - n) // 2, max(ORIGINAL_PAD, n) - n - (max(ORIGINAL_PAD, n) - n) // 2)
+            for n in crop_shape]
+    out = []
+    for x in (x1, x2):
+        padded = torch.from_numpy(np.pad(x[box], pads))[None, None]
+        resized = F.interpolate(padded, size=TRAINING_SHAPE, mode="area")[0, 0]
+        low, high = resized.min(), resized.max()
+        out.append(((resized - low) / (high - low) if high > low else resized * 0).numpy())
+    return out[0], out[1], box, pads, tuple(n + a + b for n, (a, b) in zip(crop_shape, pads))
+
+
+def _original_inverse(fused, shape, box, pads, padded_shape):
+    """The 128^3 output back on the input grid: resized (trilinear) to the padded crop, un-padded and put
+    into the crop box; zero outside it (the original's crop removed only voxels where x1 = 0)."""
+    back = F.interpolate(torch.from_numpy(fused)[None, None], size=padded_shape, mode="trilinear",
+                         align_corners=False)[0, 0].numpy()
+    inner = tuple(slice(a, n - b) for (a, b), n in zip(pads, padded_shape))
+    out = np.zeros(shape, np.float32)
+    out[box] = back[inner]
+    return out
+
+
+def fuse(model, x1, x2, device=None, preprocess="pad", tile=None, overlap=0.25, memory_budget_mb=6000):
+    """Fuse two (D, H, W) volumes in [0, 1] on their own grid; the output is clipped to [0, 1].
+
+    ``preprocess="pad"`` (default): the whole volume (padded by the network to multiples of 4 and
+    cropped back), in overlapping tiles of multiples of 32 voxels when ``tile`` is given or a pass would
+    need more than ``memory_budget_mb`` (None: never tile); the faithful L1NW output is normalised to
+    the training grid's scale per pass (``l1_reference_voxels``). ``"original"``: the authors'
+    preprocessing (foreground crop, pad to 224^3, resize to 128^3), one pass at their training size and
+    batch 1, and the result resampled back onto the input grid.
+    """
+    from lpmnet.fuse import fuse_arrays
+    from lpmnet.resources import largest_tile
+
+    if preprocess not in PREPROCESSING:
+        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}, not {preprocess!r}")
+    if preprocess == "original":
+        a, b, box, pads, padded_shape = _original_preprocess(x1, x2)
+        fused = fuse_arrays(model, a, b, device=device)["fused"]
+        fused = _original_inverse(fused, x1.shape, box, pads, padded_shape)
+        return {"fused": np.clip(fused, 0, 1), "Preprocess": preprocess}
+    choice = "given" if tile is not None else "none"
+    if tile is None:
+        tile = largest_tile(x1.shape, memory_budget_mb, _pass_mb(model), TILE_UNIT)
+        if tile is not None:
+            choice = f"auto: a whole-volume pass exceeds memory_budget_mb={memory_budget_mb}"
+    fused = fuse_arrays(model, x1, x2, device=device, tile=tile, overlap=overlap, unit=TILE_UNIT)["fused"]
+    return {"fused": np.clip(fused, 0, 1), "Preprocess": preprocess,
+            "Tile": [int(t) for t in np.broadcast_to(tile, 3)] if tile is not None else None, "TileChoice": choice}
+
+
+def _fusion_mem_mb(fixed_path, model_kwargs, settings):
+    """Inputs, copies and output of the volume, plus one pass: over 128^3 voxels ("original"), or the
+    whole volume or the largest tile within the memory budget."""
+    from lpmnet import resources
+
+    shape = resources.volume_shape(fixed_path)
+    per_voxel = FUSION_MB_PER_VOXEL_96 * int(model_kwargs.get("embed_dim", 96)) / 96
+    if settings.get("preprocess") == "original":
+        pass_mb = per_voxel * TRAINING_VOXELS
+    else:
+        budget = settings.get("memory_budget_mb", 6000)
+        pass_mb = per_voxel * _voxels_padded(shape) if budget is None else min(per_voxel * _voxels_padded(shape), budget)
+    copies = 10 * resources.MB_PER_VOXEL_COPY * _voxels_padded(shape)
+    return resources.mb_with_margin(resources.PROCESS_MB + copies + pass_mb)
+
+
+#: The authors' recipe (train_diff.py, config_diff.py; ../shared/docs/baselines.md 1.2): Adam 1e-4 without
+#: weight decay, lr (1 - epoch/epochs)^0.9 per epoch, batch 1, seed 3407, their loss, their augmentations
+#: (small rotations; contrast and noise on the MRI, the first input). They trained 500 epochs on whole
+#: 128^3 volumes; here an epoch is one pass over the training pairs, so the default 500 iterations are
+#: 500 epochs of one pair (set iterations = 500 x pairs), on 128^3 patches of the native grid (the same
+#: voxel count, so the L1NW scale is the one inference normalises to; whole volumes: patch_size null).
+RECIPE = dict(iterations=500, batch_size=1, patch_size=(128, 128, 128), slice_axis=0, lr=1e-4, betas=(0.9, 0.999),
+              weight_decay=0.0, optimizer="adam", schedule="poly", poly_power=0.9, ema_decay=0.0,
+              augmentation="dc2fusion", loss="dc2fusion", loss_settings={}, seed=3407)
+
+
+METHOD = FusionMethod(name="dc2fusion", description="DC2Fusion (Liu et al., ICONIP 2023): 3D deformable "
+                      "cross-attention Swin U-Net", dims=3, build=build, fuse=fuse, recipe=RECIPE,
+                      settings=("preprocess", "tile", "overlap", "memory_budget_mb"), patch_multiple=PATCH_MULTIPLE, min_patch=MIN_PATCH,
+                      load_original=_load_original, fusion_mem_mb=_fusion_mem_mb)
