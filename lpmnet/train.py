@@ -79,6 +79,10 @@ class TrainConfig:
     - ``augmentation``: "flips" (each axis flipped with probability 1/2), "dihedral" (2D: one of the 8
       flip/rot90 modes, rotations only on square crops) or "none";
     - ``loss`` (a name of :data:`lpmnet.losses.LOSSES`) and ``loss_settings`` (its keyword arguments).
+
+    ``recreate_optimizer=True`` reproduces ASFE-Fusion's training loop, which constructs its AdamW inside
+    the per-batch function: every step starts from fresh moments, so each update is about lr * sign(grad)
+    (plus the decoupled weight decay). The default keeps one optimiser, as every other original does.
     """
 
     method: str = "lpmnet"
@@ -97,6 +101,7 @@ class TrainConfig:
     loss: str = RECIPE
     loss_settings: dict = RECIPE
     seed: int = RECIPE
+    recreate_optimizer: bool = False
     checkpoint_every: int = 100
     val_every: int = 200
     val_metrics: tuple[str, ...] = ("SSIM", "Qabf", "SF", "PSNR")
@@ -438,13 +443,18 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
                 raise FloatingPointError(f"loss became {terms['total']} at iteration {iteration}; "
                                          f"the last good state is in {last_path}")
             optimizer.zero_grad(set_to_none=True)
+            stepped = optimizer
+            if config.recreate_optimizer:
+                stepped = _optimizer(config, model.parameters())
+                for group in stepped.param_groups:
+                    group["lr"] = optimizer.param_groups[0]["lr"]  # the schedule still applies
             if scaler is not None:
                 scaler.scale(total).backward()
-                scaler.step(optimizer)
+                scaler.step(stepped)
                 scaler.update()
             else:
                 total.backward()
-                optimizer.step()
+                stepped.step()
             if ema is not None:
                 _update_ema(ema, model, config.ema_decay)
             row = {"iteration": iteration + 1, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **terms}

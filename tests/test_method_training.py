@@ -159,3 +159,21 @@ def test_resolve_methods_fills_in_the_recipes_and_names_a_bad_key():
     ]:
         with pytest.raises(ValueError, match=message):
             resolve_methods(methods, {}, classical=("mean",))
+
+
+def test_recreating_the_optimizer_every_step_makes_each_update_a_signed_step(pairs, tmp_path):
+    from lpmnet.methods import read_payload
+
+    settings = dict(iterations=2, patch_size=(16, 16, 16), lr=1e-3, weight_decay=0.0, augmentation="none",
+                    schedule="constant",
+                    model=dict(base_c=4, depth_c=1, reconstruction=False))
+    with one_thread():
+        train(pairs[:1], tmp_path / "first", TrainConfig(**{**settings, "iterations": 1}), progress=False)
+        train(pairs[:1], tmp_path / "fresh", TrainConfig(**settings, recreate_optimizer=True), progress=False)
+        train(pairs[:1], tmp_path / "kept", TrainConfig(**settings), progress=False)
+    first, fresh, kept = (read_payload(tmp_path / d / "model.pt")["state_dict"] for d in ("first", "fresh", "kept"))
+    key = "Conv_in.weight"
+    # Adam's first step from fresh moments moves every weight by lr (times the sign of its gradient).
+    step = (fresh[key] - first[key]).abs()
+    assert float((step - 1e-3).abs().median()) < 1e-7 and float(step.max()) <= 1e-3 * (1 + 1e-5)
+    assert not torch.equal(fresh[key], kept[key])
