@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpmnet.methods import FusionMethod, load_original_state_dict
+from lpmnet.normalize import minmax01
 
 PATCH_SIZE = 4
 VARIANTS = ("faithful", "fixed")
@@ -577,9 +578,7 @@ def _original_preprocess(x1, x2):
     out = []
     for x in (x1, x2):
         padded = torch.from_numpy(np.pad(x[box], pads))[None, None]
-        resized = F.interpolate(padded, size=TRAINING_SHAPE, mode="area")[0, 0]
-        low, high = resized.min(), resized.max()
-        out.append(((resized - low) / (high - low) if high > low else resized * 0).numpy())
+        out.append(minmax01(F.interpolate(padded, size=TRAINING_SHAPE, mode="area")[0, 0].numpy()))
     return out[0], out[1], box, pads, tuple(n + a + b for n, (a, b) in zip(crop_shape, pads))
 
 
