@@ -83,6 +83,9 @@ class TrainConfig:
     ``recreate_optimizer=True`` reproduces ASFE-Fusion's training loop, which constructs its AdamW inside
     the per-batch function: every step starts from fresh moments, so each update is about lr * sign(grad)
     (plus the decoupled weight decay). The default keeps one optimiser, as every other original does.
+    ``batch_minmax=True`` reproduces ASFE-Fusion's data loader, which min-max scales each modality's
+    batch tensor as a whole to [0, 1] (the samples of a batch are not scaled one by one); by default
+    the samples keep the [0, 1] scale of their volumes.
     """
 
     method: str = "lpmnet"
@@ -102,6 +105,7 @@ class TrainConfig:
     loss_settings: dict = RECIPE
     seed: int = RECIPE
     recreate_optimizer: bool = False
+    batch_minmax: bool = False
     checkpoint_every: int = 100
     val_every: int = 200
     val_metrics: tuple[str, ...] = ("SSIM", "Qabf", "SF", "PSNR")
@@ -333,6 +337,12 @@ def _to_batch(arrays, device):
     return torch.from_numpy(np.stack(arrays)[:, None]).to(device)
 
 
+def _minmax_over_batch(x):
+    """``x`` scaled to [0, 1] by its minimum and maximum over the whole tensor (a constant one stays)."""
+    low, high = x.min(), x.max()
+    return (x - low) / (high - low) if high > low else x
+
+
 def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=None, progress=None):
     """Train ``config.method`` on ``pairs`` [(x1_path, x2_path), ...]; returns the final checkpoint's path.
 
@@ -434,6 +444,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             patches = [sampler.sample(i, rng) for i in picks]
             x1 = _to_batch([p[0] for p in patches], device)
             x2 = _to_batch([p[1] for p in patches], device)
+            if config.batch_minmax:
+                x1, x2 = _minmax_over_batch(x1), _minmax_over_batch(x2)
 
             with autocast:
                 output = model(x1, x2)

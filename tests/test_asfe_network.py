@@ -152,11 +152,31 @@ def test_any_size_is_padded_centred_and_cropped_back(models, shape):
     assert rel_error(fused[-1:], alone) < 1e-5  # the slices of a batch are independent (eval mode)
 
 
+def test_narrower_channels_follow_the_originals_width_rule():
+    """The original hard-codes the encoder's and decoder's widths for its channels; other channels give
+    the same rule's widths (the project's extension), and the narrow network pads and crops as well."""
+    torch.manual_seed(0)
+    model = ASFEFusion(dim=16, num_heads=2, channels=(16, 24, 32, 40)).eval()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["encoder.inlayer.weight"] == (64, 1, 1, 1)
+    assert [shapes[f"encoder.block{i}.conv1.weight"][0] for i in range(1, 5)] == [32, 8, 12, 16]
+    assert [shapes[f"encoder.block{i}.conv2.weight"][0] for i in range(1, 5)] == [16, 24, 32, 40]
+    assert [shapes[f"conv_up{i}.conv1.weight"][:2] for i in (4, 3, 2, 1)] == [(16, 80), (12, 96), (8, 72), (8, 48)]
+    assert [shapes[f"conv_up{i}.conv2.weight"][0] for i in (4, 3, 2, 1)] == [32, 24, 16, 16]
+    x1, x2 = torch.rand(2, 1, 1, 90, 100)
+    with torch.no_grad():
+        fused = model(x1, x2)
+        full = model(torch.nn.functional.pad(x1, (14, 14, 19, 19)), torch.nn.functional.pad(x2, (14, 14, 19, 19)))
+    assert fused.shape == x1.shape
+    assert rel_error(fused, full[..., 19:109, 14:114]) < 1e-5
+
+
 def test_bad_arguments_and_inputs(models):
     with pytest.raises(ValueError, match="variant"):
         ASFEFusion(variant="original")
-    with pytest.raises(ValueError, match="channels"):
-        ASFEFusion(channels=[64, 128, 256, 512])
+    for channels in ([64, 128, 256], [64, 128, 256, 511]):
+        with pytest.raises(ValueError, match="channels"):
+            ASFEFusion(channels=channels)
     with pytest.raises(ValueError, match="num_heads"):
         ASFEFusion(dim=30, num_heads=4)
     x, rgb = torch.rand(1, 1, 128, 128), torch.rand(1, 3, 128, 128)

@@ -82,6 +82,24 @@ def test_mambadfuse_trains_with_its_recipe_and_keeps_the_ema_as_the_model(pairs,
     assert fused.shape == (3, 12, 10) and 0 <= fused.min() and fused.max() <= 1
 
 
+def test_asfe_trains_with_its_recipe_and_fuses_volumes_of_any_size(pairs, tmp_path):
+    """ASFE-Fusion (a narrow network) through the engine: AdamW, its loss as coded, 2D crops; the
+    checkpoint rebuilds the narrow network and fuses a volume whose slices are not multiples of 128."""
+    narrow = dict(dim=8, num_heads=2, channels=(8, 8, 8, 8))
+    config = TrainConfig(method="asfe", iterations=2, batch_size=2, patch_size=(24, 24), model=narrow)
+    assert (config.optimizer, config.loss, config.weight_decay) == ("adamw", "asfe", 0.01)
+    with one_thread():
+        final = train(pairs, tmp_path, config, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))
+    assert len(rows) == 2 and all(np.isfinite(float(r[t])) for r in rows for t in ASFE_TERMS)
+    model, card = get_method("asfe").load(final)
+    assert card["method"] == "asfe" and card["train_config"]["model"]["channels"] == [8, 8, 8, 8]
+    volumes = np.random.default_rng(0).random((2, 3, 20, 30), dtype=np.float32)
+    with one_thread():
+        fused = get_method("asfe").fuse(model, *volumes, batch_size=2)["fused"]
+    assert fused.shape == (3, 20, 30) and fused.dtype == np.float32 and 0 <= fused.min() and fused.max() <= 1
+
+
 def test_lpmnet_trains_with_mambadfuses_loss(pairs, tmp_path):
     config = TrainConfig(iterations=2, patch_size=(16, 16, 16), loss="mif", model=dict(base_c=4, depth_c=1))
     with one_thread():
@@ -177,3 +195,28 @@ def test_recreating_the_optimizer_every_step_makes_each_update_a_signed_step(pai
     step = (fresh[key] - first[key]).abs()
     assert float((step - 1e-3).abs().median()) < 1e-7 and float(step.max()) <= 1e-3 * (1 + 1e-5)
     assert not torch.equal(fresh[key], kept[key])
+
+
+def test_batch_minmax_scales_each_modalitys_batch_as_a_whole(pairs, tmp_path, monkeypatch):
+    """ASFE-Fusion's loader: every batch tensor of a modality spans exactly [0, 1]; off, the patches keep
+    their volume's scale."""
+    from lpmnet.losses import TrainingLoss
+
+    seen = []
+
+    def build():
+        def compute(x1, x2, output, schedule):
+            seen.append([float(v) for x in (x1, x2) for v in (x.min(), x.max())])
+            total = (output.fused - x1).abs().mean()
+            return total, {"total": float(total.detach())}
+
+        return compute
+
+    monkeypatch.setitem(LOSSES, "recorded", TrainingLoss("records its inputs", (), (3,), build))
+    settings = dict(iterations=3, batch_size=2, patch_size=(16, 16, 16), loss="recorded", model=dict(base_c=4, depth_c=1))
+    with one_thread():
+        train(pairs, tmp_path / "kept", TrainConfig(**settings), progress=False)
+        train(pairs, tmp_path / "scaled", TrainConfig(**settings, batch_minmax=True), progress=False)
+    kept, scaled = np.array(seen[:3]), np.array(seen[3:])
+    assert np.allclose(scaled, [0, 1, 0, 1], atol=1e-6)
+    assert (kept[:, [1, 3]] < 1 - 1e-3).any() and (kept >= 0).all() and (kept <= 1).all()

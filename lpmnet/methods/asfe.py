@@ -86,9 +86,22 @@ __all__ = ["ASFEFusion", "VARIANTS"]
 
 VARIANTS = ("faithful", "fixed")
 
-# Encoder and decoder widths are hard-coded in the original (only the fusion scales take ``channels``).
-_ENCODER_HIDDEN = (32, 56, 80, 104)
-_DECODER = ((104, 208), (80, 160), (56, 112), (8, 16))  # conv_up4 .. conv_up1: (hidden, out)
+#: The four fusion scales' widths the authors trained.
+DEFAULT_CHANNELS = (112, 160, 208, 256)
+# Fixed widths of the original: the input 1x1 conv, the first block's hidden conv, the last decoder block.
+_INLAYER_WIDTH, _FIRST_HIDDEN, _LAST_DECODER = 64, 32, (8, 16)
+
+
+def _encoder_hidden(channels):
+    """Hidden widths of the four encoder blocks. The original hard-codes (32, 56, 80, 104), which is
+    (32, then half the previous scale's width) for its channels; that rule is kept for other widths."""
+    return (_FIRST_HIDDEN, *(c // 2 for c in channels[:3]))
+
+
+def _decoder_widths(channels):
+    """(hidden, out) of conv_up4 .. conv_up1. The original's ((104, 208), (80, 160), (56, 112), (8, 16)):
+    each block ends at the width of the scale it is concatenated with, its hidden conv at half that."""
+    return (*((c // 2, c) for c in channels[2::-1]), _LAST_DECODER)
 
 # Two 3x3 convolutions (padding 1) per block: an output pixel depends on input pixels up to 2 away.
 _BLOCK_HALO = 2
@@ -242,11 +255,10 @@ class _EncoderBlock(_ConvBlock):
 class _Encoder(nn.Module):
     def __init__(self, channels):
         super().__init__()
-        self.inlayer = nn.Conv2d(1, 64, 1)
-        widths = (64, *channels)
-        for i in range(4):
-            self.add_module(f"block{i + 1}", _EncoderBlock(widths[i], _ENCODER_HIDDEN[i], widths[i + 1],
-                                                           downsample=i > 0))
+        self.inlayer = nn.Conv2d(1, _INLAYER_WIDTH, 1)
+        widths = (_INLAYER_WIDTH, *channels)
+        for i, hidden in enumerate(_encoder_hidden(channels)):
+            self.add_module(f"block{i + 1}", _EncoderBlock(widths[i], hidden, widths[i + 1], downsample=i > 0))
 
     def forward(self, x):
         # Channels-last from here on: faster convolutions, and the token views below are free.
@@ -593,8 +605,11 @@ class ASFEFusion(nn.Module):
         patch_size: patch size of the cross-attention patch embedding and de-patching (16).
         dim: token width of the cross-attention (256).
         num_heads: attention heads (8); ``dim`` must be divisible by it.
-        channels: widths of the four fusion scales; must stay [112, 160, 208, 256], the encoder and
-            decoder widths are fixed in the original.
+        channels: widths of the four fusion scales, even numbers. The original hard-codes its encoder's
+            and decoder's widths for the default (112, 160, 208, 256) and fails with any other value;
+            here they follow the rule behind those numbers (:func:`_encoder_hidden`,
+            :func:`_decoder_widths`), so narrower networks are the project's extension (the demo's;
+            the authors' weights need the default).
         fusionblock_depth: accepted for compatibility and ignored, as in the original.
         qk_scale: attention scale; None (or 0) means ``(dim / num_heads) ** -0.5``.
         attn_drop, proj_drop: dropout on the attention maps and after ``proj1``/``proj2`` (training only).
@@ -602,16 +617,15 @@ class ASFEFusion(nn.Module):
             corrected); the same parameters either way (see the module docstring).
     """
 
-    def __init__(self, patch_size=16, dim=256, num_heads=8, channels=(112, 160, 208, 256),
+    def __init__(self, patch_size=16, dim=256, num_heads=8, channels=DEFAULT_CHANNELS,
                  fusionblock_depth=(4, 4, 4, 4), qk_scale=None, attn_drop=0.0, proj_drop=0.0,
                  variant="faithful"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        channels = tuple(channels)
-        if channels != (112, 160, 208, 256):
-            raise ValueError(f"channels must be (112, 160, 208, 256) (the encoder and decoder widths "
-                             f"are fixed in the original), got {channels}")
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != 4 or any(c < 2 or c % 2 for c in channels):
+            raise ValueError(f"channels must be four even widths (the original's: {DEFAULT_CHANNELS}), got {channels}")
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         # fusionblock_depth is ignored, as in the original (one cross-attention layer per scale).
@@ -620,10 +634,11 @@ class ASFEFusion(nn.Module):
         self.size_multiple = 8 * patch_size
 
         self.encoder = _Encoder(channels)
-        self.conv_up4 = _DecoderBlock(2 * channels[3], *_DECODER[0], upsample=True)
-        self.conv_up3 = _DecoderBlock(3 * channels[2], *_DECODER[1], upsample=True)
-        self.conv_up2 = _DecoderBlock(3 * channels[1], *_DECODER[2], upsample=True)
-        self.conv_up1 = _DecoderBlock(3 * channels[0], *_DECODER[3], upsample=False)
+        up4, up3, up2, up1 = _decoder_widths(channels)
+        self.conv_up4 = _DecoderBlock(2 * channels[3], *up4, upsample=True)
+        self.conv_up3 = _DecoderBlock(3 * channels[2], *up3, upsample=True)
+        self.conv_up2 = _DecoderBlock(3 * channels[1], *up2, upsample=True)
+        self.conv_up1 = _DecoderBlock(3 * channels[0], *up1, upsample=False)
         for i, width in enumerate(channels):
             self.add_module(f"fusionnet{i + 1}", _FusionModule(patch_size, dim, num_heads, width, qk_scale,
                                                                attn_drop, proj_drop, variant))
