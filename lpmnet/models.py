@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -75,6 +76,33 @@ class DenseConv2d(nn.Module):
         return x
 
 
+class _Reorder(torch.autograd.Function):
+    """``x.index_select(1, order)`` for a permutation ``order``, whose gradient is the gather by the
+    inverse permutation (autograd's own would scatter-add into zeros)."""
+
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+@lru_cache(maxsize=64)
+def _window_order(h, w, window, shift, device):
+    """(order, inverse): the pixels of an h x w slice rolled by -shift along both axes and cut into
+    window x window tiles, as flat indices (window after window, row-major inside each), and the
+    inverse permutation."""
+    index = torch.arange(h * w).view(h, w)
+    if shift:
+        index = torch.roll(index, shifts=(-shift, -shift), dims=(0, 1))
+    order = index.view(h // window, window, w // window, window).permute(0, 2, 1, 3).reshape(-1)
+    return order.to(device), torch.argsort(order).to(device)
+
+
 class WindowMambaLayer(nn.Module):
     """LayerNorm + Mamba over 16x16 windows of a channels-last slice batch, Swin-style shift.
 
@@ -92,16 +120,12 @@ class WindowMambaLayer(nn.Module):
         """x: (N, H, W, C) with H, W multiples of the window -> same shape."""
         n, h, w, c = x.shape
         ws = self.window
-        if self.shift:
-            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        windows = (
-            x.reshape(n, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
-        )
+        # The roll by the shift and the cut into windows (and back) are one gather each: torch.roll
+        # concatenates twice per axis, which cost more than the layer's projections.
+        order, inverse = _window_order(h, w, ws, self.shift, x.device)
+        windows = _Reorder.apply(x.reshape(n, h * w, c), order, inverse).view(-1, ws * ws, c)
         windows = self.mamba(self.norm(windows))
-        x = windows.reshape(n, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
-        if self.shift:
-            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
-        return x
+        return _Reorder.apply(windows.reshape(n, h * w, c), inverse, order).view(n, h, w, c)
 
 
 class WindowMamba(nn.Module):

@@ -393,6 +393,20 @@ class _CpuSelectiveScan(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dD, dz, dbias, None
 
 
+class _CpuCausalConv1d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return _cpu_module(strict=True).conv_fwd(x, weight, bias, silu)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = _cpu_module(strict=True).conv_bwd(x, weight, bias, ctx.silu, dy)
+        return dx, dweight, dbias if bias is not None else None, None
+
+
 def _compute_dtype(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
@@ -615,7 +629,12 @@ def causal_conv1d(x, weight, bias=None, activation="silu", backend="auto"):
     """Depthwise causal conv1d of Mamba: x (batch, d, L), weight (d, width) or (d, 1, width).
 
     ``activation`` is "silu" (or "swish") or None. backend: "auto" | "cuda" (the causal-conv1d
-    package's kernel, CUDA tensors) | "torch" (F.conv1d, any device; "cpu" is an alias).
+    package's kernel, CUDA tensors) | "cpu" (the project's C++ kernel, CPU float32/float64; "auto"
+    picks it on the CPU when it builds) | "torch" (F.conv1d, any device: the reference).
+
+    The C++ kernel returns a (batch, d, L) tensor stored as (batch, L, d), the layout of Mamba's
+    in_proj output and of the x_proj input, so neither side needs a transposing copy; the
+    depthwise F.conv1d of oneDNN is slow at Mamba's widths (3-4 taps, tens of channels).
     """
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
@@ -644,10 +663,24 @@ def causal_conv1d(x, weight, bias=None, activation="silu", backend="auto"):
                 "causal_conv1d backend='cuda' is unavailable: " + "; ".join(problems) + ". "
                 f"To use the causal-conv1d CUDA kernel, {INSTALL_HINT}; or use backend='auto'."
             )
+    elif backend == "cpu" or (backend == "auto" and x.device.type == "cpu"):
+        usable = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+        if backend == "cpu" and not usable:
+            raise BackendUnavailableError(
+                f"causal_conv1d backend='cpu' runs on CPU float32/float64 tensors only, got {x.dtype} on "
+                f"'{x.device.type}'; use backend='auto' or 'torch'.")
+        if usable and _cpu_module(strict=backend == "cpu") is not None:
+            name = "cpu"
     _log_once(("conv", name), "lpmnet.scan: causal_conv1d uses the '%s' backend on %s",
               name, x.device.type)
     if name == "cuda":
         return fn(x, weight, bias, activation=activation)
+    if name == "cpu":
+        silu = activation is not None
+        args = (x, weight.contiguous(), None if bias is None else bias.contiguous())
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+            return _CpuCausalConv1d.apply(*args, silu)
+        return _cpu_module(strict=True).conv_fwd(*args, silu)
     L = x.shape[-1]
     out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=weight.shape[0])[..., :L]
     return F.silu(out) if activation is not None else out

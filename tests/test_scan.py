@@ -347,17 +347,58 @@ def causal_conv1d_loop(x, weight, bias, activation):
     return F.silu(out) if activation else out
 
 
+def _conv_inputs(layout, width, with_bias, dtype=torch.float64):
+    """x (3, 5, 11) contiguous, or a channels-last view of a wider tensor (Mamba's in_proj output)."""
+    if layout == "contiguous":
+        x = torch.randn(3, 5, 11, dtype=dtype)
+    else:
+        x = torch.randn(3, 11, 12, dtype=dtype).transpose(1, 2)[:, 2:7]
+    w = torch.randn(5, width, dtype=dtype)
+    b = torch.randn(5, dtype=dtype) if with_bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("conv_backend", ["cpu", "torch"])
 @pytest.mark.parametrize("width", [1, 2, 4])
 @pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_causal_conv1d_matches_loop(width, activation, with_bias):
-    x = torch.randn(3, 5, 11, dtype=torch.float64)
-    w = torch.randn(5, width, dtype=torch.float64)
-    b = torch.randn(5, dtype=torch.float64) if with_bias else None
+def test_causal_conv1d_matches_loop(layout, conv_backend, width, activation, with_bias, cpu_kernel):
+    x, w, b = _conv_inputs(layout, width, with_bias)
     expected = causal_conv1d_loop(x, w, b, activation)
-    torch.testing.assert_close(causal_conv1d(x, w, b, activation=activation), expected)
+    torch.testing.assert_close(causal_conv1d(x, w, b, activation=activation, backend=conv_backend), expected)
     # nn.Conv1d weight layout (d, 1, width) is accepted too
-    torch.testing.assert_close(causal_conv1d(x, w.unsqueeze(1), b, activation=activation), expected)
+    torch.testing.assert_close(causal_conv1d(x, w.unsqueeze(1), b, activation=activation, backend=conv_backend),
+                               expected)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("activation", ["silu", None])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_causal_conv1d_cpu_kernel_gradients(layout, activation, with_bias, cpu_kernel):
+    x, w, b = _conv_inputs(layout, 4, with_bias)
+    inputs = [t.requires_grad_() for t in (x, w, b) if t is not None]
+
+    def conv(*args):
+        x, w, *b = args
+        return causal_conv1d(x, w, b[0] if b else None, activation=activation, backend="cpu")
+
+    assert torch.autograd.gradcheck(conv, inputs)
+    # float32 against the reference, and the (batch, L, d) storage of the kernel's output
+    x32, w32, b32 = (None if t is None else t.detach().float() for t in (x, w, b))
+    out = causal_conv1d(x32, w32, b32, activation=activation, backend="cpu")
+    assert out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out, causal_conv1d(x32, w32, b32, activation=activation, backend="torch"),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_causal_conv1d_cpu_kernel_refuses_what_it_cannot_run(cpu_kernel):
+    with pytest.raises(BackendUnavailableError, match="float32/float64"):
+        causal_conv1d(torch.randn(1, 2, 8, dtype=torch.bfloat16), torch.randn(2, 4, dtype=torch.bfloat16),
+                      backend="cpu")
+    # auto: half precision runs on the reference path
+    out = causal_conv1d(torch.randn(1, 2, 8, dtype=torch.bfloat16), torch.randn(2, 4, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
 
 
 def test_causal_conv1d_explicit_cuda_on_cpu_raises():
