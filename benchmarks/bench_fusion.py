@@ -3,14 +3,17 @@
 For each device (cpu, and cuda when visible) and each selective-scan backend usable there, fuses one
 pair of random volumes per shape in eval mode (no reconstruction branch) and reports seconds per
 volume, volumes/s and voxels/s. The plain sequential reference scan (the one the tests compare every
-backend against) runs in the same process as the baseline. Then times training iterations on a 64^3
-patch (forward + backward with the reconstruction branch).
+backend against) runs in the same process as the baseline. Then times training iterations (forward,
+backward with the reconstruction branch, Adam step) per patch size and backend: "torch" is the simple
+implementation (F.conv1d and the pure-PyTorch scan) beside the compiled CPU kernels.
 
     python benchmarks/bench_fusion.py                       # defaults below
     python benchmarks/bench_fusion.py --shapes 96x160x160 --backends cpu torch reference
+    python benchmarks/bench_fusion.py --shapes --train-patch 32 64 --threads 2   # training only
 """
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -101,14 +104,14 @@ def time_training(device, backend, patch, iterations):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=["96x160x160", "128x192x192"])
+    parser.add_argument("--shapes", nargs="*", default=["96x160x160", "128x192x192"])
     parser.add_argument("--backends", nargs="+", default=None,
                         help="scan backends to time (default: all available here plus 'reference')")
     parser.add_argument("--reference-shapes", nargs="+", default=["96x160x160"],
                         help="shapes on which the slow reference scan also runs")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--gpu-repeats", type=int, default=10)
-    parser.add_argument("--train-patch", type=int, default=64)
+    parser.add_argument("--train-patch", type=int, nargs="*", default=[32, 64], help="training patch edges")
     parser.add_argument("--train-iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--default-malloc", action="store_true",
@@ -140,13 +143,15 @@ def main():
                 voxels = shape[0] * shape[1] * shape[2]
                 print(f"{device.type:6} {backend:9} {shape_text:12} {cold:8.3f} {seconds:9.3f} {1 / seconds:10.2f} "
                       f"{voxels / seconds / 1e6:9.2f}", flush=True)
-    print(f"\ntraining, {args.train_patch}^3 patch, batch 1, with the reconstruction branch")
-    for device in devices:
-        for backend in args.backends or backends_for(device):
-            if backend == "reference" or backend not in backends_for(device):
-                continue
-            rate = time_training(device, backend, args.train_patch, args.train_iterations)
-            print(f"{device.type:6} {backend:9} {rate:8.3f} it/s", flush=True)
+    print("\ntraining, batch 1, with the reconstruction branch (peak RSS: of the process so far)")
+    for patch in args.train_patch:
+        for device in devices:
+            for backend in args.backends or backends_for(device):
+                if backend == "reference" or backend not in backends_for(device):
+                    continue
+                rate = time_training(device, backend, patch, args.train_iterations)
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                print(f"{device.type:6} {backend:9} {patch:3d}^3 {rate:8.3f} it/s  peak RSS {peak:5.2f} GiB", flush=True)
 
 
 if __name__ == "__main__":

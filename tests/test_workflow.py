@@ -82,7 +82,7 @@ def test_dry_run_of_the_default_demo(tmp_path):
     snakemake(workdir, "--cores", "2", "results/demo/input_status.tsv")
     jobs = planned_jobs(workdir)
     assert jobs["convert"] == 18 and jobs["register"] == 12
-    # lpmnet, lpmnet-mif, mambadfuse, dc2fusion per pair, and the classical mean and max
+    # lpmnet, mambadfuse, dc2fusion, asfe per pair, and the classical mean and max
     assert jobs["train"] == 2 * 4 and jobs["metric_tables"] == 2
     assert jobs["fuse"] == 4 * jobs["fuse_classical"] / 2 and jobs["metrics"] == 6 * jobs["fuse_classical"] / 2
 
@@ -216,7 +216,7 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
     ("methods.mambadfuse.model.embed_dims", 8, "methods.mambadfuse.model"),
     ("methods.mambadfuse.fusion.tile", [32], "methods.mambadfuse.fusion.tile: mambadfuse has no such fusion setting"),
     ("methods.mambadfuse.network", "mambadfus", "methods.mambadfuse.network: unknown fusion method 'mambadfus'"),
-    ("methods.lpmnet-mif.training.loss", "l2", "methods.lpmnet-mif.training: unknown loss 'l2'"),
+    ("methods.lpmnet.training.loss", "l2", "methods.lpmnet.training: unknown loss 'l2'"),
     ("methods.lpmnet.training.patch_size", [24, 24, 24], "multiples of 16"),
     ("registration.transform", "Elastic", "transform"),
     ("trainig", {"iterations": 3}, "trainig"),
