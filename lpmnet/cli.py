@@ -72,8 +72,8 @@ def _cmd_train(args):
     elif args.patch_size:
         recipe["patch_size"] = tuple(args.patch_size)
     config = TrainConfig(method=args.method, **{k: v for k, v in recipe.items() if v is not None},
-                         checkpoint_every=args.checkpoint_every, val_every=args.val_every, amp=not args.no_amp,
-                         model=model)
+                         checkpoint_every=args.checkpoint_every, keep_every=args.keep_every, val_every=args.val_every,
+                         amp=not args.no_amp, model=model)
     final = train(pairs, args.out_dir, config, val_pairs=val_pairs, device=args.device)
     print(final)
 
@@ -94,14 +94,14 @@ def _cmd_fuse(args):
 
 def _cmd_metrics(args):
     from lpmnet.io import atomic_write_json, dhw, load_volume, require_same_grid
-    from lpmnet.metrics import CONVENTIONS, compute_all
+    from lpmnet.metrics import CONVENTIONS, TABLE_CONVENTIONS, compute_all
     from lpmnet.normalize import minmax01
 
     a, b, f = (load_volume(p) for p in (args.a, args.b, args.fused))
     require_same_grid(a, b)
     require_same_grid(a, f)
     # Sources in [0, 1] as the model sees them; the fused volume clipped (not stretched) to [0, 1].
-    conventions = CONVENTIONS if args.convention == "both" else (args.convention,)
+    conventions = {"all": TABLE_CONVENTIONS, "both": CONVENTIONS}.get(args.convention, (args.convention,))
     results = compute_all(minmax01(dhw(a.data)), minmax01(dhw(b.data)), np.clip(dhw(f.data), 0, 1),
                           conventions=conventions, axis=args.axis)
     table = {name: ms.values for name, ms in results.items()}
@@ -152,6 +152,8 @@ def build_parser():
     p.add_argument("--beta", type=float, help="lpmnet loss: 1 - SSIM weight (1.0)")
     p.add_argument("--gamma", type=float, help="lpmnet loss: spatial-frequency reward (0.5)")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--keep-every", type=int, default=0, metavar="N",
+                   help="also keep the model every N iterations as checkpoints/iteration-<n>.pt (0: none)")
     p.add_argument("--val-every", type=int, default=200)
     p.add_argument("--base-c", type=int, help="lpmnet network (8)")
     p.add_argument("--depth-c", type=int, help="lpmnet network (2)")
@@ -194,7 +196,8 @@ def build_parser():
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("fused")
-    p.add_argument("--convention", choices=("lpmnet", "standard", "both"), default="both")
+    p.add_argument("--convention", choices=("lpmnet", "standard", "artefacts", "both", "all"), default="all",
+                   help="both: the two metric conventions; all: both and the artefact checks (background, lattice)")
     p.add_argument("--axis", type=int, default=0, help="slice axis of the 2D metrics in (D, H, W) order: 0 = D = the files' voxel axis k")
     p.add_argument("--json", action="store_true", help="print JSON: {convention: {metric: value}}")
     p.add_argument("-o", "--output", help="also write the JSON to this file")

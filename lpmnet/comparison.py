@@ -37,7 +37,7 @@ from scipy.stats import rankdata, wilcoxon
 
 from lpmnet.errors import InputError
 from lpmnet.io import atomic_output, atomic_write_text
-from lpmnet.metrics import CONVENTIONS, METRIC_NAMES
+from lpmnet.metrics import METRIC_NAMES, TABLE_CONVENTIONS
 from lpmnet.tables import CONVENTION_NOTE, FLOAT_FORMAT, NA_REP
 
 __all__ = [
@@ -75,6 +75,8 @@ METRIC_DIRECTIONS = {
     "PSNR": HIGHER,
     "Nabf": LOWER,          # artefacts the fusion adds: less is better
     "rSFe": CLOSER_TO_ZERO,  # signed relative spatial-frequency error: 0 = the reference SF exactly
+    "background": LOWER,    # fused level where both sources are empty
+    "lattice": LOWER,       # the 16-voxel window period over the mean fusion's
 }
 
 #: Fewest paired subjects for a Wilcoxon test.  With 5 pairs the smallest possible exact
@@ -202,7 +204,7 @@ def _check_costs(costs, methods) -> dict:
 def compare(long_df: pd.DataFrame, reference: str = "lpmnet", costs: dict | None = None) -> pd.DataFrame:
     """The comparison table (columns :data:`COMPARISON_COLUMNS`) of a long metrics table.
 
-    Rows are ordered by convention (:data:`lpmnet.metrics.CONVENTIONS` first), metric
+    Rows are ordered by convention (:data:`lpmnet.metrics.TABLE_CONVENTIONS` first), metric
     (:data:`lpmnet.metrics.METRIC_NAMES` order, others alphabetically) and method (``reference``
     first, then alphabetically).  Every method of the table gets a row for every convention and
     metric (``n`` = 0 and NaN figures where it has no value).  ``costs``: optional method ->
@@ -217,7 +219,7 @@ def compare(long_df: pd.DataFrame, reference: str = "lpmnet", costs: dict | None
     methods = _method_order(df["method"], reference)
     cost = _check_costs(costs, methods)
     rows = []
-    for convention in _ordered(df["convention"], CONVENTIONS):
+    for convention in _ordered(df["convention"], TABLE_CONVENTIONS):
         conv = df[df["convention"] == convention]
         conv_rows = []
         for metric in _ordered(conv["metric"], METRIC_NAMES):
@@ -523,7 +525,7 @@ def comparison_figure(long_df: pd.DataFrame, out_png, reference: str = "lpmnet",
     """
     df = _check_long(long_df)
     methods = _method_order(df["method"], reference)
-    conventions = _ordered(df["convention"], CONVENTIONS)
+    conventions = _ordered(df["convention"], TABLE_CONVENTIONS)
     blocks = [(c, _ordered(df.loc[df["convention"] == c, "metric"], METRIC_NAMES)) for c in conventions]
     heights = [math.ceil(len(metrics) / per_row) for _, metrics in blocks]
     fig = Figure(figsize=(11.0, 0.9 + sum(0.5 + 2.4 * h for h in heights)), dpi=100, facecolor="white",

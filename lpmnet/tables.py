@@ -31,7 +31,7 @@ import pandas as pd
 
 from lpmnet.errors import InputError
 from lpmnet.io import atomic_output, atomic_write_json, atomic_write_text
-from lpmnet.metrics import CONVENTIONS, METRIC_NAMES
+from lpmnet.metrics import METRIC_NAMES, TABLE_CONVENTIONS
 
 __all__ = [
     "LONG_COLUMNS",
@@ -52,7 +52,9 @@ LONG_COLUMNS = ("subject", "method", "convention", "metric", "value", "slices_us
 FAILED_COLUMNS = ("subject", "split", "modality", "problem")
 
 CONVENTION_NOTE = ("lpmnet = 3D definitions of the LPM-Net code; "
-                   "standard = 2D slice-wise community toolbox definitions")
+                   "standard = 2D slice-wise community toolbox definitions; "
+                   "artefacts = the project's checks (background: fused level where both sources are 0; "
+                   "lattice: 16-voxel period over the mean fusion's)")
 
 FLOAT_FORMAT = "%.6g"
 NA_REP = "NaN"
@@ -215,7 +217,7 @@ def method_order(methods) -> list[str]:
 
 def _convention_order(conventions) -> list[str]:
     unique = set(conventions)
-    return [c for c in CONVENTIONS if c in unique] + sorted(unique - set(CONVENTIONS))
+    return [c for c in TABLE_CONVENTIONS if c in unique] + sorted(unique - set(TABLE_CONVENTIONS))
 
 
 def summary_columns(metrics=METRIC_NAMES) -> list[str]:

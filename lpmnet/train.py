@@ -42,6 +42,7 @@ log = logging.getLogger("lpmnet.train")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 FINAL_CHECKPOINT = "model.pt"
+KEPT_CHECKPOINTS = "checkpoints"
 TRAINING_LOG = "training_log.csv"
 
 OPTIMIZERS = ("adam", "adamw")
@@ -83,6 +84,9 @@ class TrainConfig:
     ``recreate_optimizer=True`` reproduces ASFE-Fusion's training loop, which constructs its AdamW inside
     the per-batch function: every step starts from fresh moments, so each update is about lr * sign(grad)
     (plus the decoupled weight decay). The default keeps one optimiser, as every other original does.
+    ``keep_every`` N > 0 keeps the model every N iterations as ``checkpoints/iteration-<n>.pt`` (the
+    weights the final model would have at that point, the average when there is an EMA), so that
+    metrics can be plotted against iterations; 0 keeps none.
     ``batch_minmax=True`` reproduces ASFE-Fusion's data loader, which min-max scales each modality's
     batch tensor as a whole to [0, 1] (the samples of a batch are not scaled one by one); by default
     the samples keep the [0, 1] scale of their volumes.
@@ -107,6 +111,7 @@ class TrainConfig:
     recreate_optimizer: bool = False
     batch_minmax: bool = False
     checkpoint_every: int = 100
+    keep_every: int = 0
     val_every: int = 200
     val_metrics: tuple[str, ...] = ("SSIM", "Qabf", "SF", "PSNR")
     amp: bool = True
@@ -125,6 +130,8 @@ class TrainConfig:
             if len(self.patch_size) != spec.dims or any(p < spec.min_patch or p % m for p in self.patch_size):
                 raise ValueError(f"patch_size of {self.method} must be {spec.dims} multiples of {m} of at least "
                                  f"{max(spec.min_patch, m)}, not {self.patch_size}")
+        if self.keep_every < 0:
+            raise ValueError(f"keep_every must be 0 (keep none) or a positive number of iterations, not {self.keep_every}")
         if self.iterations < 1 or self.batch_size < 1:
             raise ValueError("iterations and batch_size must be at least 1")
         for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augmentation", AUGMENTATIONS)):
@@ -348,7 +355,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
 
     ``out_dir`` receives ``last.pt`` (resumable state, rewritten every ``checkpoint_every`` iterations),
     ``best.pt`` (best validation SSIM, when validating), ``model.pt`` (final weights + model card; the
-    averaged weights when the recipe keeps an EMA) and ``training_log.csv``. If ``last.pt`` exists,
+    averaged weights when the recipe keeps an EMA), ``training_log.csv`` and, with ``keep_every``,
+    ``checkpoints/iteration-<n>.pt``. If ``last.pt`` exists,
     training resumes from it.
     """
     config = config or TrainConfig()
@@ -489,6 +497,9 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['total']:.4f}")
+            if config.keep_every and done % config.keep_every == 0:
+                save_checkpoint(out_dir / KEPT_CHECKPOINTS / f"iteration-{done:06d}.pt", evaluated, spec.name,
+                                config.model, model_card={**card, "iteration": done})
             if done % config.checkpoint_every == 0 or done == config.iterations:
                 csv_log.flush()
                 checkpoint(last_path, done)

@@ -42,7 +42,7 @@ rule fuse:
         network=lambda w: METHOD_CONFIGS[w.method]["network"],
         settings=lambda w: METHOD_CONFIGS[w.method]["fusion"],
         device=config["fusion"]["device"],
-    threads: 2
+    threads: config["fusion"]["threads"]
     resources:
         gpu=gpu_resources("fusion"),
         mem_mb=fusion_mem_mb,

@@ -50,7 +50,9 @@ def test_fuse_then_metrics_json(files, tmp_path):
     result = run_cli("metrics", a, b, out, "--method", "mine", "--subject", "s7", "-o", tmp_path / "doc.json")
     assert result.returncode == 0, result.stderr
     doc = read_metrics_json(tmp_path / "doc.json")
-    assert doc["subject"] == "s7" and doc["method"] == "mine" and set(doc["conventions"]) == {"lpmnet", "standard"}
+    assert doc["subject"] == "s7" and doc["method"] == "mine"
+    assert set(doc["conventions"]) == {"lpmnet", "standard", "artefacts"}  # the default: --convention all
+    assert set(doc["conventions"]["artefacts"]["values"]) == {"background", "lattice"}
 
 
 def _bad_inputs(folder, a):

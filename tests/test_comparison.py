@@ -10,7 +10,7 @@ from statsmodels.stats.multitest import multipletests
 from lpmnet.comparison import (COMPARISON_COLUMNS, METRIC_DIRECTIONS, compare, cost_from_benchmarks, holm,
                                render_comparison_html, write_comparison)
 from lpmnet.errors import InputError
-from lpmnet.metrics import METRIC_NAMES
+from lpmnet.metrics import ARTEFACT_NAMES, METRIC_NAMES
 from lpmnet.tables import LONG_COLUMNS
 
 SPREAD = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0])  # 7 subjects, mean 0
@@ -35,7 +35,8 @@ def row(table, method, metric, convention="lpmnet"):
 
 
 def test_directions_cover_every_metric():
-    assert set(METRIC_DIRECTIONS) == set(METRIC_NAMES)
+    assert set(METRIC_DIRECTIONS) == set(METRIC_NAMES) | set(ARTEFACT_NAMES)
+    assert METRIC_DIRECTIONS["background"] == METRIC_DIRECTIONS["lattice"] == "lower"
     assert METRIC_DIRECTIONS["Nabf"] == "lower" and METRIC_DIRECTIONS["rSFe"] == "closer_to_zero"
 
 

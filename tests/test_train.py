@@ -44,6 +44,20 @@ def test_training_writes_log_checkpoints_and_model_card(pairs, tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
 
+def test_keep_every_keeps_the_model_over_the_run(pairs, tmp_path):
+    train(pairs[:1], tmp_path, TrainConfig(**{**SMALL, "iterations": 4, "keep_every": 2}), progress=False)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["iteration-000002.pt", "iteration-000004.pt"]
+    (_, second), (_, fourth) = (load_checkpoint(tmp_path / "checkpoints" / name) for name in kept)
+    assert (second["iteration"], fourth["iteration"]) == (2, 4)
+    # the last kept model is the final one
+    final, kept_last = _weights(tmp_path / "model.pt"), _weights(tmp_path / "checkpoints" / kept[-1])
+    assert all(torch.equal(final[k], kept_last[k]) for k in final)
+    assert not torch.equal(_weights(tmp_path / "checkpoints" / kept[0])["Conv_in.weight"], final["Conv_in.weight"])
+    with pytest.raises(ValueError, match="keep_every"):
+        TrainConfig(keep_every=-1)
+
+
 def test_same_seed_gives_identical_weights_on_cpu(pairs, tmp_path):
     a = train(pairs, tmp_path / "a", TrainConfig(**SMALL))
     b = train(pairs, tmp_path / "b", TrainConfig(**SMALL))

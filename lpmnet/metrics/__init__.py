@@ -1,4 +1,4 @@
-"""Fusion quality metrics in two labelled conventions.
+"""Fusion quality metrics in two labelled conventions, and the project's artefact checks.
 
 The fusion literature uses one name for several different numbers, so every value carries the
 convention that produced it (definitions: ``docs/metrics.md`` of the shared documentation):
@@ -7,6 +7,9 @@ convention that produced it (definitions: ``docs/metrics.md`` of the shared docu
   which reproduce the paper's tables; inputs are expected in [0, 1].
 - ``"standard"`` (:mod:`lpmnet.metrics.standard_convention`): the community's 2D toolboxes applied
   slice by slice on min-max normalised 0..255 data, for comparison with published 2D tables.
+- ``"artefacts"`` (:mod:`lpmnet.metrics.artefacts`): the project's artefact checks, ``background``
+  (fused level where both sources are empty) and ``lattice`` (the 16-voxel window period against the
+  mean fusion's); not a convention of the literature, listed as one so that they reach every table.
 
 A metric that is undefined for the data (0/0, e.g. a constant source) is NaN; PSNR of a fused
 volume equal to both sources is +inf. A constant volume min-max normalises to zeros, so that the
@@ -23,13 +26,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lpmnet.metrics import lpmnet_convention, standard_convention
+from lpmnet.metrics import artefacts, lpmnet_convention, standard_convention
 from lpmnet.metrics._filters import cpu_block_parallelism
 
 METRIC_NAMES = ("SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "SF", "rSFe", "EN", "PSNR", "Nabf")
+ARTEFACT_NAMES = artefacts.NAMES
 CONVENTIONS = ("lpmnet", "standard")
+#: The conventions and the artefact checks, the "convention" column of every table.
+TABLE_CONVENTIONS = (*CONVENTIONS, "artefacts")
 
-_MODULES = {"lpmnet": lpmnet_convention, "standard": standard_convention}
+_MODULES = {"lpmnet": lpmnet_convention, "standard": standard_convention, "artefacts": artefacts}
+#: The metrics each convention defines.
+_NAMES = {"lpmnet": METRIC_NAMES, "standard": METRIC_NAMES, "artefacts": ARTEFACT_NAMES}
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,10 @@ _AXES = "DHW"
 
 def undefined_reason(convention, metric, shape, axis=0, slices_used=None):
     """Why ``metric`` of ``convention`` came out NaN for volumes of ``shape`` (D, H, W)."""
+    if convention == "artefacts":
+        return {"background": "undefined: no voxel where both sources are 0",
+                "lattice": "undefined: no axis of at least 64 voxels where the mean of the sources has a "
+                           "spectrum"}[metric]
     from lpmnet.metrics._shared import VIF_MIN_SIZE
     from lpmnet.metrics.standard_convention import SSIM_WINDOW
 
@@ -104,20 +116,22 @@ def _prepare(a, b, f, axis, device, metrics):
         raise ValueError("A, B and F must be on one device (or pass device=)")
     if not -3 <= axis < 3:
         raise ValueError(f"axis must be in -3..2, not {axis}")
-    names = METRIC_NAMES if metrics is None else tuple(metrics)
-    unknown = [n for n in names if n not in METRIC_NAMES]
+    known = METRIC_NAMES + ARTEFACT_NAMES
+    names = known if metrics is None else tuple(metrics)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {METRIC_NAMES}")
-    names = tuple(n for n in METRIC_NAMES if n in names)
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {known}")
+    names = tuple(n for n in known if n in names)
     return a, b, f, axis % 3, names
 
 
 def _check_convention(convention):
     if convention not in _MODULES:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, not {convention!r}")
+        raise ValueError(f"convention must be one of {TABLE_CONVENTIONS}, not {convention!r}")
 
 
 def _evaluate(a, b, f, convention, axis, names):
+    names = tuple(n for n in names if n in _NAMES[convention])
     with torch.no_grad(), cpu_block_parallelism(a.device):
         values, used = _MODULES[convention].compute(a, b, f, axis, names)
     values = {n: float(values[n]) for n in names}
@@ -133,7 +147,8 @@ def compute_metrics(a, b, f, convention: str = "lpmnet", axis: int = 0, device=N
     ``a``, ``b``, ``f``: 3D (D, H, W) numpy arrays or torch tensors of one shape (each dimension >= 2);
     for ``"lpmnet"`` they should already be in [0, 1]. ``axis``: the slice axis of the slice-wise
     metrics (0 is the LPM-Net code's). ``device``: where to compute; None means the inputs' device
-    (CPU for numpy). ``metrics``: an optional subset of ``METRIC_NAMES`` (all by default).
+    (CPU for numpy). ``metrics``: an optional subset of ``METRIC_NAMES`` and ``ARTEFACT_NAMES`` (all by
+    default; each convention computes those it defines).
     """
     _check_convention(convention)
     a, b, f, axis, names = _prepare(a, b, f, axis, device, metrics)
