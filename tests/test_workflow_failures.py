@@ -75,7 +75,8 @@ def test_bad_subjects_are_tabulated_as_failed_and_the_run_fails(tmp_path):
     assert "the 3D VIF needs at least 41 voxels along every axis" in page
     assert set(long.note.dropna()) == {
         "undefined: the 3D VIF needs at least 41 voxels along every axis, this volume has 20 along D",
-        "undefined: the 2D VIF needs slices of at least 41x41 voxels, the slices along D are 28x24"}
+        "undefined: the 2D VIF needs slices of at least 41x41 voxels, the slices along D are 28x24",
+        "undefined: no axis of at least 64 voxels where the mean of the sources has a spectrum"}
     card = read_checkpoint(pair / "model" / "lpmnet" / "model.pt")["model_card"]
     assert [d["x1"].split("/")[-1] for d in card["data"]] == ["sub-s0_space-T1_desc-norm_T1.nii.gz",
                                                               "sub-s1_space-T1_desc-norm_T1.nii.gz"]
