@@ -35,6 +35,7 @@ from lpmnet import __version__
 from lpmnet.io import dhw, load_volume, to_jsonable
 from lpmnet.losses import make_loss
 from lpmnet.methods import RECIPE_KEYS, get_method, is_project_checkpoint, read_payload, save_checkpoint
+from lpmnet.metrics._shared import minmax01 as minmax_tensor
 from lpmnet.normalize import minmax01
 
 log = logging.getLogger("lpmnet.train")
@@ -344,12 +345,6 @@ def _to_batch(arrays, device):
     return torch.from_numpy(np.stack(arrays)[:, None]).to(device)
 
 
-def _minmax_over_batch(x):
-    """``x`` scaled to [0, 1] by its minimum and maximum over the whole tensor (a constant one stays)."""
-    low, high = x.min(), x.max()
-    return (x - low) / (high - low) if high > low else x
-
-
 def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=None, progress=None):
     """Train ``config.method`` on ``pairs`` [(x1_path, x2_path), ...]; returns the final checkpoint's path.
 
@@ -453,7 +448,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             x1 = _to_batch([p[0] for p in patches], device)
             x2 = _to_batch([p[1] for p in patches], device)
             if config.batch_minmax:
-                x1, x2 = _minmax_over_batch(x1), _minmax_over_batch(x2)
+                x1, x2 = minmax_tensor(x1), minmax_tensor(x2)
 
             with autocast:
                 output = model(x1, x2)

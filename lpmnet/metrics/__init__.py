@@ -68,9 +68,7 @@ _AXES = "DHW"
 def undefined_reason(convention, metric, shape, axis=0, slices_used=None):
     """Why ``metric`` of ``convention`` came out NaN for volumes of ``shape`` (D, H, W)."""
     if convention == "artefacts":
-        return {"background": "undefined: no voxel where both sources are 0",
-                "lattice": "undefined: no axis of at least 64 voxels where the mean of the sources has a "
-                           "spectrum"}[metric]
+        return artefacts.UNDEFINED[metric]
     from lpmnet.metrics._shared import VIF_MIN_SIZE
     from lpmnet.metrics.standard_convention import SSIM_WINDOW
 

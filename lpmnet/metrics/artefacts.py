@@ -27,8 +27,19 @@ NAMES = ("background", "lattice")
 
 #: Period (voxels) whose component ``lattice`` measures: the window edge of LPM-Net's Mamba layers.
 LATTICE_PERIOD = 16
+#: Shortest axis (voxels) whose spectrum ``lattice`` inspects: 4 windows.
+LATTICE_MIN_LENGTH = 64
+#: Distance (in frequency bins 1/N) of the upper neighbour the 1/16 peak is compared with.
+NEIGHBOUR_BINS = 3
 #: Percentile of the fused background values that ``background`` reports.
 BACKGROUND_PERCENTILE = 99.0
+
+#: Why a check is NaN (the tables' notes).
+UNDEFINED = {
+    "background": "undefined: no voxel where both sources are 0",
+    "lattice": f"undefined: no axis of at least {LATTICE_MIN_LENGTH} voxels where the mean of the sources has a "
+               "spectrum",
+}
 
 
 def background_level(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -41,21 +52,22 @@ def background_level(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch
     return torch.kthvalue(values.cpu(), rank).values
 
 
-#: Shortest axis (voxels) whose spectrum ``lattice`` inspects: 4 windows.
-LATTICE_MIN_LENGTH = 64
-#: Distance (in frequency bins 1/N) of the upper neighbour the 1/16 peak is compared with.
-NEIGHBOUR_BINS = 3
+def _powers(x: torch.Tensor, axis: int, frequencies) -> torch.Tensor:
+    """The Hann-windowed power at each of ``frequencies`` (cycles/voxel), averaged over the lines
+    along ``axis``: one pass over ``x`` for all of them."""
+    n = x.shape[axis]
+    position = torch.arange(n, dtype=torch.float64, device=x.device)
+    hann = torch.sin(math.pi * (position + 0.5) / n) ** 2
+    angle = 2 * math.pi * torch.tensor(frequencies, dtype=torch.float64, device=x.device)[:, None] * position
+    taps = torch.cat((hann * torch.cos(angle), hann * torch.sin(angle)))  # (2F, n): real parts, imaginary parts
+    projected = torch.tensordot(x.to(torch.float64).movedim(axis, -1), taps.T, dims=1)  # (..., 2F)
+    real, imaginary = projected.square().flatten(0, -2).mean(0).chunk(2)
+    return real + imaginary
 
 
 def periodic_power(x: torch.Tensor, axis: int, frequency: float) -> torch.Tensor:
     """Mean over the lines along ``axis`` of the Hann-windowed power at ``frequency`` (cycles/voxel)."""
-    n = x.shape[axis]
-    position = torch.arange(n, dtype=torch.float64, device=x.device)
-    hann = torch.sin(math.pi * (position + 0.5) / n) ** 2
-    angle = 2 * math.pi * frequency * position
-    taps = torch.stack((hann * torch.cos(angle), hann * torch.sin(angle)))  # (2, n): real, imaginary
-    projected = torch.tensordot(x.to(torch.float64).movedim(axis, -1), taps.T, dims=1)  # (..., 2)
-    return projected.square().sum(-1).mean()
+    return _powers(x, axis, [frequency])[0]
 
 
 def spectral_peak(x: torch.Tensor, axis: int, period: int = LATTICE_PERIOD) -> torch.Tensor:
@@ -64,8 +76,8 @@ def spectral_peak(x: torch.Tensor, axis: int, period: int = LATTICE_PERIOD) -> t
     that a smooth power-law spectrum, whatever its slope, has a peak of exactly 1."""
     centre = 1 / period
     r = 1 + NEIGHBOUR_BINS * period / x.shape[axis]
-    neighbours = torch.sqrt(periodic_power(x, axis, centre * r) * periodic_power(x, axis, centre / r))
-    return periodic_power(x, axis, centre) / neighbours
+    at_centre, above, below = _powers(x, axis, [centre, centre * r, centre / r])
+    return at_centre / torch.sqrt(above * below)
 
 
 def lattice_ratio(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, period: int = LATTICE_PERIOD) -> torch.Tensor:
