@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install demo test test-unit bench pretrained clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,17 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -ra
+
+# Trains the pretrained models (config/pretrained.yaml) and copies them and their card into the package.
+PRETRAINED_KINDS := mri-mri mri-pet
+pretrained: install
+	$(BIN)/snakemake pretrained --cores $(CORES) --configfile config/pretrained.yaml
+	for kind in $(PRETRAINED_KINDS); do \
+		cp results/pretrained/$$kind/model.pt lpmnet/pretrained/.lpmnet_$$kind.pt.tmp && \
+		mv lpmnet/pretrained/.lpmnet_$$kind.pt.tmp lpmnet/pretrained/lpmnet_$$kind.pt || exit 1; \
+	done
+	cp results/pretrained/MODEL_CARD.md lpmnet/pretrained/.MODEL_CARD.md.tmp && \
+		mv lpmnet/pretrained/.MODEL_CARD.md.tmp lpmnet/pretrained/MODEL_CARD.md
 
 bench: install
 	$(BIN)/python benchmarks/bench_fusion.py

@@ -20,8 +20,16 @@ rule all:
     default_target: True
 
 
+# The shipped pretrained models: `make pretrained` (config/pretrained.yaml, rules/pretrained.smk).
+rule pretrained:
+    input:
+        expand(f"{RESULTS}/pretrained/{{kind}}/model.pt", kind=PRETRAINED_MODELS),
+        f"{RESULTS}/pretrained/MODEL_CARD.md",
+
+
 include: "rules/sources.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/model.smk"
 include: "rules/evaluate.smk"
+include: "rules/pretrained.smk"

@@ -17,6 +17,7 @@ import numpy as np
 from lpmnet import __version__
 from lpmnet.errors import LPMNetError
 from lpmnet.methods import MODULES as METHOD_MODULES
+from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS
 from lpmnet.resources import DEFAULT_FUSION_BUDGET_MB
 
 EXIT_BAD_INPUT = 2
@@ -45,6 +46,18 @@ def _json_object(text, option):
     return value
 
 
+def _pretrained(method, choice, path1, path2, doing):
+    """The shipped checkpoint for ``choice`` (a kind, or ``pretrained``: the files' kind), said on stderr."""
+    from lpmnet.pretrained import resolve
+
+    if method != "lpmnet":
+        raise ValueError(f"the pretrained models are LPM-Net's; {method} needs --checkpoint")
+    path, kind = resolve(choice, path1, path2)
+    how = "" if choice != "pretrained" else " (from the file names; choose with --pretrained mri-mri|mri-pet)"
+    print(f"lpmnet: {doing} the pretrained {kind} model {path}{how}", file=sys.stderr)
+    return str(path)
+
+
 def _cmd_train(args):
     from lpmnet.train import TrainConfig, train
 
@@ -71,9 +84,12 @@ def _cmd_train(args):
         recipe["patch_size"] = None
     elif args.patch_size:
         recipe["patch_size"] = tuple(args.patch_size)
+    init = args.init
+    if init in PRETRAINED_CHOICES:
+        init = _pretrained(args.method, init, *pairs[0], "starting from")
     config = TrainConfig(method=args.method, **{k: v for k, v in recipe.items() if v is not None},
                          checkpoint_every=args.checkpoint_every, keep_every=args.keep_every, val_every=args.val_every,
-                         amp=not args.no_amp, model=model)
+                         amp=not args.no_amp, model=model, init=init)
     final = train(pairs, args.out_dir, config, val_pairs=val_pairs, device=args.device)
     print(final)
 
@@ -87,7 +103,12 @@ def _cmd_fuse(args):
     settings = {k: v for k, v in options.items() if v is not None}
     if args.memory_budget_mb is not None:
         settings["memory_budget_mb"] = args.memory_budget_mb or None  # 0: never tile
-    fuse_files(args.fixed, args.moving, args.output, args.checkpoint, device=args.device, method=args.method,
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = _pretrained(args.method, args.pretrained or "pretrained", args.fixed, args.moving, "fusing with")
+    elif args.pretrained:
+        raise ValueError("give --checkpoint or --pretrained, not both")
+    fuse_files(args.fixed, args.moving, args.output, checkpoint, device=args.device, method=args.method,
                components=args.components, **settings)
     print(args.output)
 
@@ -155,6 +176,9 @@ def build_parser():
     p.add_argument("--keep-every", type=int, default=0, metavar="N",
                    help="also keep the model every N iterations as checkpoints/iteration-<n>.pt (0: none)")
     p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from these weights (fine-tuning): a checkpoint of the method, or lpmnet's shipped "
+                        f"models: {', '.join(PRETRAINED_CHOICES)} (pretrained: the kind of the first pair's file names)")
     p.add_argument("--base-c", type=int, help="lpmnet network (8)")
     p.add_argument("--depth-c", type=int, help="lpmnet network (2)")
     p.add_argument("--depth-m", type=int, help="lpmnet network (2)")
@@ -169,10 +193,13 @@ def build_parser():
     p.add_argument("fixed", help="first input; the output takes its grid and affine")
     p.add_argument("moving", help="second input, already on the fixed grid")
     p.add_argument("-o", "--output", required=True, help="fused NIfTI (.nii.gz); a .json sidecar is written")
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint",
                    help="a checkpoint of the method written by lpmnet train (or the workflow), or the original "
                         "code's weights: lpmnet an original LPM-Net state dict, mambadfuse the authors' released "
-                        "10000_E.pth, asfe a state dict of the original code")
+                        "10000_E.pth, asfe a state dict of the original code. Default (lpmnet): the shipped "
+                        "pretrained model of the pair's kind (mri-pet when a file name has PET or SPECT in it)")
+    p.add_argument("--pretrained", choices=tuple(KINDS),
+                   help="lpmnet without --checkpoint: fuse with this shipped model whatever the file names say")
     p.add_argument("--method", default="lpmnet", help=f"fusion method: {', '.join(METHOD_MODULES)} or the dotted "
                                                       "name of your own method's module")
     p.add_argument("--device", default="auto")

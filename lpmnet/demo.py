@@ -216,6 +216,7 @@ def synthesize_subject(
     seed: int = 0,
     modalities=("T1", "T2", "FLAIR", "PET"),
     voxel_mm: float = 2.0,
+    rigid_motion: bool = True,
 ) -> dict:
     """Synthesise subject ``number`` (1-based) in memory.
 
@@ -223,6 +224,8 @@ def synthesize_subject(
     array}, "meta": {modality: JSON-able dict}}``; all images are on the template grid
     (``affine``).  Deterministic in (``number``, ``seed``, ``voxel_mm``): the
     random draws of a modality do not depend on which other modalities are asked for.
+    ``rigid_motion=False`` leaves every modality in the reference's place (already
+    co-registered, as for training data); the other draws stay the same.
     """
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
@@ -269,7 +272,7 @@ def synthesize_subject(
 
         rot = mrng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG, size=3)
         trans = mrng.uniform(-_MAX_TRANSLATION_MM, _MAX_TRANSLATION_MM, size=3)
-        if modality != reference:
+        if rigid_motion and modality != reference:
             motion = rigid_matrix(rot, trans, centre_mm)
             # output voxel v shows the anatomy found at template world point motion^-1(A v)
             vox_map = inv_affine @ np.linalg.inv(motion) @ tpl.affine
@@ -392,6 +395,7 @@ def make_demo_dataset(
     modalities=("T1", "T2", "FLAIR", "PET"),
     voxel_mm: float = 2.0,
     dicom_modalities=("T1",),
+    rigid_motion: bool = True,
 ) -> list[dict]:
     """Generate the synthetic "demo" dataset in ``out_dir`` (see the module docstring).
 
@@ -422,7 +426,8 @@ def make_demo_dataset(
     rows = demo_layout(n_subjects, modalities, dicom_modalities)
     for number in range(1, int(n_subjects) + 1):
         subject = subject_label(number)
-        synth = synthesize_subject(number, seed=seed, modalities=modalities, voxel_mm=voxel_mm)
+        synth = synthesize_subject(number, seed=seed, modalities=modalities, voxel_mm=voxel_mm,
+                                   rigid_motion=rigid_motion)
         for modality in modalities:
             data = synth["images"][modality]
             sidecar = {
@@ -460,6 +465,7 @@ def make_demo_dataset(
         "modalities": list(modalities),
         "dicom_modalities": list(dicom_modalities),
         "voxel_mm": float(voxel_mm),
+        "rigid_motion": bool(rigid_motion),
         "GeneratedBy": [generator],
         "source_template": {**TEMPLATE_NOTE, "nilearn_version": nilearn_version},
         "subjects_tsv_paths": "relative to this folder; a folder path is a DICOM series",

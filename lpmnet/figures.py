@@ -275,3 +275,32 @@ def training_curves(log_csv, out_png, title: str) -> Path:
         summary += f"; losses: light = raw, dark = centred moving average over {window} iterations"
     fig.supxlabel(summary, fontsize=8.5, color="#444")
     return _save(fig, out_png)
+
+
+def learning_curve(table_tsv, out_png, title: str) -> Path:
+    """Metrics against training iterations (``lpmnet.train.learning_curve``'s rows as a TSV): one panel per
+    metric, the mean over the pairs with their range shaded; writes ``out_png`` and returns its path."""
+    p = Path(table_tsv)
+    try:
+        df = pd.read_csv(p, sep="\t")
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise InputError(p, f"not a readable learning-curve table ({exc})") from exc
+    if "iteration" not in df.columns or df.empty:
+        raise InputError(p, "a learning-curve table needs rows and an iteration column")
+    metrics = [c for c in df.columns if c not in ("iteration", "x1", "x2")]
+    stats = df.groupby("iteration")[metrics].agg(["mean", "min", "max"])
+    it = stats.index.to_numpy(dtype=float)
+    fig = Figure(figsize=(WIDTH_IN, 2.9), dpi=DPI, facecolor="white", layout="constrained")
+    colours = ["#1f4e9c", "#d9721c", "#2e8b3e", "#b8322f", "#7b52ab"]
+    for k, name in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), k + 1)
+        colour = colours[k % len(colours)]
+        ax.fill_between(it, stats[(name, "min")], stats[(name, "max")], color=colour, alpha=0.15, linewidth=0)
+        ax.plot(it, stats[(name, "mean")], color=colour, marker="o", markersize=3.5, linewidth=1.4)
+        _tidy(ax, name)
+        ax.set_xlabel("iteration", fontsize=8.5)
+    pairs = df.groupby(["x1", "x2"]).ngroups if {"x1", "x2"} <= set(df.columns) else 0
+    fig.suptitle(title, fontsize=12)
+    fig.supxlabel(f"lpmnet convention; mean over {pairs} test pair(s), range shaded; one point per kept checkpoint",
+                  fontsize=8.5, color="#444")
+    return _save(fig, out_png)

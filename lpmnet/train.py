@@ -32,11 +32,14 @@ import numpy as np
 import torch
 
 from lpmnet import __version__
-from lpmnet.io import dhw, load_volume, to_jsonable
+from lpmnet.io import dhw, file_digest, load_volume, to_jsonable
 from lpmnet.losses import make_loss
-from lpmnet.methods import RECIPE_KEYS, get_method, is_project_checkpoint, read_payload, save_checkpoint
+from lpmnet.errors import InputError
+from lpmnet.methods import (RECIPE_KEYS, get_method, is_project_checkpoint, load_checkpoint_of, read_payload,
+                            save_checkpoint)
 from lpmnet.metrics._shared import minmax01 as minmax_tensor
 from lpmnet.normalize import minmax01
+from lpmnet.pretrained import resolve as resolve_pretrained
 
 log = logging.getLogger("lpmnet.train")
 
@@ -88,6 +91,10 @@ class TrainConfig:
     ``keep_every`` N > 0 keeps the model every N iterations as ``checkpoints/iteration-<n>.pt`` (the
     weights the final model would have at that point, the average when there is an EMA), so that
     metrics can be plotted against iterations; 0 keeps none.
+    ``init``: None (random initial weights, seeded), the path of a checkpoint of this method and
+    architecture whose weights training starts from (fine-tuning), or a shipped LPM-Net model
+    (:mod:`lpmnet.pretrained`): ``mri-mri``, ``mri-pet`` or ``pretrained`` (the kind of the first
+    pair's file names).
     ``batch_minmax=True`` reproduces ASFE-Fusion's data loader, which min-max scales each modality's
     batch tensor as a whole to [0, 1] (the samples of a batch are not scaled one by one); by default
     the samples keep the [0, 1] scale of their volumes.
@@ -113,6 +120,7 @@ class TrainConfig:
     batch_minmax: bool = False
     checkpoint_every: int = 100
     keep_every: int = 0
+    init: str | None = None
     val_every: int = 200
     val_metrics: tuple[str, ...] = ("SSIM", "Qabf", "SF", "PSNR")
     amp: bool = True
@@ -259,18 +267,46 @@ def _autocast(device, enabled):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
+def _fusion_metrics(spec, model, x1, x2, metric_names, device, **settings):
+    """The lpmnet-convention metrics of the method's fusion of one pair (whole volume, or as ``settings`` say)."""
+    from lpmnet.metrics import compute_metrics
+
+    fused = np.clip(spec.fuse(model, x1, x2, device=device, **settings)["fused"], 0, 1)
+    return compute_metrics(x1, x2, fused, convention="lpmnet", metrics=metric_names).values
+
+
 def validate(spec, model, val_volumes, metric_names, device):
     """Fuse each validation pair (whole volume, with the method's fusion) and average the lpmnet-convention
     metrics."""
-    from lpmnet.metrics import compute_metrics
-
     totals = dict.fromkeys(metric_names, 0.0)
     for x1, x2 in val_volumes:
-        fused = spec.fuse(model, x1, x2, device=device)["fused"]
-        values = compute_metrics(x1, x2, fused, convention="lpmnet", metrics=metric_names).values
+        values = _fusion_metrics(spec, model, x1, x2, metric_names, device)
         for name in metric_names:
             totals[name] += values[name] / len(val_volumes)
     return totals
+
+
+#: The metrics of a learning curve: the paper's headline ones.
+LEARNING_CURVE_METRICS = ("SSIM", "Qabf", "VIF", "MI")
+
+
+def learning_curve(checkpoints, pairs, method="lpmnet", metrics=LEARNING_CURVE_METRICS, device="cpu",
+                   **fusion_settings):
+    """Rows ``{iteration, x1, x2, <metric>: value}``: every checkpoint (``keep_every``'s
+    ``checkpoints/iteration-<n>.pt``) fuses every pair with the method's fusion (``fusion_settings``), scored in
+    the lpmnet convention, so that the metrics can be plotted against the training iterations."""
+    spec = get_method(method)
+    device = resolve_device(device)
+    volumes = [load_pair(a, b) for a, b in pairs]
+    rows = []
+    for path in checkpoints:
+        model, card = spec.load(path, map_location=device)
+        if "iteration" not in card:
+            raise InputError(path, "not a checkpoint kept during training (its model card has no iteration)")
+        for (a, b), (x1, x2) in zip(pairs, volumes):
+            values = _fusion_metrics(spec, model, x1, x2, metrics, device, **fusion_settings)
+            rows.append({"iteration": int(card["iteration"]), "x1": str(a), "x2": str(b), **values})
+    return rows
 
 
 class _CsvLog:
@@ -341,6 +377,16 @@ def _update_ema(ema, model, decay):
         average.copy_(current)
 
 
+def _start_from(model, spec, path):
+    """Load the weights of checkpoint ``path`` into ``model`` (same method and architecture)."""
+    initial, _ = load_checkpoint_of(spec, path)
+    try:
+        model.load_state_dict(initial.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise InputError(path, f"its network is not the one being trained ({spec.name}{dict(getattr(model, 'config', {}))}): "
+                               f"{str(err).splitlines()[0]}") from None
+
+
 def _to_batch(arrays, device):
     return torch.from_numpy(np.stack(arrays)[:, None]).to(device)
 
@@ -375,6 +421,9 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
 
     torch.manual_seed(config.seed)
     model = spec.build(**config.model).to(device)
+    if config.init:
+        init_path, _ = resolve_pretrained(config.init, *pairs[0])
+        _start_from(model, spec, init_path)
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema_decay else None
     optimizer = _optimizer(config, model.parameters())
     iters_per_epoch = math.ceil(len(volumes) / config.batch_size)
@@ -415,6 +464,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
         "data": [{"x1": str(a), "x2": str(b), "shape_dhw": list(v[0].shape)}
                  for (a, b), v in zip(pairs, volumes)],
         "validation_data": [{"x1": str(a), "x2": str(b)} for a, b in val_pairs],
+        **({"initial_weights": {"path": str(init_path), "sha256": file_digest(init_path)}} if config.init else {}),
         **(model_card or {}),
     }
     if start:

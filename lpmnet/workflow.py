@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lpmnet.errors import InputError
+from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS
 
 RESULTS = "results"
 LABEL = re.compile(r"^[A-Za-z0-9]+$")
@@ -60,7 +61,7 @@ def _kind(path):
 #: T1 lies off the T2/PD grid and is registered onto T2; BraTS volumes are co-registered by the challenge.
 SOURCE_DEFAULTS = {
     "demo": {"subjects": 6, "seed": 0, "modalities": ["T1", "FLAIR", "PET"], "dicom_modalities": ["T1"],
-             "voxel_mm": 2.0},
+             "voxel_mm": 2.0, "rigid_motion": True},
     "ixi": {"fixed": "T2", "retries": 5, "checksums": {}},
     "brats": {"register": False},
 }
@@ -452,6 +453,10 @@ def resolve_methods(methods_config, training_config, classical=()):
             raise ValueError(f"{where}.fusion.{unknown[0]}: {spec.name} has no such fusion setting; its settings: "
                              f"{', '.join(spec.settings) or 'none'}")
         checkpoint = entry.get("checkpoint")
+        given = entry.get("training", {}) or {}
+        for key, value in (("checkpoint", checkpoint), ("training.init", given.get("init"))):
+            if value in PRETRAINED_CHOICES and spec.name != "lpmnet":
+                raise ValueError(f"{where}.{key}: the pretrained models are LPM-Net's, not {spec.name}'s")
         training = None
         if checkpoint is None:
             overrides = dict(entry.get("training") or {})
@@ -473,6 +478,29 @@ def resolve_methods(methods_config, training_config, classical=()):
         resolved[name] = {"network": network, "model": model, "training": training,
                           "fusion": fusion, "checkpoint": checkpoint}
     return resolved
+
+
+def resolve_pretraining(section, datasets):
+    """The training settings (a full :class:`lpmnet.train.TrainConfig` dict) of config section
+    ``pretrained``, after checking that its dataset and every pair of its models exist; a bad entry
+    raises ValueError naming the key."""
+    from dataclasses import asdict
+
+    from lpmnet.train import TrainConfig
+
+    dataset = section.get("dataset")
+    if dataset not in datasets:
+        raise ValueError(f"pretrained.dataset: {dataset!r} is not a dataset of section datasets")
+    for kind, entry in section.get("models", {}).items():
+        if kind not in PRETRAINED_KINDS:
+            raise ValueError(f"pretrained.models.{kind}: the shipped kinds are {', '.join(PRETRAINED_KINDS)}")
+        missing = [p for p in entry["pairs"] if list(p) not in [list(q) for q in datasets[dataset]["pairs"]]]
+        if missing:
+            raise ValueError(f"pretrained.models.{kind}.pairs: {missing[0]} is not a pair of datasets.{dataset}")
+    try:
+        return asdict(TrainConfig(method="lpmnet", **section.get("training", {})))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"pretrained.training: {err}") from None
 
 
 class MethodConfigs(Mapping):

@@ -12,11 +12,12 @@ from snakemake.logging import logger
 
 from lpmnet import resources
 from lpmnet.methods import DEFAULT_JOB_MB, get_method
+from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities, pretrained_path
 from lpmnet.split import BOTH, OVERLAP_NOTE, subjects_in
 from lpmnet.workflow import (RESULTS, check_dataset_config, check_dataset_modalities, dataset_sources,
                              dataset_splits, failed_inputs, grid_entity, ignored_table_rows, ixi_modalities,
                              importable_working_directory, manifest_path, needed_modalities, pair_label,
-                             read_input_status, MethodConfigs, with_defaults)
+                             read_input_status, resolve_pretraining, MethodConfigs, with_defaults)
 
 DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
 for _name, _cfg in DATASETS.items():
@@ -75,6 +76,11 @@ if workflow.is_main_process:
     METHOD_CONFIGS.resolve()  # a bad entry stops the run here, with its key named
 TRAINED = METHOD_CONFIGS.trained()
 METHODS = [*METHOD_CONFIGS, *config["fusion"]["classical"]]
+# The shipped models' training (config section `pretrained`, given by config/pretrained.yaml).
+PRETRAINED = config.get("pretrained") or {}
+PRETRAINED_MODELS = PRETRAINED.get("models", {})
+PRETRAINED_DATASET = PRETRAINED.get("dataset")
+PRETRAINED_TRAINING = resolve_pretraining(PRETRAINED, DATASETS) if PRETRAINED else None
 # The method every other one is tested against in the comparison table.
 REFERENCE = "lpmnet" if "lpmnet" in METHOD_CONFIGS else next(iter(METHOD_CONFIGS))
 
@@ -126,9 +132,11 @@ def pair_dir(dataset, pair):
 # benchmarks/bench_memory.py). Before the inputs exist these raise FileNotFoundError, and Snakemake
 # evaluates them once they do.
 def fusion_mem_mb(wildcards, input):
+    """A fusion job's memory; a job fusing several volumes (a learning curve) needs that of its first."""
     cfg = METHOD_CONFIGS[wildcards.method]
     estimate = get_method(cfg["network"]).fusion_mem_mb
-    return estimate(input.x1, cfg["model"], cfg["fusion"]) if estimate else DEFAULT_JOB_MB
+    fixed = input.x1 if isinstance(input.x1, str) else input.x1[0]
+    return estimate(fixed, cfg["model"], cfg["fusion"]) if estimate else DEFAULT_JOB_MB
 
 
 def training_mem_mb(wildcards, input):
@@ -195,6 +203,8 @@ def all_targets(wildcards):
                         f"{base}/failed_subjects.tsv", f"{base}/comparison.tsv", f"{base}/comparison.html",
                         f"{base}/comparison.png"]
             targets += [f"{base}/model/{m}/training_curves.png" for m in TRAINED]
+            targets += [f"{base}/model/{m}/learning_curve.png" for m in TRAINED
+                        if METHOD_CONFIGS[m]["training"]["keep_every"]]
             targets += [f"{base}/qc/sub-{s}_montage.png" for s in usable_subjects(name, "test", modalities)]
         if DATASETS[name]["register"]:
             fixed = DATASETS[name]["fixed"]
@@ -258,19 +268,70 @@ def normalization_input(wildcards):
     return inputs
 
 
+def initial_weights(dataset, pair, value):
+    """The file a setting ``init``/``checkpoint`` names: the shipped model of the pair's kind for
+    ``pretrained`` (or a kind), else the path itself."""
+    if value in PRETRAINED_CHOICES:
+        return str(pretrained_path(value if value in PRETRAINED_KINDS else kind_of_modalities(*PAIRS[dataset][pair])))
+    return value
+
+
 def training_input(wildcards):
     first, second = pair_modalities(wildcards)
     subjects = usable_subjects(wildcards.dataset, "train", (first, second))
-    return {
+    inputs = {
         "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
+        "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
+        "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
+    }
+    init = METHOD_CONFIGS[wildcards.method]["training"]["init"]
+    if init:
+        inputs["init"] = initial_weights(wildcards.dataset, wildcards.pair, init)
+    return inputs
+
+
+def training_config(wildcards, input):
+    """The method's training settings, with ``init`` the file it starts from (a job input)."""
+    settings = METHOD_CONFIGS[wildcards.method]["training"]
+    return {**settings, "init": input.init} if settings["init"] else settings
+
+
+def kept_checkpoints(wildcards):
+    """The checkpoints that ``keep_every`` keeps over a method's training (written by its train job)."""
+    settings = METHOD_CONFIGS[wildcards.method]["training"]
+    every = settings["keep_every"]
+    folder = f"{pair_dir(wildcards.dataset, wildcards.pair)}/model/{wildcards.method}/checkpoints"
+    return [f"{folder}/iteration-{n:06d}.pt" for n in range(every, settings["iterations"] + 1, every)]
+
+
+def learning_curve_input(wildcards):
+    """The trained model (its job kept the checkpoints) and the test subjects' pairs."""
+    first, second = pair_modalities(wildcards)
+    subjects = usable_subjects(wildcards.dataset, "test", (first, second))
+    return {
+        "model": f"{pair_dir(wildcards.dataset, wildcards.pair)}/model/{wildcards.method}/model.pt",
         "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
         "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
     }
 
 
+def pretraining_input(wildcards):
+    """The pairs of a pretrained model's kind: training subjects to train, test subjects to validate."""
+    inputs = {"split": f"{RESULTS}/{PRETRAINED_DATASET}/split.tsv"}
+    for role, prefix in (("train", ""), ("test", "val_")):
+        inputs[f"{prefix}x1"], inputs[f"{prefix}x2"] = [], []
+        for first, second in PRETRAINED_MODELS[wildcards.kind]["pairs"]:
+            subjects = usable_subjects(PRETRAINED_DATASET, role, (first, second))
+            inputs[f"{prefix}x1"] += [normalized(PRETRAINED_DATASET, s, first) for s in subjects]
+            inputs[f"{prefix}x2"] += [normalized(PRETRAINED_DATASET, s, second) for s in subjects]
+    return inputs
+
+
 def method_checkpoint(dataset, pair, method):
-    """The checkpoint a method fuses with: its trained model, or the file its config entry names."""
-    return METHOD_CONFIGS[method]["checkpoint"] or f"{pair_dir(dataset, pair)}/model/{method}/model.pt"
+    """The checkpoint a method fuses with: its trained model, or the file its config entry names
+    (``pretrained``: the shipped model of the pair's kind)."""
+    given = METHOD_CONFIGS[method]["checkpoint"]
+    return initial_weights(dataset, pair, given) if given else f"{pair_dir(dataset, pair)}/model/{method}/model.pt"
 
 
 def fusion_sources(wildcards):

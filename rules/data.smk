@@ -11,6 +11,7 @@ rule demo_dataset:
         modalities=lambda w: DATASETS[w.dataset]["modalities"],
         dicom_modalities=lambda w: DATASETS[w.dataset]["dicom_modalities"],
         voxel_mm=lambda w: DATASETS[w.dataset]["voxel_mm"],
+        rigid_motion=lambda w: DATASETS[w.dataset]["rigid_motion"],
     log:
         f"{RESULTS}/{{dataset}}/logs/demo_dataset.log",
     benchmark:

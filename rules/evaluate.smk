@@ -112,6 +112,40 @@ rule fusion_montage:
         "../scripts/fusion_montage.py"
 
 
+rule learning_curve:
+    input:
+        unpack(learning_curve_input),
+    output:
+        table=f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.tsv",
+        figure=report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.png",
+            caption="../report/learning_curve.rst",
+            category="Training",
+            subcategory="{dataset}",
+            labels={"pair": "{pair}", "method": "{method}", "figure": "learning curve"},
+        ),
+    wildcard_constraints:
+        method=alternatives(TRAINED),
+    params:
+        checkpoints=kept_checkpoints,
+        network=lambda w: METHOD_CONFIGS[w.method]["network"],
+        settings=lambda w: METHOD_CONFIGS[w.method]["fusion"],
+        device=config["fusion"]["device"],
+    threads: config["fusion"]["threads"]
+    resources:
+        gpu=gpu_resources("fusion"),
+        mem_mb=fusion_mem_mb,
+        runtime=60,
+    log:
+        f"{RESULTS}/{{dataset}}/logs/learning_curve/{{pair}}/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/learning_curve/{{pair}}/{{method}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/learning_curve.py"
+
+
 rule training_curves:
     input:
         f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/training_log.csv",

@@ -11,9 +11,10 @@ rule train:
     wildcard_constraints:
         method=alternatives(TRAINED),
     params:
-        config=lambda w: METHOD_CONFIGS[w.method]["training"],
+        config=training_config,
         device=config["training"]["device"],
         out_dir=lambda w, output: str(Path(output.model).parent),
+        card=lambda w: {"name": w.method, "dataset": w.dataset, "pair": w.pair},
     threads: config["training"]["threads"]
     resources:
         gpu=gpu_resources("training"),

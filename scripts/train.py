@@ -11,10 +11,10 @@ def main(smk):
     from lpmnet.train import TrainConfig, train
 
     torch.set_num_threads(smk.threads)
-    w = smk.wildcards
-    card = {"name": w.method, "dataset": w.dataset, "pair": w.pair, "split": read_split_tsv(smk.input.split)}
+    card = {**smk.params.card, "split": read_split_tsv(smk.input.split)}
+    val_pairs = list(zip(smk.input.get("val_x1", []), smk.input.get("val_x2", [])))
     train(list(zip(smk.input.x1, smk.input.x2)), smk.params.out_dir, TrainConfig(**smk.params.config),
-          device=smk.params.device, model_card=card, progress=False)
+          val_pairs=val_pairs, device=smk.params.device, model_card=card, progress=False)
 
 
 run_job(snakemake, main)

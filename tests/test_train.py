@@ -5,13 +5,16 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
 from helpers import write_pair
+from lpmnet import figures
+from lpmnet.errors import InputError
 from lpmnet.losses import LOSS_TERMS
 from lpmnet.models import load_checkpoint, read_checkpoint
-from lpmnet.train import TrainConfig, train
+from lpmnet.train import TrainConfig, learning_curve, train
 
 SMALL = dict(iterations=3, patch_size=(16, 16, 16), checkpoint_every=1, val_every=2,
              model=dict(base_c=4, depth_c=1, depth_m=2))
@@ -56,6 +59,18 @@ def test_keep_every_keeps_the_model_over_the_run(pairs, tmp_path):
     assert not torch.equal(_weights(tmp_path / "checkpoints" / kept[0])["Conv_in.weight"], final["Conv_in.weight"])
     with pytest.raises(ValueError, match="keep_every"):
         TrainConfig(keep_every=-1)
+
+    # the learning curve: each kept model fuses each pair, scored in the lpmnet convention
+    kept_paths = [tmp_path / "checkpoints" / name for name in kept]
+    rows = learning_curve(kept_paths, pairs[:2])
+    assert [r["iteration"] for r in rows] == [2, 2, 4, 4] and [r["x1"] for r in rows[:2]] == [str(p[0]) for p in pairs[:2]]
+    assert all(0 <= r["SSIM"] <= 1 and r["MI"] > 0 for r in rows)
+    assert rows[0]["Qabf"] != rows[2]["Qabf"]  # two different models
+    table = tmp_path / "curve.tsv"
+    pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
+    assert figures.learning_curve(table, tmp_path / "curve.png", "test").stat().st_size > 10_000
+    with pytest.raises(InputError, match="model.pt: not a checkpoint kept during training"):
+        learning_curve([tmp_path / "model.pt"], pairs[:1])
 
 
 def test_same_seed_gives_identical_weights_on_cpu(pairs, tmp_path):

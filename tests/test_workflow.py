@@ -19,6 +19,7 @@ import yaml
 from helpers import TEST_AFFINE, write_pair
 from lpmnet.dicom import write_dicom_series
 from lpmnet.io import save_volume
+from lpmnet.methods import read_payload
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -41,6 +42,7 @@ def tiny_config():
     demo.update(subjects=3, modalities=["T1", "FLAIR"], pairs=[["T1", "FLAIR"]])
     config["methods"]["mambadfuse"] = {"model": {"embed_dim": 8},
                                        "training": {"iterations": 2, "batch_size": 2, "patch_size": [16, 16]}}
+    config["methods"]["lpmnet"]["training"]["keep_every"] = 1  # a learning curve of 2 checkpoints
     return config
 
 
@@ -82,9 +84,10 @@ def test_dry_run_of_the_default_demo(tmp_path):
     snakemake(workdir, "--cores", "2", "results/demo/input_status.tsv")
     jobs = planned_jobs(workdir)
     assert jobs["convert"] == 18 and jobs["register"] == 12
-    # lpmnet, mambadfuse, dc2fusion, asfe per pair, and the classical mean and max
+    # lpmnet, mambadfuse, dc2fusion, asfe trained per pair; lpmnet-pretrained (the shipped model) only fuses;
+    # and the classical mean and max
     assert jobs["train"] == 2 * 4 and jobs["metric_tables"] == 2
-    assert jobs["fuse"] == 4 * jobs["fuse_classical"] / 2 and jobs["metrics"] == 6 * jobs["fuse_classical"] / 2
+    assert jobs["fuse"] == 5 * jobs["fuse_classical"] / 2 and jobs["metrics"] == 7 * jobs["fuse_classical"] / 2
 
 
 def test_end_to_end_tiny_demo(finished_run):
@@ -114,6 +117,10 @@ def test_end_to_end_tiny_demo(finished_run):
         assert not list((results / f"sub-{s}").glob("*desc-registered*"))
     for method in ("lpmnet", "mambadfuse"):
         assert (results / "T1-FLAIR" / "model" / method / "training_curves.png").stat().st_size > 10_000
+    curve = pd.read_csv(results / "T1-FLAIR" / "model" / "lpmnet" / "learning_curve.tsv", sep="\t")
+    assert list(curve.iteration) == [1, 2] and list(curve.columns[3:]) == ["SSIM", "Qabf", "VIF", "MI"]
+    assert curve.x1.str.contains(f"sub-{test_subjects[0]}_").all() and curve.SSIM.between(0, 1).all()
+    assert (results / "T1-FLAIR" / "model" / "lpmnet" / "learning_curve.png").stat().st_size > 10_000
     mamba_log = pd.read_csv(results / "T1-FLAIR" / "model" / "mambadfuse" / "training_log.csv")
     assert list(mamba_log.columns[4:7]) == ["intensity", "gradient", "ssim"] and len(mamba_log) == 2
     comparison = pd.read_csv(results / "T1-FLAIR" / "comparison.tsv", sep="\t")
@@ -150,7 +157,7 @@ def test_changing_one_methods_setting_reruns_only_that_method(finished_run, meth
     finally:
         workdir_with(finished_run, tiny_config())
     assert jobs == {"train": 1, "fuse": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1,
-                    "training_curves": 1, "comparison": 1, "all": 1}
+                    "training_curves": 1, "comparison": 1, "all": 1, **({"learning_curve": 1} if method == "lpmnet" else {})}
     assert f"model/{method}/model.pt" in outputs and f"desc-{method}_fused" in outputs
     other = ({"lpmnet", "mambadfuse"} - {method}).pop()
     assert f"model/{other}/" not in outputs and f"desc-{other}_" not in outputs
@@ -296,6 +303,66 @@ def test_real_data_scenario(shared_data):
     finally:
         for leftover in ("results", ".snakemake"):
             shutil.rmtree(scenario / leftover, ignore_errors=True)
+
+
+def planned_job_inputs(workdir, rule):
+    """{wildcards line: input line} of the jobs of ``rule`` in a dry run."""
+    out = snakemake(workdir, "-n", "--cores", "1").stdout
+    jobs = re.findall(rf"^rule {rule}:\n    input: (.*)\n(?:    .*\n)*?    wildcards: (.*)$", out, flags=re.M)
+    return {wildcards: inputs for inputs, wildcards in jobs}
+
+
+def test_the_pretrained_models_start_training_and_fuse_by_the_pairs_kind(tmp_path):
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["datasets"]["demo"].update(subjects=3, pairs=[["T1", "FLAIR"], ["T1", "PET"]])
+    config["methods"] = {"lpmnet": {"training": {"init": "pretrained", "iterations": 2, "patch_size": [16, 16, 16]}},
+                         "lpmnet-pretrained": {"network": "lpmnet", "checkpoint": "pretrained"}}
+    workdir = workdir_with(tmp_path, config)
+    snakemake(workdir, "--cores", "2", "results/demo/input_status.tsv")
+    shipped = REPO / "lpmnet" / "pretrained"
+    training = planned_job_inputs(workdir, "train")
+    assert len(training) == 2
+    for wildcards, inputs in training.items():
+        kind = "mri-pet" if "T1-PET" in wildcards else "mri-mri"
+        assert str(shipped / f"lpmnet_{kind}.pt") in inputs.split(", ")
+    fusions = {w: i for w, i in planned_job_inputs(workdir, "fuse").items() if "method=lpmnet-pretrained" in w}
+    assert len(fusions) == 2  # one test subject, two pairs
+    for wildcards, inputs in fusions.items():
+        kind = "mri-pet" if "T1-PET" in wildcards else "mri-mri"
+        assert inputs.endswith(str(shipped / f"lpmnet_{kind}.pt"))
+
+    config["methods"]["mambadfuse"] = {"training": {"init": "pretrained"}}
+    result = snakemake(workdir_with(tmp_path, config), "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "methods.mambadfuse.training.init: the pretrained models are LPM-Net's" in result.stdout + result.stderr
+
+
+def test_make_pretrained_trains_one_model_per_kind_with_its_card(tmp_path):
+    """The `pretrained` target of config/pretrained.yaml, at a test's size: 3 subjects, 2 iterations."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    pretraining["datasets"]["pretrain"].update(subjects=3, modalities=["T1", "FLAIR", "PET"],
+                                               pairs=[["T1", "FLAIR"], ["T1", "PET"]])
+    pretraining["pretrained"]["models"]["mri-mri"]["pairs"] = [["T1", "FLAIR"]]
+    pretraining["pretrained"]["training"].update(iterations=2, patch_size=[16, 16, 16], val_every=1)
+    config.update(pretraining)
+    config["datasets"] = pretraining["datasets"]
+    workdir = workdir_with(tmp_path, config)
+    snakemake(workdir, "--cores", "2", "pretrained")
+    results = workdir / "results" / "pretrained"
+    card = (results / "MODEL_CARD.md").read_text()
+    for kind in ("mri-mri", "mri-pet"):
+        payload = read_payload(results / kind / "model.pt")
+        assert payload["method"] == "lpmnet" and payload["model_card"]["kind"] == kind
+        assert f"lpmnet_{kind}.pt" in card
+        log = pd.read_csv(results / kind / "training_log.csv")
+        assert len(log) == 2 and log.val_SSIM.notna().all()  # validated on the test subjects
+    assert "seed 1" in card and "Louis Collins" in card and '"loss": "mif"' in card
+
+    pretraining["pretrained"]["models"]["mri-ct"] = {"pairs": [["T1", "FLAIR"]]}
+    config.update(pretraining)
+    result = snakemake(workdir_with(tmp_path, config), "-n", "--cores", "1", "pretrained", check=False)
+    assert result.returncode != 0 and "pretrained.models.mri-ct" in result.stdout + result.stderr
 
 
 def test_every_rule_has_a_log_a_benchmark_and_an_existing_conda_env():
