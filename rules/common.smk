@@ -290,10 +290,12 @@ def training_input(wildcards):
     return inputs
 
 
-def training_config(wildcards, input):
-    """The method's training settings, with ``init`` the file it starts from (a job input)."""
+def training_config(wildcards):
+    """The method's training settings, with ``init`` the file it starts from (also a job input)."""
     settings = METHOD_CONFIGS[wildcards.method]["training"]
-    return {**settings, "init": input.init} if settings["init"] else settings
+    if not settings["init"]:
+        return settings
+    return {**settings, "init": initial_weights(wildcards.dataset, wildcards.pair, settings["init"])}
 
 
 def kept_checkpoints(wildcards):
