@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from test_profiles import gpu_rules
 from test_workflow import REPO, SNAKEMAKE, planned_jobs, tiny_config, workdir_with
 
 pytestmark = [
@@ -31,7 +32,7 @@ pytestmark = [
 STATE = Path(os.environ.get("LPMNET_SLURM_STATE", "/tmp/lpmnet-slurm"))
 JOBCOMP = STATE / "jobcomp.txt"
 PROFILE = REPO / "tests" / "slurm" / "profile"
-GPU_RULES = {"train", "fuse"}
+GPU_RULES = gpu_rules()
 PREPROCESSING = {"convert", "n4_bias_correction", "register", "normalize"}
 
 
