@@ -3,17 +3,22 @@
 For each device (cpu, and cuda when visible) and each selective-scan backend usable there, fuses one
 pair of random volumes per shape in eval mode (no reconstruction branch) and reports seconds per
 volume, volumes/s and voxels/s. The plain sequential reference scan (the one the tests compare every
-backend against) runs in the same process as the baseline. Then times training iterations (forward,
+backend against) runs in the same process as the baseline. The fusion rows come from two fresh
+processes: one with glibc's default malloc thresholds (what ``LPMNet()(x1, x2)`` meets in a user's
+notebook) and one with the thresholds the ``lpmnet`` command and the workflow's jobs raise
+(:func:`lpmnet.runtime.keep_freed_memory_for_reuse`), each with its peak resident memory. Then times training iterations (forward,
 backward with the reconstruction branch, Adam step) per patch size and backend: "torch" is the simple
 implementation (F.conv1d and the pure-PyTorch scan) beside the compiled CPU kernels.
 
     python benchmarks/bench_fusion.py                       # defaults below
     python benchmarks/bench_fusion.py --shapes 96x160x160 --backends cpu torch reference
     python benchmarks/bench_fusion.py --shapes --train-patch 32 64 --threads 2   # training only
+    python benchmarks/bench_fusion.py --train-patch --malloc default             # fusion, one process
 """
 
 import argparse
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -114,19 +119,39 @@ def main():
     parser.add_argument("--train-patch", type=int, nargs="*", default=[32, 64], help="training patch edges")
     parser.add_argument("--train-iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's default allocator thresholds (the lpmnet command raises them)")
+    parser.add_argument("--malloc", choices=["default", "raised"], default=None,
+                        help="time fusion only, in this process, with glibc's default or the raised malloc "
+                             "thresholds (without it: both, each in a fresh process, then training)")
     args = parser.parse_args()
-    if not args.default_malloc:
+    if args.malloc == "raised" or args.malloc is None:  # training runs in the jobs' setting
         keep_freed_memory_for_reuse()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if args.malloc:
+        time_fusions(args, devices)
+        return
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, "
-          f"malloc thresholds {'default' if args.default_malloc else 'raised'}, "
           f"GPU {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
-    print(f"{'device':6} {'backend':9} {'shape':12} {'first s':>8} {'s/volume':>9} {'volumes/s':>10} {'Mvoxel/s':>9}")
+    print(f"{'malloc':7} {'device':6} {'backend':9} {'shape':12} {'first s':>8} {'s/volume':>9} {'volumes/s':>10} "
+          f"{'Mvoxel/s':>9}", flush=True)
+    if args.shapes:
+        for malloc in ("default", "raised"):
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--malloc", malloc], check=True)
+    print("\ntraining, batch 1, with the reconstruction branch (peak RSS: of the process so far)")
+    for patch in args.train_patch:
+        for device in devices:
+            for backend in args.backends or backends_for(device):
+                if backend == "reference" or backend not in backends_for(device):
+                    continue
+                rate = time_training(device, backend, patch, args.train_iterations)
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                print(f"{device.type:6} {backend:9} {patch:3d}^3 {rate:8.3f} it/s  peak RSS {peak:5.2f} GiB", flush=True)
+
+
+def time_fusions(args, devices):
+    """One row per device, scan backend and shape, in this process's malloc setting."""
     for device in devices:
         backends = args.backends or [*backends_for(device), "reference"]
         torch.manual_seed(0)
@@ -141,17 +166,10 @@ def main():
                 repeats = args.gpu_repeats if device.type == "cuda" and backend != "reference" else args.repeats
                 cold, seconds = time_fusion(model, shape, device, backend, repeats)
                 voxels = shape[0] * shape[1] * shape[2]
-                print(f"{device.type:6} {backend:9} {shape_text:12} {cold:8.3f} {seconds:9.3f} {1 / seconds:10.2f} "
-                      f"{voxels / seconds / 1e6:9.2f}", flush=True)
-    print("\ntraining, batch 1, with the reconstruction branch (peak RSS: of the process so far)")
-    for patch in args.train_patch:
-        for device in devices:
-            for backend in args.backends or backends_for(device):
-                if backend == "reference" or backend not in backends_for(device):
-                    continue
-                rate = time_training(device, backend, patch, args.train_iterations)
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-                print(f"{device.type:6} {backend:9} {patch:3d}^3 {rate:8.3f} it/s  peak RSS {peak:5.2f} GiB", flush=True)
+                print(f"{args.malloc:7} {device.type:6} {backend:9} {shape_text:12} {cold:8.3f} {seconds:9.3f} "
+                      f"{1 / seconds:10.2f} {voxels / seconds / 1e6:9.2f}", flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{args.malloc:7} peak RSS of these fusions: {peak:.2f} GiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ def workflow_config():
     return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
+def lpmnet_config():
+    """The workflow's settings of the lpmnet method: model, training recipe, fusion settings."""
+    cfg = workflow_config()["methods"]["lpmnet"]
+    training = {k: v for k, v in cfg.get("training", {}).items() if k != "init"}
+    if "patch_size" in training:
+        training["patch_size"] = tuple(training["patch_size"]) or None
+    return cfg.get("model", {}), training, cfg.get("fusion", {})
+
+
 def write_inputs(folder, shape):
     """A pair of volumes of ``shape`` and an untrained LPM-Net checkpoint (fusion costs the same)."""
     import torch
@@ -41,7 +50,7 @@ def write_inputs(folder, shape):
 
     x1, x2 = write_pair(folder, shape=shape)
     torch.manual_seed(0)
-    save_checkpoint(folder / "model.pt", LPMNet(**workflow_config()["training"]["model"]), model_card={})
+    save_checkpoint(folder / "model.pt", LPMNet(**lpmnet_config()[0]), model_card={})
     return x1, x2
 
 
@@ -54,21 +63,18 @@ def run_step(step, folder):
     keep_freed_memory_for_reuse()
     torch.set_num_threads(2)
     config = workflow_config()
+    model, training, fusion = lpmnet_config()
     x1, x2 = folder / "sub-01_T1.nii.gz", folder / "sub-01_FLAIR.nii.gz"
     if step in ("fuse", "fuse_whole"):
         from lpmnet.fuse import fuse_files
 
-        budget = config["fusion"]["memory_budget_mb"] if step == "fuse" else None
+        budget = fusion.get("memory_budget_mb") if step == "fuse" else None
         fuse_files(x1, x2, folder / "fused.nii.gz", folder / "model.pt", device="cpu", memory_budget_mb=budget)
     elif step == "train":
         from lpmnet.train import TrainConfig, train
 
-        t = dict(config["training"])
-        settings = {k: t[k] for k in ("batch_size", "patch_size", "lr", "weight_decay", "seed", "loss_mode",
-                                      "alpha", "beta", "gamma", "model")}
-        settings["patch_size"] = settings["patch_size"] or None
-        train([(x1, x2)], folder / "train", TrainConfig(iterations=3, checkpoint_every=3, **settings),
-              device="cpu", progress=False)
+        settings = {**training, "iterations": 3, "model": model}
+        train([(x1, x2)], folder / "train", TrainConfig(checkpoint_every=3, **settings), device="cpu", progress=False)
     elif step == "metrics":
         import numpy as np
 
@@ -91,16 +97,18 @@ def run_step(step, folder):
 
 def declared_mem_mb(step, folder):
     from lpmnet import resources
+    from lpmnet.methods import get_method
+    from lpmnet.train import TrainConfig
 
-    config = workflow_config()
+    model, training, fusion = lpmnet_config()
+    method = get_method("lpmnet")
     x1, x2 = folder / "sub-01_T1.nii.gz", folder / "sub-01_FLAIR.nii.gz"
     if step == "fuse":
-        return resources.fusion_mem_mb(x1, config["fusion"]["memory_budget_mb"])
+        return method.fusion_mem_mb(x1, model, fusion)
     if step == "fuse_whole":
-        return resources.fusion_mem_mb(x1, None)
+        return method.fusion_mem_mb(x1, model, {**fusion, "memory_budget_mb": None})
     if step == "train":
-        t = config["training"]
-        return resources.training_mem_mb([x1], t["patch_size"] or None, t["batch_size"])
+        return method.training_mem_mb([x1], TrainConfig(**training, model=model))
     if step == "metrics":
         return resources.metrics_mem_mb(x1)
     return resources.registration_mem_mb(x1, x2)

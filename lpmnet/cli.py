@@ -236,10 +236,9 @@ def build_parser():
 
 
 def main(argv=None):
-    from lpmnet.runtime import keep_freed_memory_for_reuse
-
+    """The command line on ``argv``; returns the exit status. Leaves the process's settings alone, so
+    that Python code (a notebook, a test) may call it; the ``lpmnet`` program is :func:`run`."""
     args = build_parser().parse_args(argv)
-    keep_freed_memory_for_reuse()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -251,5 +250,15 @@ def main(argv=None):
     return 0
 
 
+def run():
+    """The ``lpmnet`` program: :func:`main` in a process of its own, whose malloc may keep freed blocks
+    (lpmnet.runtime; 15-20 % faster fusion for the 2D methods; applied to a caller's process, it had
+    grown a test session to 17 GB)."""
+    from lpmnet.runtime import keep_freed_memory_for_reuse
+
+    keep_freed_memory_for_reuse()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

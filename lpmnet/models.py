@@ -33,6 +33,20 @@ from lpmnet.mamba import Mamba
 
 WINDOW = 16
 MASK_BLOCK = 8
+#: Upper size of one temporary tensor of an inference pass on a CPU. glibc's malloc serves blocks up to
+#: its dynamic mmap threshold (at most 32 MiB) from the heap and maps larger ones afresh for every
+#: allocation, zero-filling them page by page: a whole-volume pass spent half its time on that.
+_PASS_BYTES = 16 << 20
+
+
+def _runs_in_passes(t):
+    """Whether the network runs in memory-bounded passes: inference on a CPU. Training needs the whole
+    graph anyway, and the GPU's caching allocator reuses its blocks."""
+    return t.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+def _items_per_pass(bytes_per_item):
+    return max(1, _PASS_BYTES // bytes_per_item)
 
 
 class FusionOutput(NamedTuple):
@@ -159,17 +173,33 @@ class CfCHead(nn.Module):
         self.fc = nn.Conv3d(dim, out_channels, 1, bias=True)
 
     def forward(self, h, with_components=True):
-        # The 1x1x1 convolutions are channel matmuls; doing the four projections as one matmul over the
-        # flattened volume reads h once and is about 3x faster on CPUs than four Conv3d calls.
+        """h: (B, dim, D, H, W) -> (mixed, base, detail), each (B, out_channels, D, H, W); base and
+        detail are None unless ``with_components``."""
         b, c, *spatial = h.shape
         flat = h.reshape(b, c, -1)
+        if not _runs_in_passes(h):
+            return tuple(None if t is None else t.reshape(b, -1, *spatial)
+                         for t in self._project(flat, with_components))
+        # Inference on a CPU: the head runs over runs of voxels into preallocated outputs, so that its
+        # five temporaries of 4 x dim channels stay small (see _runs_in_passes).
+        outputs = [flat.new_empty(b, self.fc.out_channels, flat.shape[-1]) for _ in range(3 if with_components else 1)]
+        step = _items_per_pass(4 * c * b * h.element_size())
+        for start in range(0, flat.shape[-1], step):
+            for out, part in zip(outputs, self._project(flat[..., start:start + step], with_components)):
+                out[..., start:start + step] = part
+        outputs = [out.view(b, -1, *spatial) for out in outputs]
+        return tuple(outputs) if with_components else (outputs[0], None, None)
+
+    def _project(self, flat, with_components):
+        # The 1x1x1 convolutions are channel matmuls; doing the four projections as one matmul over the
+        # flattened volume reads h once and is about 3x faster on CPUs than four Conv3d calls.
         weights = torch.cat([self.ff1.weight, self.ff2.weight, self.time_a.weight, self.time_b.weight]).flatten(1)
         ff1, ff2, time_a, time_b = torch.matmul(weights, flat).chunk(4, dim=1)
         t = torch.sigmoid(time_a + time_b)
         fc_weight, fc_bias = self.fc.weight.flatten(1), self.fc.bias[:, None]
 
         def head(x):
-            return _to_unit_interval(torch.matmul(fc_weight, x) + fc_bias).reshape(b, -1, *spatial)
+            return _to_unit_interval(torch.matmul(fc_weight, x) + fc_bias)
 
         mixed = head(ff1 * (1 - t) + t * ff2)
         if not with_components:
@@ -205,6 +235,10 @@ class LPMNet(nn.Module):
     """
 
     VIEWS = ("P1", "P2", "P3")
+    #: The axis of (B, C, D, H, W) that a view cuts into slices: P1 = H x W slices along D, and so on.
+    SLICE_AXIS = {"P1": 2, "P2": 3, "P3": 4}
+    #: How the views are merged voxel-wise; each takes ``out=`` for the in-place merge of inference.
+    MERGE = {"max": torch.maximum, "min": torch.minimum, "mean": torch.add}
 
     def __init__(
         self,
@@ -253,7 +287,7 @@ class LPMNet(nn.Module):
         """Run one axis view: features (B, C, D, H, W) -> (B, dim, D, H, W)."""
         b, c, d, h, w = feats.shape
         # Slice axis first, then the two in-plane axes in their original order.
-        order = {"P1": (0, 2, 1, 3, 4), "P2": (0, 3, 1, 2, 4), "P3": (0, 4, 1, 2, 3)}[view]
+        order = (0, self.SLICE_AXIS[view], *(a for a in (1, 2, 3, 4) if a != self.SLICE_AXIS[view]))
         slices = feats.permute(*order)
         s, rows, cols = slices.shape[1], slices.shape[3], slices.shape[4]
         x = slices.reshape(b * s, c, rows, cols)
@@ -266,20 +300,47 @@ class LPMNet(nn.Module):
     def features(self, x1, x2):
         """Shared feature extractor: cat -> Conv_in -> three views -> voxel-wise merge."""
         feats = self.Conv_in(torch.cat([x1, x2], dim=1))
-        merged = None
-        for view in self.VIEWS:
-            out = self._view(feats, view)
-            if merged is None:
-                merged = out
-            elif self.fuse_method == "max":
-                merged = torch.maximum(merged, out)
-            elif self.fuse_method == "min":
-                merged = torch.minimum(merged, out)
-            else:
-                merged = merged + out
-            del out
+        merge = self.MERGE[self.fuse_method]
+        if _runs_in_passes(feats):
+            merged = self._features_in_passes(feats, merge)
+        else:
+            merged = None
+            for view in self.VIEWS:
+                out = self._view(feats, view)
+                merged = out if merged is None else merge(merged, out)
+                del out
         if self.fuse_method == "mean":
             merged = merged / len(self.VIEWS)
+        return merged
+
+    def _features_in_passes(self, feats, merge):
+        """The views of inference on a CPU, a few slices at a time, merged into one preallocated volume.
+
+        The slices of a view are independent (2D convolutions, Mamba windows inside a slice), so the
+        result is the whole-view pass's. Only the merged volume and one pass's temporaries (below
+        _PASS_BYTES each) are alive at once: about a tenth of a whole-view pass's memory, and glibc
+        serves such blocks from its heap, where it maps and zero-fills every larger block afresh (what
+        lpmnet.runtime.keep_freed_memory_for_reuse avoided for the jobs only).
+        """
+        b, _, *size = feats.shape
+        merged = feats.new_empty(b, self.dim, *size)
+        mamba = self.Mamba_P1.layers[0].mamba
+        widest = max(self.dim, 2 * mamba.d_inner)
+        # P3 first: its passes cover a few voxels of the contiguous W axis, which the merge writes with a
+        # stride; a plain copy does that 5x faster than the read-modify-write of a maximum (the merge is
+        # symmetric; "mean" differs from the whole-view order by rounding only).
+        for number, view in enumerate(("P3", "P1", "P2")):
+            axis = self.SLICE_AXIS[view]
+            slice_voxels = math.prod(size) // size[axis - 2]
+            step = _items_per_pass(b * slice_voxels * widest * feats.element_size())
+            for start in range(0, size[axis - 2], step):
+                count = min(step, size[axis - 2] - start)
+                out = self._view(feats.narrow(axis, start, count), view)
+                target = merged.narrow(axis, start, count)
+                if number == 0:
+                    target.copy_(out)
+                else:
+                    merge(target, out, out=target)
         return merged
 
     def forward(self, x1, x2):

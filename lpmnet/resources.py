@@ -21,7 +21,7 @@ import os
 import nibabel as nib
 
 #: Memory for the model pass of ``lpmnet fuse`` and of the workflow's fusion (``methods.lpmnet.fusion.memory_budget_mb``):
-#: keeps the whole fusion process of a 240x240x155 volume under 8 GB.
+#: on a CPU, volumes up to about 330^3 voxels in one pass; on a GPU, up to about 150^3.
 DEFAULT_FUSION_BUDGET_MB = 6000
 
 #: Resident size of a Python process with torch, nibabel and the model loaded.
@@ -29,9 +29,12 @@ PROCESS_MB = 450
 #: One float32 copy of a volume.
 MB_PER_VOXEL_COPY = 4 / 2**20
 #: Model activations of one LPM-Net eval pass per voxel of the padded input, default model (24 channels),
-#: with the job's malloc settings (lpmnet.runtime). Measured: 1.55e-3 (240x240x155) to 1.77e-3 (96x160x160)
-#: for a whole volume, about 1.9e-3 for each of a series of tile passes.
-FUSION_MB_PER_VOXEL = 1.65e-3
+#: on a CPU, which runs the views a few slices at a time (lpmnet.models._PASS_BYTES): the merged features
+#: and the head's outputs. Measured: 1.1e-4 (96x160x160) to 1.67e-4 (182x218x182, 240x240x155).
+FUSION_MB_PER_VOXEL = 1.7e-4
+#: The same on a GPU, which runs each view over the whole volume (its allocator caches the blocks):
+#: measured on the CPU with that path, 1.55e-3 (240x240x155) to 1.77e-3 (96x160x160).
+FUSION_MB_PER_VOXEL_WHOLE_VIEWS = 1.65e-3
 #: A training job: the process with autograd, Adam and the losses' kernels, measured 1.37-1.39 GB for
 #: 32^3 patches whatever the volume size (96x160x160 to 240x240x155) ...
 TRAIN_PROCESS_MB = 1150
@@ -70,18 +73,20 @@ def _padded(shape):
     return tuple(math.ceil(n / TILE_UNIT) * TILE_UNIT for n in shape)
 
 
-def fusion_pass_mb(shape, model_dim=24):
-    """Peak of one model pass over a (D, H, W) block (without the process and the volume copies)."""
-    return FUSION_MB_PER_VOXEL * model_dim / 24 * _voxels(_padded(shape))
+def fusion_pass_mb(shape, model_dim=24, device="cpu"):
+    """Peak of one model pass over a (D, H, W) block on ``device`` (without the process and the volume
+    copies)."""
+    per_voxel = FUSION_MB_PER_VOXEL if str(device).startswith("cpu") else FUSION_MB_PER_VOXEL_WHOLE_VIEWS
+    return per_voxel * model_dim / 24 * _voxels(_padded(shape))
 
 
-def fusion_tile(shape, budget_mb, model_dim=24):
+def fusion_tile(shape, budget_mb, model_dim=24, device="cpu"):
     """The tile (D, H, W) that an LPM-Net fusion of ``shape`` within ``budget_mb`` megabytes uses, or None.
 
     None when the whole volume fits. Otherwise the largest tile of multiples of the Mamba window that
     fits (:func:`largest_tile`).
     """
-    return largest_tile(shape, budget_mb, lambda tile: fusion_pass_mb(tile, model_dim), TILE_UNIT)
+    return largest_tile(shape, budget_mb, lambda tile: fusion_pass_mb(tile, model_dim, device), TILE_UNIT)
 
 
 def largest_tile(shape, budget_mb, pass_mb, unit, min_tile=MIN_TILE):

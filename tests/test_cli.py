@@ -96,9 +96,10 @@ def test_bad_checkpoint_and_usage(files, tmp_path):
 
 
 def test_allocator_setting_is_accepted_here():
-    from lpmnet.runtime import keep_freed_memory_for_reuse
-
-    assert keep_freed_memory_for_reuse() is (sys.platform.startswith("linux"))
+    # in a process of its own: the setting is process-wide, and this test session must not inherit it
+    check = ("import sys; from lpmnet.runtime import keep_freed_memory_for_reuse; "
+             "sys.exit(0 if keep_freed_memory_for_reuse() is sys.platform.startswith('linux') else 1)")
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
 
 
 def test_slice_wise_metrics_slice_along_the_files_slice_axis(files, tmp_path):

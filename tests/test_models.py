@@ -181,6 +181,24 @@ def test_training_gradients_equal_the_independent_restatements_float64():
         torch.testing.assert_close(param.grad, reference[name].grad, rtol=1e-8, atol=1e-11, msg=name)
 
 
+@pytest.mark.parametrize("fuse_method", ["max", "mean", "min"])
+def test_inference_in_passes_equals_the_whole_view_pass(fuse_method, monkeypatch):
+    """Inference on a CPU runs a few slices (and voxels of the head) at a time; with a pass budget of a
+    few slices, so that no view's slice count divides evenly, it gives the whole-graph pass's numbers."""
+    import lpmnet.models
+
+    monkeypatch.setattr(lpmnet.models, "_PASS_BYTES", 1_300_000)  # 2-3 slices of the padded 32 x 48 x 32
+    torch.manual_seed(5)
+    model = LPMNet(fuse_method=fuse_method).double().eval()
+    x1, x2 = torch.rand(2, 1, 1, 20, 33, 17, dtype=torch.float64)
+    with torch.no_grad():
+        in_passes = model(x1, x2)
+    whole = model(x1, x2)  # with autograd on, the graph of whole views
+    assert whole.fused.requires_grad
+    for got, expected in zip(in_passes[:3], whole[:3]):
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-14)
+
+
 def test_any_shape_is_padded_and_cropped_back():
     torch.manual_seed(0)
     model = LPMNet().eval()
