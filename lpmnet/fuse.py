@@ -47,6 +47,11 @@ def _blend_weights(shape):
     return ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]
 
 
+def model_device(model, device=None):
+    """The device a fusion runs on: ``device`` when given, else the one the model's weights are on."""
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
 @torch.no_grad()
 def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25, unit=WINDOW):
     """Fuse two [0, 1] arrays (D, H, W) with a 3D network -> dict of float32 arrays ``fused`` (and, for
@@ -59,7 +64,7 @@ def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25, unit=WINDOW
     """
     if model.training:
         raise RuntimeError("fuse_arrays needs the model in eval mode")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model, device)
     shape = x1.shape
     tile_shape = shape if tile is None else tuple(min(int(t), s) for t, s in zip(np.broadcast_to(tile, 3), shape))
     if tile_shape == shape:

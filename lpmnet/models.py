@@ -181,7 +181,7 @@ class CfCHead(nn.Module):
             return tuple(None if t is None else t.reshape(b, -1, *spatial)
                          for t in self._project(flat, with_components))
         # Inference on a CPU: the head runs over runs of voxels into preallocated outputs, so that its
-        # five temporaries of 4 x dim channels stay small (see _runs_in_passes).
+        # five temporaries of 4 x dim channels stay below _PASS_BYTES.
         outputs = [flat.new_empty(b, self.fc.out_channels, flat.shape[-1]) for _ in range(3 if with_components else 1)]
         step = _items_per_pass(4 * c * b * h.element_size())
         for start in range(0, flat.shape[-1], step):
@@ -324,8 +324,8 @@ class LPMNet(nn.Module):
         """
         b, _, *size = feats.shape
         merged = feats.new_empty(b, self.dim, *size)
-        mamba = self.Mamba_P1.layers[0].mamba
-        widest = max(self.dim, 2 * mamba.d_inner)
+        # channels per voxel of a pass's widest temporaries: the Mamba's x and z, alive together
+        widest = max(self.dim, int(2 * self.config["expand"] * self.dim))
         # P3 first: its passes cover a few voxels of the contiguous W axis, which the merge writes with a
         # stride; a plain copy does that 5x faster than the read-modify-write of a maximum (the merge is
         # symmetric; "mean" differs from the whole-view order by rounding only).

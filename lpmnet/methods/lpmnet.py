@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from lpmnet.fuse import fuse_arrays
+from lpmnet.fuse import fuse_arrays, model_device
 from lpmnet.methods import FusionMethod
 from lpmnet.models import LPMNet, WINDOW, load_checkpoint
 from lpmnet import resources
@@ -24,8 +24,7 @@ def fuse(model, x1, x2, device=None, tile=None, overlap=0.25, memory_budget_mb=D
     model.set_scan_backend(scan_backend)
     choice = "given" if tile is not None else "none"
     if tile is None:
-        where = device if device is not None else next(model.parameters()).device
-        tile = fusion_tile(x1.shape, memory_budget_mb, model_dim(model.config), where)
+        tile = fusion_tile(x1.shape, memory_budget_mb, model_dim(model.config), model_device(model, device))
         if tile is not None:
             choice = f"auto: a whole-volume pass exceeds memory_budget_mb={memory_budget_mb}"
             log.info("fusing in tiles of %s (D, H, W): a whole-volume pass would need more than %s MB",
