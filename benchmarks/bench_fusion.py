@@ -2,21 +2,24 @@
 
 For each device (cpu, and cuda when visible) and each selective-scan backend usable there, fuses one
 pair of random volumes per shape in eval mode (no reconstruction branch) and reports seconds per
-volume, volumes/s and voxels/s. The plain sequential reference scan (the one the tests compare every
-backend against) runs in the same process as the baseline. The fusion rows come from two fresh
+volume, volumes/s and voxels/s. "cpu" is the fused C++ kernel of a whole windowed Mamba layer
+(lpmnet.scan.fused_window_mamba); "composed" the same layer composed in PyTorch around the C++ scan and
+conv1d kernels (the implementation before the fused layer); "torch" the simple implementation
+(F.conv1d and the pure-PyTorch scan); "reference" the plain sequential scan that the tests compare
+every backend against. The fusion rows come from two fresh
 processes: one with glibc's default malloc thresholds (what ``LPMNet()(x1, x2)`` meets in a user's
 notebook) and one with the thresholds the ``lpmnet`` command and the workflow's jobs raise
 (:func:`lpmnet.runtime.keep_freed_memory_for_reuse`), each with its peak resident memory. Then times training iterations (forward,
-backward with the reconstruction branch, Adam step) per patch size and backend: "torch" is the simple
-implementation (F.conv1d and the pure-PyTorch scan) beside the compiled CPU kernels.
+backward with the reconstruction branch, Adam step) per patch size and backend, the same rows.
 
     python benchmarks/bench_fusion.py                       # defaults below
-    python benchmarks/bench_fusion.py --shapes 96x160x160 --backends cpu torch reference
+    python benchmarks/bench_fusion.py --shapes 96x160x160 --backends cpu composed torch reference
     python benchmarks/bench_fusion.py --shapes --train-patch 32 64 --threads 2   # training only
     python benchmarks/bench_fusion.py --train-patch --malloc default             # fusion, one process
 """
 
 import argparse
+import contextlib
 import resource
 import subprocess
 import sys
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from scan_reference import reference_selective_scan  # noqa: E402
 
 import lpmnet.mamba  # noqa: E402
+import lpmnet.models  # noqa: E402
 from lpmnet.losses import FusionLoss  # noqa: E402
 from lpmnet.models import LPMNet  # noqa: E402
 from lpmnet.runtime import keep_freed_memory_for_reuse  # noqa: E402
@@ -37,9 +41,23 @@ from lpmnet.scan import available_backends  # noqa: E402
 
 
 def backends_for(device):
-    """Scan backends that run on ``device``: the CUDA kernels only on CUDA, the C++ kernel only on CPU."""
-    native = "cuda" if device.type == "cuda" else "cpu"
-    return [b for b in available_backends() if b in (native, "torch")]
+    """Scan backends that run on ``device``: the CUDA kernels only on CUDA, the C++ kernels only on CPU."""
+    native = ["cuda"] if device.type == "cuda" else ["cpu", "composed"]
+    return [b for b in [*available_backends(), "composed"] if b in (*native, "torch")
+            and (b != "composed" or "cpu" in available_backends())]
+
+
+def backend_patch(backend):
+    """What stands in for a benchmark-only backend while it is timed ("reference", "composed"), or None."""
+    if backend == "reference":
+        return mock.patch.object(lpmnet.mamba, "selective_scan", _reference_scan)
+    if backend == "composed":
+        return mock.patch.object(lpmnet.models, "fused_window_mamba_usable", lambda *args: False)
+    return None
+
+
+def model_backend(backend):
+    return {"composed": "cpu", "reference": "torch"}.get(backend, backend)
 
 
 def parse_shape(text):
@@ -59,11 +77,10 @@ def _reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
 def time_fusion(model, shape, device, backend, repeats):
     x1 = torch.rand(1, 1, *shape, device=device)
     x2 = torch.rand(1, 1, *shape, device=device)
-    patch = mock.patch.object(lpmnet.mamba, "selective_scan", _reference_scan) if backend == "reference" else None
+    patch = backend_patch(backend)
     if patch:
         patch.start()
-    else:
-        model.set_scan_backend(backend)
+    model.set_scan_backend(model_backend(backend))
     try:
         with torch.no_grad():
             # The first pass pays for kernel selection (GPU) and for growing the heap (CPU): it is what a
@@ -84,8 +101,13 @@ def time_fusion(model, shape, device, backend, repeats):
 
 
 def time_training(device, backend, patch, iterations):
+    with backend_patch(backend) or contextlib.nullcontext():
+        return _time_training(device, backend, patch, iterations)
+
+
+def _time_training(device, backend, patch, iterations):
     torch.manual_seed(0)
-    model = LPMNet(scan_backend=backend).to(device).train()
+    model = LPMNet(scan_backend=model_backend(backend)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = FusionLoss()
     x1 = torch.rand(1, 1, patch, patch, patch, device=device)

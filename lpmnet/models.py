@@ -30,6 +30,7 @@ from torch import nn
 
 from lpmnet.errors import InputError
 from lpmnet.mamba import Mamba
+from lpmnet.scan import fused_window_mamba, fused_window_mamba_usable
 
 WINDOW = 16
 MASK_BLOCK = 8
@@ -130,13 +131,26 @@ class WindowMambaLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
 
-    def forward(self, x):
-        """x: (N, H, W, C) with H, W multiples of the window -> same shape."""
+    def fused_params(self):
+        """The tensors of :func:`lpmnet.scan.fused_window_mamba`, in its order."""
+        m = self.mamba
+        return (self.norm.weight, self.norm.bias, m.in_proj.weight, m.in_proj.bias,
+                m.conv1d.weight.squeeze(1), m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias,
+                -torch.exp(m.A_log), m.D, m.out_proj.weight, m.out_proj.bias)
+
+    def forward(self, x, channels_first_out=False):
+        """x: (N, H, W, C) with H, W multiples of the window, any strides -> same shape; stored as
+        (N, C, H, W) when ``channels_first_out`` and the fused CPU kernel runs."""
         n, h, w, c = x.shape
         ws = self.window
         # The roll by the shift and the cut into windows (and back) are one gather each: torch.roll
         # concatenates twice per axis, which cost more than the layer's projections.
         order, inverse = _window_order(h, w, ws, self.shift, x.device)
+        params = self.fused_params()
+        if fused_window_mamba_usable(x, params, self.mamba.scan_backend):
+            out = fused_window_mamba(x.reshape(n, h * w, c), order, ws * ws, self.norm.eps, params,
+                                     channels_first_out)
+            return out.view(n, h, w, c)
         windows = _Reorder.apply(x.reshape(n, h * w, c), order, inverse).view(-1, ws * ws, c)
         windows = self.mamba(self.norm(windows))
         return _Reorder.apply(windows.reshape(n, h * w, c), inverse, order).view(n, h, w, c)
@@ -153,8 +167,8 @@ class WindowMamba(nn.Module):
     def forward(self, x):
         """x: (N, C, H, W) -> (N, C, H, W)."""
         x = x.permute(0, 2, 3, 1)
-        for layer in self.layers:
-            x = layer(x)
+        for number, layer in enumerate(self.layers):
+            x = layer(x, channels_first_out=number == len(self.layers) - 1)
         return x.permute(0, 3, 1, 2)
 
 

@@ -431,6 +431,61 @@ def _scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     return y.to(u.dtype)
 
 
+# ---- the fused windowed Mamba layer of LPM-Net -------------------------------------------
+
+
+def fused_window_mamba_usable(x, params, backend="auto") -> bool:
+    """Whether :func:`fused_window_mamba` runs here: CPU float32/float64 tensors of one dtype and the
+    C++ kernel built. backend "torch" or "cuda" asks for the composed layer; "cpu" raises where the
+    kernel is unavailable."""
+    if backend not in ("auto", "cpu") or x.device.type != "cpu":
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or any(
+            p is not None and p.dtype != x.dtype for p in params):
+        return False
+    return _cpu_module(strict=backend == "cpu") is not None
+
+
+def _fused_forward(x, order, window, eps, channels_first_out, *params):
+    n, tokens, c = x.shape
+    out = x.new_empty(n, c, tokens).transpose(1, 2) if channels_first_out else x.new_empty(n, tokens, c)
+    _cpu_module(strict=True).window_mamba_fwd(x, order, window, eps, *params, out)
+    return out
+
+
+class _CpuWindowMamba(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, order, window, eps, channels_first_out, *params):
+        ctx.save_for_backward(x, order, *params)
+        ctx.window, ctx.eps = window, eps
+        return _fused_forward(x, order, window, eps, channels_first_out, *params)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, order, *params = ctx.saved_tensors
+        grads = _cpu_module(strict=True).window_mamba_bwd(x, order, ctx.window, ctx.eps, *params, dout)
+        return (grads[0], None, None, None, None, *grads[1:])
+
+
+def fused_window_mamba(x, order, window, eps, params, channels_first_out=False):
+    """One windowed Mamba layer of LPM-Net (LayerNorm + Mamba block over windows) in one C++ kernel.
+
+    x: (slices, h*w, C) tokens of each slice, any strides; order: (h*w,) int64, the flat pixel of
+    each token, window after window (the Swin shift included), ``window`` tokens per window; params:
+    LayerNorm weight and bias, in_proj weight (2 d_inner, C) and bias (or None), conv1d weight
+    (d_inner, width) and bias (or None), x_proj weight, dt_proj weight and bias, A = -exp(A_log),
+    D, out_proj weight and bias (or None), each contiguous in x's dtype; dt goes through softplus
+    as in Mamba. Returns (slices, h*w, C) in pixel order, stored as (slices, C, h*w) when
+    ``channels_first_out`` (the layout of the next 2D convolution or merge). The numbers are those
+    of the composed layer (``scan_backend="torch"``), which the tests compare it with in float64;
+    the backward recomputes each window's forward, so only the layer's input is kept.
+    """
+    args = (x, order, int(window), float(eps), bool(channels_first_out), *params)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params)):
+        return _CpuWindowMamba.apply(*args)
+    return _fused_forward(*args)
+
+
 # ---- torch --------------------------------------------------------------------------------
 
 # Working-set bound (bytes) of one batch block of the torch backend: the chunk tensors

@@ -181,6 +181,42 @@ def test_training_gradients_equal_the_independent_restatements_float64():
         torch.testing.assert_close(param.grad, reference[name].grad, rtol=1e-8, atol=1e-11, msg=name)
 
 
+@pytest.mark.parametrize("dim, d_state, expand, biases, shifted", [
+    (24, 8, 1, False, True),  # LPM-Net's layer
+    (12, 5, 2, True, False),  # widths that are not whole SIMD vectors, Mamba's optional biases
+])
+@pytest.mark.parametrize("channels_first_out", [False, True])
+def test_fused_window_mamba_layer_equals_the_composed_layer(dim, d_state, expand, biases, shifted,
+                                                             channels_first_out):
+    """The fused CPU kernel of a windowed Mamba layer gives the output and every gradient (input and
+    parameters) of the composed layer (LayerNorm, the Mamba block, the window gathers) in float64,
+    reading a strided input as the first layer of a view does."""
+    from lpmnet.models import WindowMambaLayer
+
+    torch.manual_seed(6)
+    layer = WindowMambaLayer(dim, shifted, d_state, 3 if biases else 4, expand).double()
+    if biases:
+        layer.mamba.in_proj = torch.nn.Linear(dim, 2 * layer.mamba.d_inner, bias=True).double()
+        layer.mamba.out_proj = torch.nn.Linear(layer.mamba.d_inner, dim, bias=True).double()
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    x = torch.randn(3, dim, 32, 48, dtype=torch.float64).permute(0, 2, 3, 1).requires_grad_()
+    weights = torch.randn(3, 32, 48, dim, dtype=torch.float64)
+    results = {}
+    for backend in ("cpu", "torch"):
+        layer.mamba.scan_backend = backend
+        layer.zero_grad()
+        x.grad = None
+        y = layer(x, channels_first_out=channels_first_out)
+        (y * weights).sum().backward()
+        results[backend] = [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
+    assert results["cpu"][0].permute(0, 3, 1, 2).is_contiguous() == channels_first_out
+    names = ["output", "input gradient"] + [name for name, _ in layer.named_parameters()]
+    for name, fused, composed in zip(names, results["cpu"], results["torch"]):
+        torch.testing.assert_close(fused, composed, rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("fuse_method", ["max", "mean", "min"])
 def test_inference_in_passes_equals_the_whole_view_pass(fuse_method, monkeypatch):
     """Inference on a CPU runs a few slices (and voxels of the head) at a time; with a pass budget of a

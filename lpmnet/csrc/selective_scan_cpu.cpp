@@ -859,10 +859,621 @@ std::vector<at::Tensor> causal_conv1d_bwd(const at::Tensor& x, const at::Tensor&
   return {dx, dw, db};
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// One windowed Mamba layer of LPM-Net, fused (LayerNorm -> in_proj -> causal conv1d + SiLU ->
+// x_proj -> dt_proj + softplus -> selective scan with D skip and SiLU(z) gate -> out_proj), one
+// window of L tokens at a time, with the window partition (and the Swin shift) as a gather by
+// `order` on the way in and a scatter on the way out.
+//
+// Why: in the composed layer every step is a pass over the whole (tokens x channels) tensor, and
+// at LPM-Net's widths (24 channels, 8 states) each step does a few flops per byte: training spent
+// most of its time moving those tensors (projections, transposing copies, gathers, LayerNorm) and
+// keeping them for the backward. Here one window's intermediates (a few hundred KB with the
+// states of the scan) stay in the core's L2 cache; only the layer's input and output touch
+// memory. The backward recomputes the window's forward (nothing but the input is saved) and runs
+// the chain rule step by step backwards; the parameter gradients of each window are summed in T
+// and added to per-chunk double accumulators (fixed chunks of windows, summed in order), so the
+// result does not depend on the number of threads.
+//
+// Layouts: x and out are (slices, h*w, C) with any strides (the first layer reads the dense
+// module's (N, C, H, W) output, the last writes it); order: (h*w,) int64, the flat pixel index
+// of each token, window after window. Channel rows of the buffers are padded to multiples of W
+// lanes with zeros (Cp, Dp, Ep), so every channel loop is whole vectors.
+// ------------------------------------------------------------------------------------------------
+
+constexpr int64_t kWindowsPerChunk = 8;
+
+struct LayerShape {
+  int64_t slices, hw, L, windows, C, Cp, Di, Dp, N, R, E, Ep, K;
+  bool in_bias, conv_bias, out_bias;
+};
+
+// The layer's weights, transposed and zero padded once per call for the window loops: "_t"
+// layouts are (input, padded output) for the forward products, "_n" (output, padded input) for
+// the input gradients.
+template <typename T>
+struct LayerWeights {
+  std::vector<T> ln_g, ln_b, win_t, win_n, b_in, conv_w, conv_b, wx_t, wx_n, wdt_t, wdt_n, dt_b, a,
+      d, wout_t, wout_n, b_out;
+};
+
+template <typename T>
+LayerWeights<T> pack_layer(const LayerShape& S, const at::Tensor& ln_g, const at::Tensor& ln_b,
+                           const at::Tensor& w_in, const std::optional<at::Tensor>& b_in,
+                           const at::Tensor& conv_w, const std::optional<at::Tensor>& conv_b,
+                           const at::Tensor& w_x, const at::Tensor& w_dt, const at::Tensor& b_dt,
+                           const at::Tensor& A, const at::Tensor& D, const at::Tensor& w_out,
+                           const std::optional<at::Tensor>& b_out) {
+  const int64_t C = S.C, Cp = S.Cp, Di = S.Di, Dp = S.Dp, N = S.N, R = S.R, E = S.E, Ep = S.Ep;
+  LayerWeights<T> P;
+  auto vec = [](int64_t n) { return std::vector<T>(n, T(0)); };
+  P.ln_g = vec(Cp); P.ln_b = vec(Cp);
+  P.win_t = vec(C * 2 * Dp); P.win_n = vec(2 * Dp * Cp); P.b_in = vec(2 * Dp);
+  P.conv_w = vec(S.K * Dp); P.conv_b = vec(Dp);
+  P.wx_t = vec(Di * Ep); P.wx_n = vec(E * Dp);
+  P.wdt_t = vec(R * Dp); P.wdt_n = vec(Dp * R); P.dt_b = vec(Dp);
+  P.a = vec(N * Dp); P.d = vec(Dp);
+  P.wout_t = vec(Di * Cp); P.wout_n = vec(C * Dp); P.b_out = vec(Cp);
+  const T* g = ln_g.data_ptr<T>(); const T* b = ln_b.data_ptr<T>();
+  for (int64_t c = 0; c < C; ++c) { P.ln_g[c] = g[c]; P.ln_b[c] = b[c]; }
+  const T* wi = w_in.data_ptr<T>();  // (2 Di, C)
+  for (int64_t o = 0; o < 2 * Di; ++o) {
+    const int64_t po = o < Di ? o : Dp + (o - Di);  // x part then z part, each padded to Dp
+    for (int64_t k = 0; k < C; ++k) {
+      P.win_t[k * 2 * Dp + po] = wi[o * C + k];
+      P.win_n[po * Cp + k] = wi[o * C + k];
+    }
+    if (b_in) P.b_in[po] = b_in->data_ptr<T>()[o];
+  }
+  const T* cw = conv_w.data_ptr<T>();  // (Di, K)
+  for (int64_t c = 0; c < Di; ++c) {
+    for (int64_t k = 0; k < S.K; ++k) P.conv_w[k * Dp + c] = cw[c * S.K + k];
+    if (conv_b) P.conv_b[c] = conv_b->data_ptr<T>()[c];
+  }
+  const T* wx = w_x.data_ptr<T>();  // (E, Di)
+  for (int64_t j = 0; j < E; ++j)
+    for (int64_t k = 0; k < Di; ++k) {
+      P.wx_t[k * Ep + j] = wx[j * Di + k];
+      P.wx_n[j * Dp + k] = wx[j * Di + k];
+    }
+  const T* wd = w_dt.data_ptr<T>();  // (Di, R)
+  for (int64_t c = 0; c < Di; ++c) {
+    for (int64_t r = 0; r < R; ++r) {
+      P.wdt_t[r * Dp + c] = wd[c * R + r];
+      P.wdt_n[c * R + r] = wd[c * R + r];
+    }
+    P.dt_b[c] = b_dt.data_ptr<T>()[c];
+    P.d[c] = D.data_ptr<T>()[c];
+    for (int64_t n = 0; n < N; ++n) P.a[n * Dp + c] = A.data_ptr<T>()[c * N + n];
+  }
+  const T* wo = w_out.data_ptr<T>();  // (C, Di)
+  for (int64_t o = 0; o < C; ++o) {
+    for (int64_t k = 0; k < Di; ++k) {
+      P.wout_t[k * Cp + o] = wo[o * Di + k];
+      P.wout_n[o * Dp + k] = wo[o * Di + k];
+    }
+    if (b_out) P.b_out[o] = b_out->data_ptr<T>()[o];
+  }
+  return P;
+}
+
+// The small products of a window: the widths (a few vectors) are compile-time block sizes NV, so
+// the accumulators stay in registers.
+template <typename T, int NV>
+inline void rows_times_block(const T* a, int64_t lda, int64_t rows, int64_t K, const T* bt, int64_t width,
+                             const T* bias, T* out, int64_t ldo) {
+  using V = typename VT<T>::V;
+  int64_t t = 0;
+  for (; t + 2 <= rows; t += 2) {  // two rows share each weight load
+    V acc0[NV], acc1[NV];
+    for (int q = 0; q < NV; ++q) acc0[q] = acc1[q] = bias ? vload<V>(bias + q * W) : V{};
+    const T* a0 = a + t * lda;
+    const T* a1 = a0 + lda;
+    for (int64_t k = 0; k < K; ++k) {
+      const V s0 = VT<T>::bc(a0[k]), s1 = VT<T>::bc(a1[k]);
+      const T* bk = bt + k * width;
+      for (int q = 0; q < NV; ++q) {
+        const V b = vload<V>(bk + q * W);
+        acc0[q] += s0 * b;
+        acc1[q] += s1 * b;
+      }
+    }
+    for (int q = 0; q < NV; ++q) {
+      vstore(out + t * ldo + q * W, acc0[q]);
+      vstore(out + (t + 1) * ldo + q * W, acc1[q]);
+    }
+  }
+  for (; t < rows; ++t) {
+    V acc[NV];
+    for (int q = 0; q < NV; ++q) acc[q] = bias ? vload<V>(bias + q * W) : V{};
+    for (int64_t k = 0; k < K; ++k) {
+      const V s = VT<T>::bc(a[t * lda + k]);
+      for (int q = 0; q < NV; ++q) acc[q] += s * vload<V>(bt + k * width + q * W);
+    }
+    for (int q = 0; q < NV; ++q) vstore(out + t * ldo + q * W, acc[q]);
+  }
+}
+
+// out[t, :] = bias + sum_{k < K} a[t, k] * bt[k, :] for t < rows; widths are whole vectors.
+template <typename T>
+inline void rows_times(const T* a, int64_t lda, int64_t rows, int64_t K, const T* bt, int64_t width,
+                       const T* bias, T* out, int64_t ldo) {
+  for (int64_t j0 = 0; j0 < width; j0 += 4 * W) {
+    const T* b = bias ? bias + j0 : nullptr;
+    switch (std::min<int64_t>(4, (width - j0) / W)) {
+      case 4: rows_times_block<T, 4>(a, lda, rows, K, bt + j0, width, b, out + j0, ldo); break;
+      case 3: rows_times_block<T, 3>(a, lda, rows, K, bt + j0, width, b, out + j0, ldo); break;
+      case 2: rows_times_block<T, 2>(a, lda, rows, K, bt + j0, width, b, out + j0, ldo); break;
+      default: rows_times_block<T, 1>(a, lda, rows, K, bt + j0, width, b, out + j0, ldo); break;
+    }
+  }
+}
+
+template <typename T, int NV>
+inline void add_rows_outer_block(const T* a, int64_t lda, int64_t K, const T* b, int64_t ldb, int64_t rows,
+                                 int64_t width, T* acc) {
+  using V = typename VT<T>::V;
+  int64_t k = 0;
+  for (; k + 2 <= K; k += 2) {  // two weight rows share each load of b
+    V s0[NV], s1[NV];
+    for (int q = 0; q < NV; ++q) {
+      s0[q] = vload<V>(acc + k * width + q * W);
+      s1[q] = vload<V>(acc + (k + 1) * width + q * W);
+    }
+    for (int64_t t = 0; t < rows; ++t) {
+      const V x0 = VT<T>::bc(a[t * lda + k]), x1 = VT<T>::bc(a[t * lda + k + 1]);
+      for (int q = 0; q < NV; ++q) {
+        const V v = vload<V>(b + t * ldb + q * W);
+        s0[q] += x0 * v;
+        s1[q] += x1 * v;
+      }
+    }
+    for (int q = 0; q < NV; ++q) {
+      vstore(acc + k * width + q * W, s0[q]);
+      vstore(acc + (k + 1) * width + q * W, s1[q]);
+    }
+  }
+  for (; k < K; ++k) {
+    V s[NV];
+    for (int q = 0; q < NV; ++q) s[q] = vload<V>(acc + k * width + q * W);
+    for (int64_t t = 0; t < rows; ++t) {
+      const V x = VT<T>::bc(a[t * lda + k]);
+      for (int q = 0; q < NV; ++q) s[q] += x * vload<V>(b + t * ldb + q * W);
+    }
+    for (int q = 0; q < NV; ++q) vstore(acc + k * width + q * W, s[q]);
+  }
+}
+
+// acc[k, :] += sum_{t < rows} a[t, k] * b[t, :] for k < K (a weight gradient of one window).
+template <typename T>
+inline void add_rows_outer(const T* a, int64_t lda, int64_t K, const T* b, int64_t ldb, int64_t rows,
+                           int64_t width, T* acc) {
+  for (int64_t j0 = 0; j0 < width; j0 += 4 * W) {
+    switch (std::min<int64_t>(4, (width - j0) / W)) {
+      case 4: add_rows_outer_block<T, 4>(a, lda, K, b + j0, ldb, rows, width, acc + j0); break;
+      case 3: add_rows_outer_block<T, 3>(a, lda, K, b + j0, ldb, rows, width, acc + j0); break;
+      case 2: add_rows_outer_block<T, 2>(a, lda, K, b + j0, ldb, rows, width, acc + j0); break;
+      default: add_rows_outer_block<T, 1>(a, lda, K, b + j0, ldb, rows, width, acc + j0); break;
+    }
+  }
+}
+
+template <typename T>
+inline typename VT<T>::V silu_v(typename VT<T>::V x) { return x * VT<T>::sigmoid(x); }
+
+// d silu(x) / dx = s (1 + x (1 - s)), s = sigmoid(x).
+template <typename T>
+inline typename VT<T>::V dsilu_v(typename VT<T>::V x) {
+  const auto s = VT<T>::sigmoid(x);
+  return s * (x * (T(1) - s) + T(1));
+}
+
+// One window's forward intermediates, rows of padded widths.
+template <typename T>
+struct WindowBuffers {
+  std::vector<T> xhat, rstd, xn, xz, xs, e, draw, dts, hs, y, g;
+  WindowBuffers(const LayerShape& S, bool store_states)
+      : xhat(S.L * S.Cp), rstd(S.L), xn(S.L * S.Cp), xz(S.L * 2 * S.Dp), xs(S.L * S.Dp),
+        e(S.L * S.Ep), draw(S.L * S.Dp), dts(S.L * S.Dp),
+        hs(store_states ? S.L * S.N * S.Dp : S.N * S.Dp), y(S.L * S.Dp), g(S.L * S.Dp) {}
+};
+
+// Gathers window `wi` of x into rows u[t, 0:C) (the rest of each Cp row zero).
+template <typename T>
+inline void gather_window(const T* x, int64_t sn, int64_t sp, int64_t sc, const int64_t* order,
+                          const LayerShape& S, int64_t wi, T* u) {
+  const int64_t slice = wi / (S.hw / S.L), first = (wi % (S.hw / S.L)) * S.L;
+  const T* base = x + slice * sn;
+  for (int64_t t = 0; t < S.L; ++t) {
+    const T* p = base + order[first + t] * sp;
+    T* row = u + t * S.Cp;
+    for (int64_t c = 0; c < S.C; ++c) row[c] = p[c * sc];
+    for (int64_t c = S.C; c < S.Cp; ++c) row[c] = T(0);
+  }
+}
+
+template <typename T>
+inline void scatter_window(const T* rows, int64_t ld, T* out, int64_t sn, int64_t sp, int64_t sc,
+                           const int64_t* order, const LayerShape& S, int64_t wi) {
+  const int64_t slice = wi / (S.hw / S.L), first = (wi % (S.hw / S.L)) * S.L;
+  T* base = out + slice * sn;
+  for (int64_t t = 0; t < S.L; ++t) {
+    T* p = base + order[first + t] * sp;
+    const T* row = rows + t * ld;
+    for (int64_t c = 0; c < S.C; ++c) p[c * sc] = row[c];
+  }
+}
+
+// The window's forward from its gathered input u (overwritten by xhat); with kStore the states of
+// every step are kept for the backward. On return B.g holds the gated scan output (out_proj's input).
+template <typename T, bool kStore>
+void window_forward(const LayerShape& S, const LayerWeights<T>& P, T eps, WindowBuffers<T>& B) {
+  using Tr = VT<T>;
+  using V = typename Tr::V;
+  const int64_t L = S.L, C = S.C, Cp = S.Cp, Dp = S.Dp, N = S.N, R = S.R, Ep = S.Ep, K = S.K;
+  // LayerNorm (two-pass variance, as the reference computes it).
+  for (int64_t t = 0; t < L; ++t) {
+    T* row = B.xhat.data() + t * Cp;
+    T mean = 0;
+    for (int64_t c = 0; c < C; ++c) mean += row[c];
+    mean /= C;
+    T var = 0;
+    for (int64_t c = 0; c < C; ++c) var += (row[c] - mean) * (row[c] - mean);
+    const T rstd = T(1) / std::sqrt(var / C + eps);
+    B.rstd[t] = rstd;
+    T* xn = B.xn.data() + t * Cp;
+    for (int64_t c = 0; c < C; ++c) {
+      row[c] = (row[c] - mean) * rstd;
+      xn[c] = row[c] * P.ln_g[c] + P.ln_b[c];
+    }
+    for (int64_t c = C; c < Cp; ++c) xn[c] = T(0);
+  }
+  rows_times(B.xn.data(), Cp, L, C, P.win_t.data(), 2 * Dp, P.b_in.data(), B.xz.data(), 2 * Dp);
+  // Causal depthwise conv over the window's tokens + SiLU (x part of xz: columns [0, Dp)).
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t c = 0; c < Dp; c += W) {
+      V acc = vload<V>(P.conv_b.data() + c);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t src = t - (K - 1) + k;
+        if (src >= 0) acc += vload<V>(P.conv_w.data() + k * Dp + c) * vload<V>(B.xz.data() + src * 2 * Dp + c);
+      }
+      vstore(B.xs.data() + t * Dp + c, silu_v<T>(acc));
+    }
+  }
+  rows_times(B.xs.data(), Dp, L, S.Di, P.wx_t.data(), Ep, (const T*)nullptr, B.e.data(), Ep);
+  // delta = dt_proj(dt) + bias, dt = softplus(delta).
+  for (int64_t t = 0; t < L; ++t) {
+    const T* et = B.e.data() + t * Ep;
+    for (int64_t c = 0; c < Dp; c += W) {
+      V acc = vload<V>(P.dt_b.data() + c);
+      for (int64_t r = 0; r < R; ++r) acc += Tr::bc(et[r]) * vload<V>(P.wdt_t.data() + r * Dp + c);
+      vstore(B.draw.data() + t * Dp + c, acc);
+      vstore(B.dts.data() + t * Dp + c, Tr::softplus(acc));
+    }
+  }
+  // Selective scan, the states of all channels and one n in Dp lanes; then D skip and z gate.
+  T* h = B.hs.data();
+  std::fill(h, h + N * Dp, T(0));
+  for (int64_t t = 0; t < L; ++t) {
+    const T* et = B.e.data() + t * Ep;
+    T* hprev = h;
+    if (kStore && t > 0) {
+      hprev = B.hs.data() + (t - 1) * N * Dp;
+      h = B.hs.data() + t * N * Dp;
+    }
+    for (int64_t c = 0; c < Dp; c += W) {
+      const V dt = vload<V>(B.dts.data() + t * Dp + c);
+      const V xs = vload<V>(B.xs.data() + t * Dp + c);
+      const V dtx = dt * xs;
+      V y = vload<V>(P.d.data() + c) * xs;
+      for (int64_t n = 0; n < N; ++n) {
+        const V decay = Tr::exp(dt * vload<V>(P.a.data() + n * Dp + c));
+        const V hn = decay * vload<V>(hprev + n * Dp + c) + dtx * et[R + n];
+        vstore(h + n * Dp + c, hn);
+        y += hn * et[R + N + n];
+      }
+      vstore(B.y.data() + t * Dp + c, y);
+      const V z = vload<V>(B.xz.data() + t * 2 * Dp + Dp + c);
+      vstore(B.g.data() + t * Dp + c, y * silu_v<T>(z));
+    }
+  }
+}
+
+void check_layer(const at::Tensor& x, const at::Tensor& order, int64_t window, const at::Tensor& w_in,
+                 const at::Tensor& conv_w, const at::Tensor& w_x, const at::Tensor& w_dt, const at::Tensor& A,
+                 const at::Tensor& w_out) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3, "x must be a (slices, h*w, C) CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x must be float32 or float64");
+  TORCH_CHECK(order.dim() == 1 && order.size(0) == x.size(1) && order.scalar_type() == at::kLong &&
+                  order.is_contiguous(), "order must be contiguous int64 of length h*w");
+  TORCH_CHECK(window > 0 && x.size(1) % window == 0, "h*w must be a multiple of the window length");
+  for (const at::Tensor* t : {&w_in, &conv_w, &w_x, &w_dt, &A, &w_out})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == x.scalar_type(), "weights must be contiguous, of x's dtype");
+}
+
+LayerShape layer_shape(const at::Tensor& x, int64_t window, const at::Tensor& w_in, const at::Tensor& conv_w,
+                       const at::Tensor& w_dt, const at::Tensor& A, bool in_bias, bool conv_bias, bool out_bias) {
+  LayerShape S;
+  S.slices = x.size(0); S.hw = x.size(1); S.L = window; S.windows = S.slices * (S.hw / window);
+  S.C = x.size(2); S.Cp = round_up(S.C, W);
+  S.Di = w_in.size(0) / 2; S.Dp = round_up(S.Di, W);
+  S.N = A.size(1); S.R = w_dt.size(1); S.E = S.R + 2 * S.N; S.Ep = round_up(S.E, W);
+  S.K = conv_w.size(1);
+  S.in_bias = in_bias; S.conv_bias = conv_bias; S.out_bias = out_bias;
+  return S;
+}
+
+// Forward of the layer into `out` ((slices, h*w, C), any strides).
+void window_mamba_fwd(const at::Tensor& x, const at::Tensor& order, int64_t window, double eps,
+                      const at::Tensor& ln_g, const at::Tensor& ln_b, const at::Tensor& w_in,
+                      const std::optional<at::Tensor>& b_in, const at::Tensor& conv_w,
+                      const std::optional<at::Tensor>& conv_b, const at::Tensor& w_x, const at::Tensor& w_dt,
+                      const at::Tensor& b_dt, const at::Tensor& A, const at::Tensor& D, const at::Tensor& w_out,
+                      const std::optional<at::Tensor>& b_out, at::Tensor& out) {
+  check_layer(x, order, window, w_in, conv_w, w_x, w_dt, A, w_out);
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(), "out must be like x");
+  const LayerShape S = layer_shape(x, window, w_in, conv_w, w_dt, A, b_in.has_value(), conv_b.has_value(), b_out.has_value());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "window_mamba_fwd", [&] {
+    using T = scalar_t;
+    const LayerWeights<T> P = pack_layer<T>(S, ln_g, ln_b, w_in, b_in, conv_w, conv_b, w_x, w_dt, b_dt, A, D, w_out, b_out);
+    const T* xp = x.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    const int64_t* ord = order.data_ptr<int64_t>();
+    at::parallel_for(0, S.windows, 1, [&](int64_t begin, int64_t end) {
+      DenormalGuard guard;
+      WindowBuffers<T> B(S, false);
+      std::vector<T> o(S.L * S.Cp);
+      for (int64_t wi = begin; wi < end; ++wi) {
+        gather_window(xp, x.stride(0), x.stride(1), x.stride(2), ord, S, wi, B.xhat.data());
+        window_forward<T, false>(S, P, T(eps), B);
+        rows_times(B.g.data(), S.Dp, S.L, S.Di, P.wout_t.data(), S.Cp, P.b_out.data(), o.data(), S.Cp);
+        scatter_window(o.data(), S.Cp, op, out.stride(0), out.stride(1), out.stride(2), ord, S, wi);
+      }
+    });
+  });
+}
+
+// Offsets of the parameter gradients in one flat accumulator, in the packed layouts.
+struct GradLayout {
+  int64_t ln_g, ln_b, win_t, b_in, conv_w, conv_b, wx_t, wdt_t, dt_b, a, d, wout_t, b_out, size;
+  explicit GradLayout(const LayerShape& S) {
+    int64_t o = 0;
+    auto take = [&o](int64_t n) { const int64_t at = o; o += n; return at; };
+    ln_g = take(S.Cp); ln_b = take(S.Cp); win_t = take(S.C * 2 * S.Dp); b_in = take(2 * S.Dp);
+    conv_w = take(S.K * S.Dp); conv_b = take(S.Dp); wx_t = take(S.Di * S.Ep); wdt_t = take(S.R * S.Dp);
+    dt_b = take(S.Dp); a = take(S.N * S.Dp); d = take(S.Dp); wout_t = take(S.Di * S.Cp); b_out = take(S.Cp);
+    size = o;
+  }
+};
+
+template <typename T>
+inline void add_column_sums(const T* rows, int64_t ld, int64_t L, int64_t width, T* acc) {
+  for (int64_t t = 0; t < L; ++t)
+    for (int64_t c = 0; c < width; ++c) acc[c] += rows[t * ld + c];
+}
+
+// Backward buffers of one window (beyond the forward's).
+template <typename T>
+struct WindowGrads {
+  std::vector<T> u, dout, dg, dy, dxs, ddelta, de, dxz, dxn, dh, w;
+  WindowGrads(const LayerShape& S, const GradLayout& G)
+      : u(S.L * S.Cp), dout(S.L * S.Cp), dg(S.L * S.Dp), dy(S.L * S.Dp), dxs(S.L * S.Dp), ddelta(S.L * S.Dp),
+        de(S.L * S.Ep), dxz(S.L * 2 * S.Dp), dxn(S.L * S.Cp), dh(S.N * S.Dp), w(G.size) {}
+};
+
+template <typename T>
+void window_backward(const LayerShape& S, const LayerWeights<T>& P, const GradLayout& G, WindowBuffers<T>& B,
+                     WindowGrads<T>& Q) {
+  using Tr = VT<T>;
+  using V = typename Tr::V;
+  const int64_t L = S.L, C = S.C, Cp = S.Cp, Di = S.Di, Dp = S.Dp, N = S.N, R = S.R, E = S.E, Ep = S.Ep, K = S.K;
+  T* gw = Q.w.data();
+  // out_proj
+  add_rows_outer(B.g.data(), Dp, Di, Q.dout.data(), Cp, L, Cp, gw + G.wout_t);
+  add_column_sums(Q.dout.data(), Cp, L, Cp, gw + G.b_out);
+  rows_times(Q.dout.data(), Cp, L, C, P.wout_n.data(), Dp, (const T*)nullptr, Q.dg.data(), Dp);
+  // gate y * silu(z) and the D skip
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t c = 0; c < Dp; c += W) {
+      const V dg = vload<V>(Q.dg.data() + t * Dp + c);
+      const V z = vload<V>(B.xz.data() + t * 2 * Dp + Dp + c);
+      const V y = vload<V>(B.y.data() + t * Dp + c);
+      const V xs = vload<V>(B.xs.data() + t * Dp + c);
+      const V dy = dg * silu_v<T>(z);
+      vstore(Q.dxz.data() + t * 2 * Dp + Dp + c, dg * y * dsilu_v<T>(z));
+      vstore(Q.dy.data() + t * Dp + c, dy);
+      vstore(gw + G.d + c, vload<V>(gw + G.d + c) + dy * xs);
+      vstore(Q.dxs.data() + t * Dp + c, dy * vload<V>(P.d.data() + c));
+      vstore(Q.ddelta.data() + t * Dp + c, V{});
+    }
+  }
+  // Reverse scan: dh carries d loss / d h_t backwards through the decays.
+  std::fill(Q.dh.begin(), Q.dh.end(), T(0));
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const T* et = B.e.data() + t * Ep;
+    T* det = Q.de.data() + t * Ep;
+    const T* hcur = B.hs.data() + t * N * Dp;
+    const T* hprev = t > 0 ? B.hs.data() + (t - 1) * N * Dp : nullptr;
+    for (int64_t n = 0; n < N; ++n) {
+      const T b_n = et[R + n], c_n = et[R + N + n];
+      V acc_b{}, acc_c{};
+      for (int64_t c = 0; c < Dp; c += W) {
+        const V dy = vload<V>(Q.dy.data() + t * Dp + c);
+        const V dt = vload<V>(B.dts.data() + t * Dp + c);
+        const V xs = vload<V>(B.xs.data() + t * Dp + c);
+        const V a = vload<V>(P.a.data() + n * Dp + c);
+        const V dh = vload<V>(Q.dh.data() + n * Dp + c) + dy * c_n;
+        acc_c += vload<V>(hcur + n * Dp + c) * dy;
+        const V decay = Tr::exp(dt * a);
+        const V hp = hprev ? vload<V>(hprev + n * Dp + c) : V{};
+        T* ddt = Q.ddelta.data() + t * Dp + c;
+        vstore(ddt, vload<V>(ddt) + dh * (a * decay * hp + xs * b_n));
+        vstore(gw + G.a + n * Dp + c, vload<V>(gw + G.a + n * Dp + c) + dh * decay * hp * dt);
+        acc_b += dh * dt * xs;
+        T* dxs = Q.dxs.data() + t * Dp + c;
+        vstore(dxs, vload<V>(dxs) + dh * dt * b_n);
+        vstore(Q.dh.data() + n * Dp + c, dh * decay);
+      }
+      det[R + n] = hsum(acc_b);
+      det[R + N + n] = hsum(acc_c);
+    }
+  }
+  // softplus and dt_proj
+  for (int64_t t = 0; t < L; ++t) {
+    T* dd = Q.ddelta.data() + t * Dp;
+    T* det = Q.de.data() + t * Ep;
+    for (int64_t c = 0; c < Dp; c += W) {
+      const V v = vload<V>(dd + c) * Tr::sigmoid(vload<V>(B.draw.data() + t * Dp + c));
+      vstore(dd + c, v);
+      vstore(gw + G.dt_b + c, vload<V>(gw + G.dt_b + c) + v);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      V s{};
+      for (int64_t c = 0; c < Dp; c += W) s += vload<V>(dd + c) * vload<V>(P.wdt_t.data() + r * Dp + c);
+      det[r] = hsum(s);
+    }
+    for (int64_t j = E; j < Ep; ++j) det[j] = T(0);
+  }
+  add_rows_outer(B.e.data(), Ep, R, Q.ddelta.data(), Dp, L, Dp, gw + G.wdt_t);
+  // x_proj
+  add_rows_outer(B.xs.data(), Dp, Di, Q.de.data(), Ep, L, Ep, gw + G.wx_t);
+  rows_times(Q.de.data(), Ep, L, E, P.wx_n.data(), Dp, (const T*)nullptr, Q.dg.data(), Dp);
+  // SiLU and the causal conv (pre-activations recomputed from the in_proj output)
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t c = 0; c < Dp; c += W) {
+      V pre = vload<V>(P.conv_b.data() + c);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t src = t - (K - 1) + k;
+        if (src >= 0) pre += vload<V>(P.conv_w.data() + k * Dp + c) * vload<V>(B.xz.data() + src * 2 * Dp + c);
+      }
+      const V dxs = vload<V>(Q.dxs.data() + t * Dp + c) + vload<V>(Q.dg.data() + t * Dp + c);
+      vstore(Q.dy.data() + t * Dp + c, dxs * dsilu_v<T>(pre));  // dy now holds d pre-activation
+    }
+  }
+  add_column_sums(Q.dy.data(), Dp, L, Dp, gw + G.conv_b);
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t c = 0; c < Dp; c += W) {
+      V dx{};
+      const V xp = vload<V>(B.xz.data() + t * 2 * Dp + c);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t dst = t + (K - 1) - k;  // the output step that read x[t] through tap k
+        if (dst < L) {
+          const V dpre = vload<V>(Q.dy.data() + dst * Dp + c);
+          dx += vload<V>(P.conv_w.data() + k * Dp + c) * dpre;
+          vstore(gw + G.conv_w + k * Dp + c, vload<V>(gw + G.conv_w + k * Dp + c) + dpre * xp);
+        }
+      }
+      vstore(Q.dxz.data() + t * 2 * Dp + c, dx);
+    }
+  }
+  // in_proj
+  add_rows_outer(B.xn.data(), Cp, C, Q.dxz.data(), 2 * Dp, L, 2 * Dp, gw + G.win_t);
+  add_column_sums(Q.dxz.data(), 2 * Dp, L, 2 * Dp, gw + G.b_in);
+  rows_times(Q.dxz.data(), 2 * Dp, L, 2 * Dp, P.win_n.data(), Cp, (const T*)nullptr, Q.dxn.data(), Cp);
+  // LayerNorm; the input gradient goes to Q.u
+  for (int64_t t = 0; t < L; ++t) {
+    const T* dxn = Q.dxn.data() + t * Cp;
+    const T* xhat = B.xhat.data() + t * Cp;
+    T m1 = 0, m2 = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const T gx = dxn[c] * P.ln_g[c];
+      m1 += gx;
+      m2 += gx * xhat[c];
+      gw[G.ln_g + c] += dxn[c] * xhat[c];
+      gw[G.ln_b + c] += dxn[c];
+    }
+    m1 /= C;
+    m2 /= C;
+    T* dx = Q.u.data() + t * Cp;
+    for (int64_t c = 0; c < C; ++c) dx[c] = B.rstd[t] * (dxn[c] * P.ln_g[c] - m1 - xhat[c] * m2);
+  }
+}
+
+template <typename T>
+at::Tensor unpack_grad(const std::vector<double>& g, int64_t offset, int64_t rows, int64_t cols, int64_t ld,
+                       bool transpose, const at::TensorOptions& opts) {
+  // packed (rows, ld) block -> a (rows, cols) tensor, or its transpose (cols, rows)
+  at::Tensor out = transpose ? at::empty({cols, rows}, opts) : at::empty({rows, cols}, opts);
+  T* p = out.data_ptr<T>();
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) (transpose ? p[j * rows + i] : p[i * cols + j]) = T(g[offset + i * ld + j]);
+  return out;
+}
+
+// Returns dx (x's layout), then the gradients of ln_g, ln_b, w_in, b_in, conv_w, conv_b, w_x, w_dt,
+// b_dt, A, D, w_out, b_out (undefined tensors for absent biases).
+std::vector<at::Tensor> window_mamba_bwd(
+    const at::Tensor& x, const at::Tensor& order, int64_t window, double eps, const at::Tensor& ln_g,
+    const at::Tensor& ln_b, const at::Tensor& w_in, const std::optional<at::Tensor>& b_in, const at::Tensor& conv_w,
+    const std::optional<at::Tensor>& conv_b, const at::Tensor& w_x, const at::Tensor& w_dt, const at::Tensor& b_dt,
+    const at::Tensor& A, const at::Tensor& D, const at::Tensor& w_out, const std::optional<at::Tensor>& b_out,
+    const at::Tensor& dout) {
+  check_layer(x, order, window, w_in, conv_w, w_x, w_dt, A, w_out);
+  TORCH_CHECK(dout.sizes() == x.sizes() && dout.scalar_type() == x.scalar_type(), "dout must be like x");
+  const LayerShape S = layer_shape(x, window, w_in, conv_w, w_dt, A, b_in.has_value(), conv_b.has_value(), b_out.has_value());
+  const GradLayout G(S);
+  at::Tensor dx = at::empty_like(x);
+  const int64_t chunks = (S.windows + kWindowsPerChunk - 1) / kWindowsPerChunk;
+  std::vector<double> partial(chunks * G.size, 0.0);
+  std::vector<at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "window_mamba_bwd", [&] {
+    using T = scalar_t;
+    const LayerWeights<T> P = pack_layer<T>(S, ln_g, ln_b, w_in, b_in, conv_w, conv_b, w_x, w_dt, b_dt, A, D, w_out, b_out);
+    const T* xp = x.data_ptr<T>();
+    const T* gp = dout.data_ptr<T>();
+    T* dxp = dx.data_ptr<T>();
+    const int64_t* ord = order.data_ptr<int64_t>();
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      DenormalGuard guard;
+      WindowBuffers<T> B(S, true);
+      WindowGrads<T> Q(S, G);
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        double* acc = partial.data() + chunk * G.size;
+        const int64_t last = std::min(S.windows, (chunk + 1) * kWindowsPerChunk);
+        for (int64_t wi = chunk * kWindowsPerChunk; wi < last; ++wi) {
+          gather_window(xp, x.stride(0), x.stride(1), x.stride(2), ord, S, wi, B.xhat.data());
+          gather_window(gp, dout.stride(0), dout.stride(1), dout.stride(2), ord, S, wi, Q.dout.data());
+          window_forward<T, true>(S, P, T(eps), B);
+          std::fill(Q.w.begin(), Q.w.end(), T(0));
+          window_backward(S, P, G, B, Q);
+          scatter_window(Q.u.data(), S.Cp, dxp, dx.stride(0), dx.stride(1), dx.stride(2), ord, S, wi);
+          for (int64_t i = 0; i < G.size; ++i) acc[i] += Q.w[i];
+        }
+      }
+    });
+    std::vector<double> g(G.size, 0.0);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      for (int64_t i = 0; i < G.size; ++i) g[i] += partial[chunk * G.size + i];
+    const auto opts = x.options();
+    auto vector_of = [&](int64_t offset, int64_t n) { return unpack_grad<T>(g, offset, 1, n, n, false, opts).view({n}); };
+    // in_proj's packed (C, 2 Dp) block: the x half then the z half, each to (Di, C)
+    at::Tensor d_w_in = at::cat({unpack_grad<T>(g, G.win_t, S.C, S.Di, 2 * S.Dp, true, opts),
+                                 unpack_grad<T>(g, G.win_t + S.Dp, S.C, S.Di, 2 * S.Dp, true, opts)});
+    at::Tensor d_b_in;
+    if (b_in) d_b_in = at::cat({vector_of(G.b_in, S.Di), vector_of(G.b_in + S.Dp, S.Di)});
+    grads = {dx,
+             vector_of(G.ln_g, S.C),
+             vector_of(G.ln_b, S.C),
+             d_w_in,
+             d_b_in,
+             unpack_grad<T>(g, G.conv_w, S.K, S.Di, S.Dp, true, opts),
+             conv_b ? vector_of(G.conv_b, S.Di) : at::Tensor(),
+             unpack_grad<T>(g, G.wx_t, S.Di, S.E, S.Ep, true, opts),
+             unpack_grad<T>(g, G.wdt_t, S.R, S.Di, S.Dp, true, opts),
+             vector_of(G.dt_b, S.Di),
+             unpack_grad<T>(g, G.a, S.N, S.Di, S.Dp, true, opts),
+             vector_of(G.d, S.Di),
+             unpack_grad<T>(g, G.wout_t, S.Di, S.C, S.Cp, true, opts),
+             b_out ? vector_of(G.b_out, S.C) : at::Tensor()};
+  });
+  return grads;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "lpmnet selective scan (Mamba-1) CPU kernel";
+  m.doc() = "lpmnet CPU kernels: selective scan (Mamba-1), causal conv1d, fused windowed Mamba layer";
   m.def("fwd", &selective_scan_fwd, "selective scan forward", py::arg("u"), py::arg("delta"),
         py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
         py::arg("delta_bias"), py::arg("delta_softplus"),
@@ -876,4 +1487,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_bwd", &causal_conv1d_bwd, "causal depthwise conv1d (+ SiLU) backward", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("silu"), py::arg("dy"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("window_mamba_fwd", &window_mamba_fwd, "LPM-Net windowed Mamba layer forward, fused", py::arg("x"),
+        py::arg("order"), py::arg("window"), py::arg("eps"), py::arg("ln_weight"), py::arg("ln_bias"),
+        py::arg("in_weight"), py::arg("in_bias"), py::arg("conv_weight"), py::arg("conv_bias"),
+        py::arg("x_weight"), py::arg("dt_weight"), py::arg("dt_bias"), py::arg("A"), py::arg("D"),
+        py::arg("out_weight"), py::arg("out_bias"), py::arg("out"), py::call_guard<py::gil_scoped_release>());
+  m.def("window_mamba_bwd", &window_mamba_bwd, "LPM-Net windowed Mamba layer backward, fused", py::arg("x"),
+        py::arg("order"), py::arg("window"), py::arg("eps"), py::arg("ln_weight"), py::arg("ln_bias"),
+        py::arg("in_weight"), py::arg("in_bias"), py::arg("conv_weight"), py::arg("conv_bias"),
+        py::arg("x_weight"), py::arg("dt_weight"), py::arg("dt_bias"), py::arg("A"), py::arg("D"),
+        py::arg("out_weight"), py::arg("out_bias"), py::arg("dout"), py::call_guard<py::gil_scoped_release>());
 }
