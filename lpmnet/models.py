@@ -30,7 +30,13 @@ from torch import nn
 
 from lpmnet.errors import InputError
 from lpmnet.mamba import Mamba
-from lpmnet.scan import fused_window_mamba, fused_window_mamba_usable
+from lpmnet.scan import (
+    fused_cfc_head,
+    fused_cfc_head_usable,
+    fused_window_mamba,
+    fused_window_mamba_usable,
+    merge_views,
+)
 
 WINDOW = 16
 MASK_BLOCK = 8
@@ -191,6 +197,12 @@ class CfCHead(nn.Module):
         detail are None unless ``with_components``."""
         b, c, *spatial = h.shape
         flat = h.reshape(b, c, -1)
+        weights = self._projection_weights()
+        fc_weight = self.fc.weight.flatten(1)
+        if fused_cfc_head_usable(flat, (weights, fc_weight)):
+            outputs = [t.view(b, -1, *spatial)
+                       for t in fused_cfc_head(flat, weights, fc_weight, self.fc.bias, with_components)]
+            return tuple(outputs) if with_components else (outputs[0], None, None)
         if not _runs_in_passes(h):
             return tuple(None if t is None else t.reshape(b, -1, *spatial)
                          for t in self._project(flat, with_components))
@@ -204,11 +216,14 @@ class CfCHead(nn.Module):
         outputs = [out.view(b, -1, *spatial) for out in outputs]
         return tuple(outputs) if with_components else (outputs[0], None, None)
 
+    def _projection_weights(self):
+        """The four 1x1x1 projections as one (4 dim, dim) matrix: ff1, ff2, time_a, time_b."""
+        return torch.cat([self.ff1.weight, self.ff2.weight, self.time_a.weight, self.time_b.weight]).flatten(1)
+
     def _project(self, flat, with_components):
         # The 1x1x1 convolutions are channel matmuls; doing the four projections as one matmul over the
         # flattened volume reads h once and is about 3x faster on CPUs than four Conv3d calls.
-        weights = torch.cat([self.ff1.weight, self.ff2.weight, self.time_a.weight, self.time_b.weight]).flatten(1)
-        ff1, ff2, time_a, time_b = torch.matmul(weights, flat).chunk(4, dim=1)
+        ff1, ff2, time_a, time_b = torch.matmul(self._projection_weights(), flat).chunk(4, dim=1)
         t = torch.sigmoid(time_a + time_b)
         fc_weight, fc_bias = self.fc.weight.flatten(1), self.fc.bias[:, None]
 
@@ -317,12 +332,10 @@ class LPMNet(nn.Module):
         merge = self.MERGE[self.fuse_method]
         if _runs_in_passes(feats):
             merged = self._features_in_passes(feats, merge)
+        elif self.fuse_method == "mean":
+            merged = sum(self._view(feats, view) for view in self.VIEWS)
         else:
-            merged = None
-            for view in self.VIEWS:
-                out = self._view(feats, view)
-                merged = out if merged is None else merge(merged, out)
-                del out
+            merged = merge_views([self._view(feats, view) for view in self.VIEWS], self.fuse_method == "max")
         if self.fuse_method == "mean":
             merged = merged / len(self.VIEWS)
         return merged

@@ -8,6 +8,13 @@ Public API::
     available_backends()            # e.g. ["cpu", "torch"]
     resolve_backend(backend, device)  # -> "cuda" | "cpu" | "torch"
 
+and LPM-Net's fused CPU kernels built from the same source (its training and inference on a CPU
+use them; ``scan_backend="torch"`` runs the composed layers instead)::
+
+    fused_window_mamba(x, order, window, eps, params)  # LayerNorm + Mamba over windows, one layer
+    merge_views(views, maximum=True)                  # voxel-wise max/min of the three views
+    fused_cfc_head(h, w4, fc_weight, fc_bias)         # the CfC head
+
 ``selective_scan`` has the semantics and layouts of mamba-ssm's ``selective_scan_fn``:
 u, delta, z: (batch, d, L); A: (d, N) real; B, C: (batch, N, L); D, delta_bias: (d,).
 ``delta = softplus(delta + delta_bias)`` if ``delta_softplus`` (else ``delta + delta_bias``);
@@ -484,6 +491,73 @@ def fused_window_mamba(x, order, window, eps, params, channels_first_out=False):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params)):
         return _CpuWindowMamba.apply(*args)
     return _fused_forward(*args)
+
+
+class _CpuMergeViews(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, maximum, *views):
+        merged, which = _cpu_module(strict=True).merge_views_fwd(list(views), maximum)
+        ctx.save_for_backward(which)
+        ctx.mark_non_differentiable(which)
+        return merged
+
+    @staticmethod
+    def backward(ctx, grad):
+        (which,) = ctx.saved_tensors
+        views = len(ctx.needs_input_grad) - 1
+        return (None, *_cpu_module(strict=True).merge_views_bwd(grad, which, views))
+
+
+def merge_views(views, maximum=True):
+    """Voxel-wise maximum (or minimum) of same-shaped tensors, contiguous, with the gradient routed to
+    the view that gave each voxel (the first one on ties; a chain of torch.maximum splits ties). One
+    pass each way on CPU float tensors where the C++ kernel is built; torch.maximum elsewhere."""
+    views = list(views)
+    usable = (all(v.device.type == "cpu" and v.dtype == views[0].dtype for v in views)
+              and views[0].dtype in (torch.float32, torch.float64) and _cpu_module(strict=False) is not None)
+    if not usable:
+        pick = torch.maximum if maximum else torch.minimum
+        merged = views[0]
+        for view in views[1:]:
+            merged = pick(merged, view)
+        return merged
+    if torch.is_grad_enabled() and any(v.requires_grad for v in views):
+        return _CpuMergeViews.apply(bool(maximum), *views)
+    return _cpu_module(strict=True).merge_views_fwd(views, bool(maximum))[0]
+
+
+class _CpuCfCHead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w4, fc_weight, fc_bias, components):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(h, w4, fc_weight, fc_bias)
+        return tuple(_cpu_module(strict=True).cfc_head_fwd(h, w4, fc_weight, fc_bias, components))
+
+    @staticmethod
+    def backward(ctx, d_mixed, d_base=None, d_detail=None):
+        h, w4, fc_weight, fc_bias = ctx.saved_tensors
+        if d_mixed is None:
+            d_mixed = h.new_zeros(h.shape[0], fc_weight.shape[0], h.shape[2])
+        grads = [None if g is None else g.contiguous() for g in (d_mixed, d_base, d_detail)]
+        dh, dw4, dfc_weight, dfc_bias = _cpu_module(strict=True).cfc_head_bwd(h, w4, fc_weight, fc_bias, *grads)
+        return dh, dw4, dfc_weight, dfc_bias, None
+
+
+def fused_cfc_head_usable(h, params) -> bool:
+    """Whether :func:`fused_cfc_head` runs here: CPU float32/float64 tensors of one dtype, kernel built."""
+    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
+            and all(p.dtype == h.dtype for p in params) and _cpu_module(strict=False) is not None)
+
+
+def fused_cfc_head(h, w4, fc_weight, fc_bias, components=True):
+    """LPM-Net's CfC head in one C++ kernel over blocks of voxels: h (B, C, V) contiguous, w4 the
+    four projections [ff1; ff2; time_a; time_b] as (4C, C), fc (O, C) and its bias. Returns (mixed,
+    base, detail) of (B, O, V), or (mixed,) without components, in [0, 1]; the backward recomputes
+    each block, so only h is kept. The numbers are those of the composed head (tests, float64)."""
+    args = (h.contiguous(), w4.contiguous(), fc_weight.contiguous(), fc_bias.contiguous(), bool(components))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
+        return _CpuCfCHead.apply(*args)
+    return tuple(_cpu_module(strict=True).cfc_head_fwd(*args))
 
 
 # ---- torch --------------------------------------------------------------------------------

@@ -217,6 +217,55 @@ def test_fused_window_mamba_layer_equals_the_composed_layer(dim, d_state, expand
         torch.testing.assert_close(fused, composed, rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("out_channels, with_components", [(1, True), (2, False)])
+def test_fused_cfc_head_equals_the_composed_head(out_channels, with_components, monkeypatch):
+    """The fused CPU kernel of the CfC head gives the composed head's outputs and gradients (input and
+    every weight) in float64, over a voxel count that is not a whole number of its blocks."""
+    import lpmnet.models
+    from lpmnet.models import CfCHead
+
+    torch.manual_seed(7)
+    head = CfCHead(24, out_channels).double()
+    h = torch.randn(2, 24, 5, 7, 9, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(2, out_channels, 5, 7, 9, dtype=torch.float64) for _ in range(3)]
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(lpmnet.models, "fused_cfc_head_usable", lambda *args, fused=fused: fused)
+        head.zero_grad()
+        h.grad = None
+        outputs = [t for t in head(h, with_components=with_components) if t is not None]
+        sum((t * w).sum() for t, w in zip(outputs, weights)).backward()
+        results[fused] = outputs + [h.grad] + [p.grad for p in head.parameters()]
+    assert len(results[True]) == (3 if with_components else 1) + 1 + 6
+    for fused, composed in zip(results[True], results[False]):
+        torch.testing.assert_close(fused, composed, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("maximum", [True, False])
+def test_merged_views_route_the_gradient_to_the_chosen_view(maximum):
+    """The one-pass merge of the three views equals torch.maximum/minimum and its gradient, ties go to
+    the first view, and the merged volume is contiguous (the head reads it without a copy)."""
+    from lpmnet.scan import merge_views
+
+    torch.manual_seed(8)
+    views = [torch.randn(1, 4, 6, 3, 5, dtype=torch.float64).transpose(3, 4), torch.randn(1, 4, 5, 6, 3, dtype=torch.float64).transpose(2, 3),
+             torch.randn(1, 4, 6, 5, 3, dtype=torch.float64)]
+    views[2][0, 0, 0, 0, 0] = 10.0 if maximum else -10.0  # a sure win of the third
+    views[1][0, 1, 0, 0, 0] = views[0][0, 1, 0, 0, 0] = 5.0 if maximum else -5.0  # a tie of the first two
+    leaves = [v.clone().requires_grad_() for v in views]
+    merged = merge_views(leaves, maximum)
+    assert merged.is_contiguous()
+    pick = torch.maximum if maximum else torch.minimum
+    torch.testing.assert_close(merged, pick(pick(views[0], views[1]), views[2]), rtol=0, atol=0)
+    grad = torch.randn_like(merged)
+    merged.backward(grad)
+    chosen = torch.stack(views).argmax(0) if maximum else torch.stack(views).argmin(0)
+    for k, leaf in enumerate(leaves):
+        torch.testing.assert_close(leaf.grad, torch.where(chosen == k, grad, 0.0), rtol=0, atol=0)
+    assert leaves[0].grad[0, 1, 0, 0, 0] == grad[0, 1, 0, 0, 0] and leaves[1].grad[0, 1, 0, 0, 0] == 0
+    assert leaves[2].grad[0, 0, 0, 0, 0] == grad[0, 0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("fuse_method", ["max", "mean", "min"])
 def test_inference_in_passes_equals_the_whole_view_pass(fuse_method, monkeypatch):
     """Inference on a CPU runs a few slices (and voxels of the head) at a time; with a pass budget of a

@@ -1,5 +1,6 @@
 // Selective scan (Mamba-1, real A, input-dependent B/C shared across channels) and Mamba's causal
-// depthwise conv1d on the CPU.
+// depthwise conv1d on the CPU; further down, LPM-Net's windowed Mamba layer, the merge of its views
+// and its CfC head as fused kernels (each with its own comment).
 //
 // Forward and backward for float32 and float64, built just in time by lpmnet/scan.py with
 // torch.utils.cpp_extension.load. Semantics follow mamba-ssm's selective_scan_fn:
@@ -27,6 +28,7 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 
 #include <algorithm>
 #include <cmath>
@@ -1072,11 +1074,12 @@ inline typename VT<T>::V dsilu_v(typename VT<T>::V x) {
 // One window's forward intermediates, rows of padded widths.
 template <typename T>
 struct WindowBuffers {
-  std::vector<T> xhat, rstd, xn, xz, xs, e, draw, dts, hs, y, g;
+  std::vector<T> xhat, rstd, xn, xz, xs, e, draw, dts, hs, decays, y, g;
   WindowBuffers(const LayerShape& S, bool store_states)
       : xhat(S.L * S.Cp), rstd(S.L), xn(S.L * S.Cp), xz(S.L * 2 * S.Dp), xs(S.L * S.Dp),
         e(S.L * S.Ep), draw(S.L * S.Dp), dts(S.L * S.Dp),
-        hs(store_states ? S.L * S.N * S.Dp : S.N * S.Dp), y(S.L * S.Dp), g(S.L * S.Dp) {}
+        hs(store_states ? S.L * S.N * S.Dp : S.N * S.Dp), decays(store_states ? S.L * S.N * S.Dp : 0),
+        y(S.L * S.Dp), g(S.L * S.Dp) {}
 };
 
 // Gathers window `wi` of x into rows u[t, 0:C) (the rest of each Cp row zero).
@@ -1169,6 +1172,7 @@ void window_forward(const LayerShape& S, const LayerWeights<T>& P, T eps, Window
       V y = vload<V>(P.d.data() + c) * xs;
       for (int64_t n = 0; n < N; ++n) {
         const V decay = Tr::exp(dt * vload<V>(P.a.data() + n * Dp + c));
+        if (kStore) vstore(B.decays.data() + (t * N + n) * Dp + c, decay);
         const V hn = decay * vload<V>(hprev + n * Dp + c) + dtx * et[R + n];
         vstore(h + n * Dp + c, hn);
         y += hn * et[R + N + n];
@@ -1285,38 +1289,46 @@ void window_backward(const LayerShape& S, const LayerWeights<T>& P, const GradLa
       vstore(Q.dy.data() + t * Dp + c, dy);
       vstore(gw + G.d + c, vload<V>(gw + G.d + c) + dy * xs);
       vstore(Q.dxs.data() + t * Dp + c, dy * vload<V>(P.d.data() + c));
-      vstore(Q.ddelta.data() + t * Dp + c, V{});
     }
   }
-  // Reverse scan: dh carries d loss / d h_t backwards through the decays.
+  // Reverse scan: dh carries d loss / d h_t backwards through the decays. Per step, the lanes of
+  // dy, dt, x and the sums over n stay in registers; dB and dC are sums over the channels.
   std::fill(Q.dh.begin(), Q.dh.end(), T(0));
+  std::vector<V> acc_b(N), acc_c(N);
   for (int64_t t = L - 1; t >= 0; --t) {
     const T* et = B.e.data() + t * Ep;
     T* det = Q.de.data() + t * Ep;
     const T* hcur = B.hs.data() + t * N * Dp;
     const T* hprev = t > 0 ? B.hs.data() + (t - 1) * N * Dp : nullptr;
-    for (int64_t n = 0; n < N; ++n) {
-      const T b_n = et[R + n], c_n = et[R + N + n];
-      V acc_b{}, acc_c{};
-      for (int64_t c = 0; c < Dp; c += W) {
-        const V dy = vload<V>(Q.dy.data() + t * Dp + c);
-        const V dt = vload<V>(B.dts.data() + t * Dp + c);
-        const V xs = vload<V>(B.xs.data() + t * Dp + c);
+    const T* decays = B.decays.data() + t * N * Dp;
+    std::fill(acc_b.begin(), acc_b.end(), V{});
+    std::fill(acc_c.begin(), acc_c.end(), V{});
+    for (int64_t c = 0; c < Dp; c += W) {
+      const V dy = vload<V>(Q.dy.data() + t * Dp + c);
+      const V dt = vload<V>(B.dts.data() + t * Dp + c);
+      const V xs = vload<V>(B.xs.data() + t * Dp + c);
+      const V dtx = dt * xs;
+      V ddt{}, dxs = vload<V>(Q.dxs.data() + t * Dp + c);
+      for (int64_t n = 0; n < N; ++n) {
+        const T b_n = et[R + n], c_n = et[R + N + n];
         const V a = vload<V>(P.a.data() + n * Dp + c);
         const V dh = vload<V>(Q.dh.data() + n * Dp + c) + dy * c_n;
-        acc_c += vload<V>(hcur + n * Dp + c) * dy;
-        const V decay = Tr::exp(dt * a);
+        acc_c[n] += vload<V>(hcur + n * Dp + c) * dy;
+        const V decay = vload<V>(decays + n * Dp + c);
         const V hp = hprev ? vload<V>(hprev + n * Dp + c) : V{};
-        T* ddt = Q.ddelta.data() + t * Dp + c;
-        vstore(ddt, vload<V>(ddt) + dh * (a * decay * hp + xs * b_n));
-        vstore(gw + G.a + n * Dp + c, vload<V>(gw + G.a + n * Dp + c) + dh * decay * hp * dt);
-        acc_b += dh * dt * xs;
-        T* dxs = Q.dxs.data() + t * Dp + c;
-        vstore(dxs, vload<V>(dxs) + dh * dt * b_n);
+        const V dh_decay_hp = dh * decay * hp;
+        ddt += dh_decay_hp * a + dh * (xs * b_n);
+        vstore(gw + G.a + n * Dp + c, vload<V>(gw + G.a + n * Dp + c) + dh_decay_hp * dt);
+        acc_b[n] += dh * dtx;
+        dxs += dh * dt * b_n;
         vstore(Q.dh.data() + n * Dp + c, dh * decay);
       }
-      det[R + n] = hsum(acc_b);
-      det[R + N + n] = hsum(acc_c);
+      vstore(Q.ddelta.data() + t * Dp + c, ddt);
+      vstore(Q.dxs.data() + t * Dp + c, dxs);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      det[R + n] = hsum(acc_b[n]);
+      det[R + N + n] = hsum(acc_c[n]);
     }
   }
   // softplus and dt_proj
@@ -1470,6 +1482,347 @@ std::vector<at::Tensor> window_mamba_bwd(
   return grads;
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// Voxel-wise maximum (or minimum) of LPM-Net's three views, with the index of the view that gave
+// it, and the backward that routes the gradient to that view. The chain of torch.maximum calls
+// spent several passes over the volume per merge on its backward (equality, masks, where);
+// this is one pass each way. Ties go to the first view (torch.maximum splits them); NaN wins.
+// The views are strided permutations of each other's layouts: TensorIterator walks them.
+// ------------------------------------------------------------------------------------------------
+
+std::vector<at::Tensor> merge_views_fwd(const std::vector<at::Tensor>& views, bool maximum) {
+  TORCH_CHECK(views.size() >= 1 && views.size() <= 255, "between 1 and 255 views");
+  // Contiguous outputs: the head reads the merged volume as (B, C, voxels) without a copy.
+  at::Tensor out = at::empty(views[0].sizes(), views[0].options());
+  at::Tensor which = at::empty(views[0].sizes(), views[0].options().dtype(at::kByte));
+  at::TensorIteratorConfig config;
+  config.add_output(out).add_output(which).check_all_same_dtype(false);
+  for (const auto& v : views) {
+    TORCH_CHECK(v.scalar_type() == out.scalar_type() && v.sizes() == out.sizes(), "views of one dtype and shape");
+    config.add_const_input(v);
+  }
+  auto iter = config.build();
+  const int64_t nviews = views.size();
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "merge_views_fwd", [&] {
+    iter.for_each([&](char** data, const int64_t* strides, int64_t n) {
+      for (int64_t i = 0; i < n; ++i) {
+        scalar_t best = *reinterpret_cast<const scalar_t*>(data[2] + i * strides[2]);
+        int64_t chosen = 0;
+        for (int64_t k = 1; k < nviews; ++k) {
+          const scalar_t v = *reinterpret_cast<const scalar_t*>(data[2 + k] + i * strides[2 + k]);
+          if ((maximum ? v > best : v < best) || (v != v && best == best)) {
+            best = v;
+            chosen = k;
+          }
+        }
+        *reinterpret_cast<scalar_t*>(data[0] + i * strides[0]) = best;
+        *reinterpret_cast<uint8_t*>(data[1] + i * strides[1]) = uint8_t(chosen);
+      }
+    });
+  });
+  return {out, which};
+}
+
+std::vector<at::Tensor> merge_views_bwd(const at::Tensor& grad, const at::Tensor& which, int64_t nviews) {
+  std::vector<at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "merge_views_bwd", [&] {
+    for (int64_t k = 0; k < nviews; ++k) {
+      at::Tensor g = at::empty_like(grad);
+      auto iter = at::TensorIteratorConfig().add_output(g).add_const_input(grad).add_const_input(which)
+                      .check_all_same_dtype(false).build();
+      iter.for_each([&](char** data, const int64_t* strides, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) {
+          const uint8_t w = *reinterpret_cast<const uint8_t*>(data[2] + i * strides[2]);
+          *reinterpret_cast<scalar_t*>(data[0] + i * strides[0]) =
+              w == k ? *reinterpret_cast<const scalar_t*>(data[1] + i * strides[1]) : scalar_t(0);
+        }
+      });
+      grads.push_back(g);
+    }
+  });
+  return grads;
+}
+
+
+// ------------------------------------------------------------------------------------------------
+// LPM-Net's CfC head, fused: for h (B, C, V) and the four 1x1x1 projections W = [ff1; ff2; time_a;
+// time_b] (4C, C) and fc (O, C) + bias,
+//   a = ff1 h, b = ff2 h, t = sigmoid(time_a h + time_b h), mix = a (1 - t) + t b,
+//   mixed = sq(fc mix + bias), base = sq(fc a + bias), detail = sq(fc b + bias),  sq(q) = tanh(q)/2 + 1/2
+// over blocks of kHeadBlock voxels whose intermediates stay in L1/L2. The composed head wrote and
+// read four (C x V) products, their gradient's concatenation and the mixes once each per pass; here
+// only h, the outputs and their gradients touch memory. The backward recomputes each block's forward;
+// weight gradients are summed per block in T and over fixed chunks of blocks in double.
+// ------------------------------------------------------------------------------------------------
+
+constexpr int64_t kHeadBlock = 128;  // voxels per block (a multiple of W)
+constexpr int64_t kHeadBlocksPerChunk = 16;
+
+struct HeadShape {
+  int64_t batch, C, V, O, blocks_per_item, blocks;
+};
+
+// out[r, :] = sum_k w[r * ldw + k] * in[k, :] for r < rows (rows of kHeadBlock voxels).
+template <typename T>
+inline void head_channels(const T* w, int64_t ldw, int64_t rows, int64_t K, const T* in, T* out) {
+  using V = typename VT<T>::V;
+  constexpr int64_t NVB = kHeadBlock / W;
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    for (int64_t v = 0; v < NVB; v += 4) {  // 4 voxel vectors x 4 rows of accumulators
+      V acc[4][4] = {};
+      for (int64_t k = 0; k < K; ++k) {
+        V x[4];
+        for (int j = 0; j < 4; ++j) x[j] = vload<V>(in + k * kHeadBlock + (v + j) * W);
+        for (int i = 0; i < 4; ++i) {
+          const V s = VT<T>::bc(w[(r + i) * ldw + k]);
+          for (int j = 0; j < 4; ++j) acc[i][j] += s * x[j];
+        }
+      }
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) vstore(out + (r + i) * kHeadBlock + (v + j) * W, acc[i][j]);
+    }
+  }
+  for (; r < rows; ++r) {
+    for (int64_t v = 0; v < NVB; ++v) {
+      V acc{};
+      for (int64_t k = 0; k < K; ++k) acc += VT<T>::bc(w[r * ldw + k]) * vload<V>(in + k * kHeadBlock + v * W);
+      vstore(out + r * kHeadBlock + v * W, acc);
+    }
+  }
+}
+
+// acc[r * K + k] += sum_v d[r, v] * x[k, v] (a weight gradient of one block).
+template <typename T>
+inline void head_outer(const T* d, int64_t rows, const T* x, int64_t K, T* acc) {
+  using V = typename VT<T>::V;
+  constexpr int64_t NVB = kHeadBlock / W;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4) {
+      V s[4] = {};
+      for (int64_t v = 0; v < NVB; ++v) {
+        const V dv = vload<V>(d + r * kHeadBlock + v * W);
+        for (int j = 0; j < 4; ++j) s[j] += dv * vload<V>(x + (k + j) * kHeadBlock + v * W);
+      }
+      for (int j = 0; j < 4; ++j) acc[r * K + k + j] += hsum(s[j]);
+    }
+    for (; k < K; ++k) {
+      V s{};
+      for (int64_t v = 0; v < NVB; ++v) s += vload<V>(d + r * kHeadBlock + v * W) * vload<V>(x + k * kHeadBlock + v * W);
+      acc[r * K + k] += hsum(s);
+    }
+  }
+}
+
+template <typename T>
+struct HeadBuffers {
+  std::vector<T> h, proj, mix, q, dq, dmix, dproj, dh;
+  HeadBuffers(const HeadShape& S)
+      : h(S.C * kHeadBlock), proj(3 * S.C * kHeadBlock), mix(S.C * kHeadBlock), q(3 * S.O * kHeadBlock),
+        dq(3 * S.O * kHeadBlock), dmix(S.C * kHeadBlock), dproj(3 * S.C * kHeadBlock), dh(S.C * kHeadBlock) {}
+};
+
+// Copies rows (C or O of them) of voxels [v0, v0 + n) of item b into a block (zero padded).
+template <typename T>
+inline void load_block(const T* src, int64_t rows, int64_t V, int64_t b, int64_t v0, int64_t n, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* s = src + (b * rows + r) * V + v0;
+    std::memcpy(dst + r * kHeadBlock, s, sizeof(T) * n);
+    std::fill(dst + r * kHeadBlock + n, dst + (r + 1) * kHeadBlock, T(0));
+  }
+}
+
+template <typename T>
+inline void store_block(const T* src, int64_t rows, int64_t V, int64_t b, int64_t v0, int64_t n, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + (b * rows + r) * V + v0, src + r * kHeadBlock, sizeof(T) * n);
+}
+
+// Forward of one block from B.h: B.proj = [a; b; sigmoid(pre)], B.mix, B.q = the fc outputs (before sq)
+// of mix, a, b (the last two only with components).
+template <typename T>
+void head_block_forward(const HeadShape& S, const T* w4, const T* wt, const T* fc_w, const T* fc_b,
+                        bool components, HeadBuffers<T>& B) {
+  using Tr = VT<T>;
+  using V = typename Tr::V;
+  const int64_t C = S.C, O = S.O, n = kHeadBlock;
+  head_channels(w4, C, 2 * C, C, B.h.data(), B.proj.data());  // a, b
+  head_channels(wt, C, C, C, B.h.data(), B.proj.data() + 2 * C * n);  // time_a + time_b
+  for (int64_t i = 0; i < C * n; i += W) {
+    const V a = vload<V>(B.proj.data() + i), b = vload<V>(B.proj.data() + C * n + i);
+    const V t = Tr::sigmoid(vload<V>(B.proj.data() + 2 * C * n + i));
+    vstore(B.proj.data() + 2 * C * n + i, t);
+    vstore(B.mix.data() + i, a * (T(1) - t) + t * b);
+  }
+  const T* sources[3] = {B.mix.data(), B.proj.data(), B.proj.data() + C * n};
+  for (int part = 0; part < (components ? 3 : 1); ++part) {
+    T* q = B.q.data() + part * O * n;
+    head_channels(fc_w, C, O, C, sources[part], q);
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t v = 0; v < n; v += W) vstore(q + o * n + v, vload<V>(q + o * n + v) + fc_b[o]);
+  }
+}
+
+HeadShape head_shape(const at::Tensor& h, const at::Tensor& fc_w) {
+  HeadShape S;
+  S.batch = h.size(0); S.C = h.size(1); S.V = h.size(2); S.O = fc_w.size(0);
+  S.blocks_per_item = (S.V + kHeadBlock - 1) / kHeadBlock;
+  S.blocks = S.batch * S.blocks_per_item;
+  return S;
+}
+
+void check_head(const at::Tensor& h, const at::Tensor& w4, const at::Tensor& fc_w, const at::Tensor& fc_b) {
+  TORCH_CHECK(h.device().is_cpu() && h.dim() == 3 && h.is_contiguous(), "h must be a contiguous (B, C, V) CPU tensor");
+  TORCH_CHECK(h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble, "h must be float32 or float64");
+  const int64_t C = h.size(1);
+  TORCH_CHECK(w4.dim() == 2 && w4.size(0) == 4 * C && w4.size(1) == C && w4.is_contiguous(), "w4 must be (4C, C)");
+  TORCH_CHECK(fc_w.dim() == 2 && fc_w.size(1) == C && fc_w.is_contiguous() && fc_b.dim() == 1 &&
+                  fc_b.size(0) == fc_w.size(0), "fc must be (O, C) with an (O,) bias");
+  for (const at::Tensor* t : {&w4, &fc_w, &fc_b}) TORCH_CHECK(t->scalar_type() == h.scalar_type(), "weights of h's dtype");
+}
+
+// The summed time weights (time_a + time_b): one product for the gate instead of two.
+template <typename T>
+std::vector<T> time_weights(const T* w4, int64_t C) {
+  std::vector<T> wt(C * C);
+  for (int64_t i = 0; i < C * C; ++i) wt[i] = w4[2 * C * C + i] + w4[3 * C * C + i];
+  return wt;
+}
+
+std::vector<at::Tensor> cfc_head_fwd(const at::Tensor& h, const at::Tensor& w4, const at::Tensor& fc_w,
+                                     const at::Tensor& fc_b, bool components) {
+  check_head(h, w4, fc_w, fc_b);
+  const HeadShape S = head_shape(h, fc_w);
+  std::vector<at::Tensor> outs;
+  for (int i = 0; i < (components ? 3 : 1); ++i) outs.push_back(at::empty({S.batch, S.O, S.V}, h.options()));
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "cfc_head_fwd", [&] {
+    using T = scalar_t;
+    using Tr = VT<T>;
+    using Vv = typename Tr::V;
+    const std::vector<T> wt = time_weights(w4.data_ptr<T>(), S.C);
+    at::parallel_for(0, S.blocks, 1, [&](int64_t begin, int64_t end) {
+      DenormalGuard guard;
+      HeadBuffers<T> B(S);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t b = blk / S.blocks_per_item, v0 = (blk % S.blocks_per_item) * kHeadBlock;
+        const int64_t n = std::min(kHeadBlock, S.V - v0);
+        load_block(h.data_ptr<T>(), S.C, S.V, b, v0, n, B.h.data());
+        head_block_forward(S, w4.data_ptr<T>(), wt.data(), fc_w.data_ptr<T>(), fc_b.data_ptr<T>(), components, B);
+        for (size_t part = 0; part < outs.size(); ++part) {
+          T* q = B.q.data() + part * S.O * kHeadBlock;
+          for (int64_t i = 0; i < S.O * kHeadBlock; i += W) vstore(q + i, Tr::sigmoid(vload<Vv>(q + i) * T(2)));
+          store_block(q, S.O, S.V, b, v0, n, outs[part].data_ptr<T>());
+        }
+      }
+    });
+  });
+  return outs;
+}
+
+// Gradients of the head: returns dh, dw4, dfc_w, dfc_b. d_base/d_detail may be undefined (the outputs
+// were not used, or the head ran without components).
+std::vector<at::Tensor> cfc_head_bwd(const at::Tensor& h, const at::Tensor& w4, const at::Tensor& fc_w,
+                                     const at::Tensor& fc_b, const at::Tensor& d_mixed,
+                                     const std::optional<at::Tensor>& d_base, const std::optional<at::Tensor>& d_detail) {
+  check_head(h, w4, fc_w, fc_b);
+  const HeadShape S = head_shape(h, fc_w);
+  const at::Tensor* grads_in[3] = {&d_mixed, d_base ? &*d_base : nullptr, d_detail ? &*d_detail : nullptr};
+  for (const at::Tensor* g : grads_in)
+    TORCH_CHECK(!g || (g->is_contiguous() && g->sizes() == at::IntArrayRef({S.batch, S.O, S.V}) &&
+                       g->scalar_type() == h.scalar_type()), "output gradients must be contiguous (B, O, V)");
+  const bool components = grads_in[1] || grads_in[2];
+  const int64_t C = S.C, O = S.O, n = kHeadBlock;
+  const int64_t nw = 3 * C * C + O * C + O;  // d[ff1; ff2; time], d fc_w, d fc_b
+  const int64_t chunks = (S.blocks + kHeadBlocksPerChunk - 1) / kHeadBlocksPerChunk;
+  std::vector<double> partial(chunks * nw, 0.0);
+  at::Tensor dh = at::empty_like(h);
+  std::vector<at::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "cfc_head_bwd", [&] {
+    using T = scalar_t;
+    using Tr = VT<T>;
+    using Vv = typename Tr::V;
+    const T* w4p = w4.data_ptr<T>();
+    const T* fcw = fc_w.data_ptr<T>();
+    const std::vector<T> wt = time_weights(w4p, C);
+    // Transposed weights for the input gradients: rows k, columns [ff1 | ff2 | time] and fc's.
+    std::vector<T> w3t(C * 3 * C), fct(C * O);
+    for (int64_t r = 0; r < C; ++r)
+      for (int64_t k = 0; k < C; ++k) {
+        w3t[k * 3 * C + r] = w4p[r * C + k];
+        w3t[k * 3 * C + C + r] = w4p[(C + r) * C + k];
+        w3t[k * 3 * C + 2 * C + r] = wt[r * C + k];
+      }
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t c = 0; c < C; ++c) fct[c * O + o] = fcw[o * C + c];
+    at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
+      DenormalGuard guard;
+      HeadBuffers<T> B(S);
+      std::vector<T> gw(nw);
+      for (int64_t chunk = cbegin; chunk < cend; ++chunk) {
+        double* acc = partial.data() + chunk * nw;
+        const int64_t last = std::min(S.blocks, (chunk + 1) * kHeadBlocksPerChunk);
+        for (int64_t blk = chunk * kHeadBlocksPerChunk; blk < last; ++blk) {
+          const int64_t b = blk / S.blocks_per_item, v0 = (blk % S.blocks_per_item) * kHeadBlock;
+          const int64_t cnt = std::min(kHeadBlock, S.V - v0);
+          load_block(h.data_ptr<T>(), C, S.V, b, v0, cnt, B.h.data());
+          head_block_forward(S, w4p, wt.data(), fcw, fc_b.data_ptr<T>(), components, B);
+          std::fill(gw.begin(), gw.end(), T(0));
+          // d q = d out * d sq / d q, sq(q) = sigmoid(2 q); parts without a gradient stay zero.
+          for (int part = 0; part < 3; ++part) {
+            T* dq = B.dq.data() + part * O * n;
+            if (!grads_in[part]) {
+              std::fill(dq, dq + O * n, T(0));
+              continue;
+            }
+            load_block(grads_in[part]->data_ptr<T>(), O, S.V, b, v0, cnt, dq);
+            const T* q = B.q.data() + part * O * n;
+            for (int64_t i = 0; i < O * n; i += W) {
+              const Vv s = Tr::sigmoid(vload<Vv>(q + i) * T(2));
+              vstore(dq + i, vload<Vv>(dq + i) * (T(2) * s * (T(1) - s)));
+            }
+            for (int64_t o = 0; o < O; ++o) {
+              Vv sum{};
+              for (int64_t v = 0; v < n; v += W) sum += vload<Vv>(dq + o * n + v);
+              gw[3 * C * C + O * C + o] += hsum(sum);
+            }
+          }
+          const T* sources[3] = {B.mix.data(), B.proj.data(), B.proj.data() + C * n};
+          for (int part = 0; part < 3; ++part)
+            if (grads_in[part]) head_outer(B.dq.data() + part * O * n, O, sources[part], C, gw.data() + 3 * C * C);
+          // d mix, d a, d b from fc (fc^T dq per part), then through the gate.
+          head_channels(fct.data(), O, C, O, B.dq.data(), B.dmix.data());
+          head_channels(fct.data(), O, C, O, B.dq.data() + O * n, B.dproj.data());
+          head_channels(fct.data(), O, C, O, B.dq.data() + 2 * O * n, B.dproj.data() + C * n);
+          for (int64_t i = 0; i < C * n; i += W) {
+            const Vv dmix = vload<Vv>(B.dmix.data() + i);
+            const Vv a = vload<Vv>(B.proj.data() + i), bb = vload<Vv>(B.proj.data() + C * n + i);
+            const Vv t = vload<Vv>(B.proj.data() + 2 * C * n + i);
+            vstore(B.dproj.data() + i, vload<Vv>(B.dproj.data() + i) + dmix * (T(1) - t));
+            vstore(B.dproj.data() + C * n + i, vload<Vv>(B.dproj.data() + C * n + i) + dmix * t);
+            vstore(B.dproj.data() + 2 * C * n + i, dmix * (bb - a) * t * (T(1) - t));
+          }
+          head_outer(B.dproj.data(), 3 * C, B.h.data(), C, gw.data());
+          head_channels(w3t.data(), 3 * C, C, 3 * C, B.dproj.data(), B.dh.data());
+          store_block(B.dh.data(), C, S.V, b, v0, cnt, dh.data_ptr<T>());
+          for (int64_t i = 0; i < nw; ++i) acc[i] += gw[i];
+        }
+      }
+    });
+    std::vector<double> g(nw, 0.0);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      for (int64_t i = 0; i < nw; ++i) g[i] += partial[chunk * nw + i];
+    at::Tensor dw4 = at::empty({4 * C, C}, h.options()), dfc = at::empty({O, C}, h.options()), dfcb = at::empty({O}, h.options());
+    T* p = dw4.data_ptr<T>();
+    for (int64_t i = 0; i < 3 * C * C; ++i) p[i] = T(g[i]);
+    for (int64_t i = 0; i < C * C; ++i) p[3 * C * C + i] = p[2 * C * C + i];  // time_a and time_b: one gradient
+    for (int64_t i = 0; i < O * C; ++i) dfc.data_ptr<T>()[i] = T(g[3 * C * C + i]);
+    for (int64_t o = 0; o < O; ++o) dfcb.data_ptr<T>()[o] = T(g[3 * C * C + O * C + o]);
+    result = {dh, dw4, dfc, dfcb};
+  });
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1497,4 +1850,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("in_weight"), py::arg("in_bias"), py::arg("conv_weight"), py::arg("conv_bias"),
         py::arg("x_weight"), py::arg("dt_weight"), py::arg("dt_bias"), py::arg("A"), py::arg("D"),
         py::arg("out_weight"), py::arg("out_bias"), py::arg("dout"), py::call_guard<py::gil_scoped_release>());
+  m.def("merge_views_fwd", &merge_views_fwd, "voxel-wise max/min of views and the index of the view",
+        py::arg("views"), py::arg("maximum"), py::call_guard<py::gil_scoped_release>());
+  m.def("merge_views_bwd", &merge_views_bwd, "gradient of merge_views_fwd, routed to the chosen views",
+        py::arg("grad"), py::arg("which"), py::arg("nviews"), py::call_guard<py::gil_scoped_release>());
+  m.def("cfc_head_fwd", &cfc_head_fwd, "LPM-Net CfC head forward, fused", py::arg("h"), py::arg("w4"),
+        py::arg("fc_weight"), py::arg("fc_bias"), py::arg("components"), py::call_guard<py::gil_scoped_release>());
+  m.def("cfc_head_bwd", &cfc_head_bwd, "LPM-Net CfC head backward, fused", py::arg("h"), py::arg("w4"),
+        py::arg("fc_weight"), py::arg("fc_bias"), py::arg("d_mixed"), py::arg("d_base"), py::arg("d_detail"),
+        py::call_guard<py::gil_scoped_release>());
 }
