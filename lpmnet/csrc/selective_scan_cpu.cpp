@@ -1078,7 +1078,7 @@ struct WindowBuffers {
   WindowBuffers(const LayerShape& S, bool store_states)
       : xhat(S.L * S.Cp), rstd(S.L), xn(S.L * S.Cp), xz(S.L * 2 * S.Dp), xs(S.L * S.Dp),
         e(S.L * S.Ep), draw(S.L * S.Dp), dts(S.L * S.Dp),
-        hs(store_states ? S.L * S.N * S.Dp : S.N * S.Dp), decays(store_states ? S.L * S.N * S.Dp : 0),
+        hs(store_states ? S.L * S.N * S.Dp : 0), decays(store_states ? S.L * S.N * S.Dp : 0),
         y(S.L * S.Dp), g(S.L * S.Dp) {}
 };
 
@@ -1091,7 +1091,11 @@ inline void gather_window(const T* x, int64_t sn, int64_t sp, int64_t sc, const 
   for (int64_t t = 0; t < S.L; ++t) {
     const T* p = base + order[first + t] * sp;
     T* row = u + t * S.Cp;
-    for (int64_t c = 0; c < S.C; ++c) row[c] = p[c * sc];
+    if (sc == 1) {
+      std::memcpy(row, p, sizeof(T) * S.C);
+    } else {
+      for (int64_t c = 0; c < S.C; ++c) row[c] = p[c * sc];
+    }
     for (int64_t c = S.C; c < S.Cp; ++c) row[c] = T(0);
   }
 }
@@ -1104,7 +1108,47 @@ inline void scatter_window(const T* rows, int64_t ld, T* out, int64_t sn, int64_
   for (int64_t t = 0; t < S.L; ++t) {
     T* p = base + order[first + t] * sp;
     const T* row = rows + t * ld;
-    for (int64_t c = 0; c < S.C; ++c) p[c * sc] = row[c];
+    if (sc == 1) {
+      std::memcpy(p, row, sizeof(T) * S.C);
+    } else {
+      for (int64_t c = 0; c < S.C; ++c) p[c * sc] = row[c];
+    }
+  }
+}
+
+// The scan of one window into B.y (sum_n C h + D x), W channels at a time over all steps, their
+// states in registers (NS states; NS = 0: any N, states in a buffer). With kStore the states and
+// decays of every step go to B.hs / B.decays for the backward.
+template <typename T, bool kStore, int NS>
+void scan_window(const LayerShape& S, const LayerWeights<T>& P, WindowBuffers<T>& B) {
+  using Tr = VT<T>;
+  using V = typename Tr::V;
+  const int64_t L = S.L, Dp = S.Dp, R = S.R, Ep = S.Ep;
+  const int64_t N = NS ? NS : S.N;
+  constexpr int kRegs = NS ? NS : 1;
+  V h_regs[kRegs];
+  std::vector<V> h_heap(NS ? 0 : N);
+  V* h = NS ? h_regs : h_heap.data();
+  for (int64_t c = 0; c < Dp; c += W) {
+    for (int64_t n = 0; n < N; ++n) h[n] = V{};
+    const V d = vload<V>(P.d.data() + c);
+    for (int64_t t = 0; t < L; ++t) {
+      const T* et = B.e.data() + t * Ep;
+      const V dt = vload<V>(B.dts.data() + t * Dp + c);
+      const V xs = vload<V>(B.xs.data() + t * Dp + c);
+      const V dtx = dt * xs;
+      V y = d * xs;
+      for (int64_t n = 0; n < N; ++n) {
+        const V decay = Tr::exp(dt * vload<V>(P.a.data() + n * Dp + c));
+        h[n] = decay * h[n] + dtx * et[R + n];
+        y += h[n] * et[R + N + n];
+        if (kStore) {
+          vstore(B.decays.data() + (t * N + n) * Dp + c, decay);
+          vstore(B.hs.data() + (t * N + n) * Dp + c, h[n]);
+        }
+      }
+      vstore(B.y.data() + t * Dp + c, y);
+    }
   }
 }
 
@@ -1155,31 +1199,16 @@ void window_forward(const LayerShape& S, const LayerWeights<T>& P, T eps, Window
       vstore(B.dts.data() + t * Dp + c, Tr::softplus(acc));
     }
   }
-  // Selective scan, the states of all channels and one n in Dp lanes; then D skip and z gate.
-  T* h = B.hs.data();
-  std::fill(h, h + N * Dp, T(0));
+  // Selective scan with the D skip, then the z gate.
+  switch (N) {  // the states of W channels live in registers for LPM-Net's sizes
+    case 8: scan_window<T, kStore, 8>(S, P, B); break;
+    case 16: scan_window<T, kStore, 16>(S, P, B); break;
+    default: scan_window<T, kStore, 0>(S, P, B); break;
+  }
   for (int64_t t = 0; t < L; ++t) {
-    const T* et = B.e.data() + t * Ep;
-    T* hprev = h;
-    if (kStore && t > 0) {
-      hprev = B.hs.data() + (t - 1) * N * Dp;
-      h = B.hs.data() + t * N * Dp;
-    }
     for (int64_t c = 0; c < Dp; c += W) {
-      const V dt = vload<V>(B.dts.data() + t * Dp + c);
-      const V xs = vload<V>(B.xs.data() + t * Dp + c);
-      const V dtx = dt * xs;
-      V y = vload<V>(P.d.data() + c) * xs;
-      for (int64_t n = 0; n < N; ++n) {
-        const V decay = Tr::exp(dt * vload<V>(P.a.data() + n * Dp + c));
-        if (kStore) vstore(B.decays.data() + (t * N + n) * Dp + c, decay);
-        const V hn = decay * vload<V>(hprev + n * Dp + c) + dtx * et[R + n];
-        vstore(h + n * Dp + c, hn);
-        y += hn * et[R + N + n];
-      }
-      vstore(B.y.data() + t * Dp + c, y);
       const V z = vload<V>(B.xz.data() + t * 2 * Dp + Dp + c);
-      vstore(B.g.data() + t * Dp + c, y * silu_v<T>(z));
+      vstore(B.g.data() + t * Dp + c, vload<V>(B.y.data() + t * Dp + c) * silu_v<T>(z));
     }
   }
 }
