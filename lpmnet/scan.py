@@ -445,12 +445,16 @@ def fused_window_mamba_usable(x, params, backend="auto") -> bool:
     """Whether :func:`fused_window_mamba` runs here: CPU float32/float64 tensors of one dtype and the
     C++ kernel built. backend "torch" or "cuda" asks for the composed layer; "cpu" raises where the
     kernel is unavailable."""
-    if backend not in ("auto", "cpu") or x.device.type != "cpu":
+    return backend in ("auto", "cpu") and _fused_cpu_usable((x, *params), strict=backend == "cpu")
+
+
+def _fused_cpu_usable(tensors, strict=False) -> bool:
+    """Whether LPM-Net's fused CPU kernels take these tensors (None entries ignored): all on the CPU,
+    one dtype, float32 or float64, and the C++ module built (strict: or raise why it is not)."""
+    tensors = [t for t in tensors if t is not None]
+    if any(t.device.type != "cpu" or t.dtype != tensors[0].dtype for t in tensors):
         return False
-    if x.dtype not in (torch.float32, torch.float64) or any(
-            p is not None and p.dtype != x.dtype for p in params):
-        return False
-    return _cpu_module(strict=backend == "cpu") is not None
+    return tensors[0].dtype in (torch.float32, torch.float64) and _cpu_module(strict=strict) is not None
 
 
 def _fused_forward(x, order, window, eps, channels_first_out, *params):
@@ -513,9 +517,7 @@ def merge_views(views, maximum=True):
     the view that gave each voxel (the first one on ties; a chain of torch.maximum splits ties). One
     pass each way on CPU float tensors where the C++ kernel is built; torch.maximum elsewhere."""
     views = list(views)
-    usable = (all(v.device.type == "cpu" and v.dtype == views[0].dtype for v in views)
-              and views[0].dtype in (torch.float32, torch.float64) and _cpu_module(strict=False) is not None)
-    if not usable:
+    if not _fused_cpu_usable(views):
         pick = torch.maximum if maximum else torch.minimum
         merged = views[0]
         for view in views[1:]:
@@ -545,8 +547,7 @@ class _CpuCfCHead(torch.autograd.Function):
 
 def fused_cfc_head_usable(h, params) -> bool:
     """Whether :func:`fused_cfc_head` runs here: CPU float32/float64 tensors of one dtype, kernel built."""
-    return (h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
-            and all(p.dtype == h.dtype for p in params) and _cpu_module(strict=False) is not None)
+    return _fused_cpu_usable((h, *params))
 
 
 def fused_cfc_head(h, w4, fc_weight, fc_bias, components=True):

@@ -888,7 +888,6 @@ constexpr int64_t kWindowsPerChunk = 8;
 
 struct LayerShape {
   int64_t slices, hw, L, windows, C, Cp, Di, Dp, N, R, E, Ep, K;
-  bool in_bias, conv_bias, out_bias;
 };
 
 // The layer's weights, transposed and zero padded once per call for the window loops: "_t"
@@ -1158,7 +1157,7 @@ template <typename T, bool kStore>
 void window_forward(const LayerShape& S, const LayerWeights<T>& P, T eps, WindowBuffers<T>& B) {
   using Tr = VT<T>;
   using V = typename Tr::V;
-  const int64_t L = S.L, C = S.C, Cp = S.Cp, Dp = S.Dp, N = S.N, R = S.R, Ep = S.Ep, K = S.K;
+  const int64_t L = S.L, C = S.C, Cp = S.Cp, Dp = S.Dp, R = S.R, Ep = S.Ep, K = S.K;
   // LayerNorm (two-pass variance, as the reference computes it).
   for (int64_t t = 0; t < L; ++t) {
     T* row = B.xhat.data() + t * Cp;
@@ -1200,7 +1199,7 @@ void window_forward(const LayerShape& S, const LayerWeights<T>& P, T eps, Window
     }
   }
   // Selective scan with the D skip, then the z gate.
-  switch (N) {  // the states of W channels live in registers for LPM-Net's sizes
+  switch (S.N) {  // the states of W channels live in registers for LPM-Net's sizes
     case 8: scan_window<T, kStore, 8>(S, P, B); break;
     case 16: scan_window<T, kStore, 16>(S, P, B); break;
     default: scan_window<T, kStore, 0>(S, P, B); break;
@@ -1226,14 +1225,13 @@ void check_layer(const at::Tensor& x, const at::Tensor& order, int64_t window, c
 }
 
 LayerShape layer_shape(const at::Tensor& x, int64_t window, const at::Tensor& w_in, const at::Tensor& conv_w,
-                       const at::Tensor& w_dt, const at::Tensor& A, bool in_bias, bool conv_bias, bool out_bias) {
+                       const at::Tensor& w_dt, const at::Tensor& A) {
   LayerShape S;
   S.slices = x.size(0); S.hw = x.size(1); S.L = window; S.windows = S.slices * (S.hw / window);
   S.C = x.size(2); S.Cp = round_up(S.C, W);
   S.Di = w_in.size(0) / 2; S.Dp = round_up(S.Di, W);
   S.N = A.size(1); S.R = w_dt.size(1); S.E = S.R + 2 * S.N; S.Ep = round_up(S.E, W);
   S.K = conv_w.size(1);
-  S.in_bias = in_bias; S.conv_bias = conv_bias; S.out_bias = out_bias;
   return S;
 }
 
@@ -1246,7 +1244,7 @@ void window_mamba_fwd(const at::Tensor& x, const at::Tensor& order, int64_t wind
                       const std::optional<at::Tensor>& b_out, at::Tensor& out) {
   check_layer(x, order, window, w_in, conv_w, w_x, w_dt, A, w_out);
   TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(), "out must be like x");
-  const LayerShape S = layer_shape(x, window, w_in, conv_w, w_dt, A, b_in.has_value(), conv_b.has_value(), b_out.has_value());
+  const LayerShape S = layer_shape(x, window, w_in, conv_w, w_dt, A);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "window_mamba_fwd", [&] {
     using T = scalar_t;
     const LayerWeights<T> P = pack_layer<T>(S, ln_g, ln_b, w_in, b_in, conv_w, conv_b, w_x, w_dt, b_dt, A, D, w_out, b_out);
@@ -1452,7 +1450,7 @@ std::vector<at::Tensor> window_mamba_bwd(
     const at::Tensor& dout) {
   check_layer(x, order, window, w_in, conv_w, w_x, w_dt, A, w_out);
   TORCH_CHECK(dout.sizes() == x.sizes() && dout.scalar_type() == x.scalar_type(), "dout must be like x");
-  const LayerShape S = layer_shape(x, window, w_in, conv_w, w_dt, A, b_in.has_value(), conv_b.has_value(), b_out.has_value());
+  const LayerShape S = layer_shape(x, window, w_in, conv_w, w_dt, A);
   const GradLayout G(S);
   at::Tensor dx = at::empty_like(x);
   const int64_t chunks = (S.windows + kWindowsPerChunk - 1) / kWindowsPerChunk;
