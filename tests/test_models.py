@@ -217,6 +217,32 @@ def test_fused_window_mamba_layer_equals_the_composed_layer(dim, d_state, expand
         torch.testing.assert_close(fused, composed, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_fused_window_mamba_layer_in_float32_matches_float64():
+    """The float32 kernel (its own exp2 of the decays, exp, softplus and sigmoid polynomials) stays
+    within float32 rounding of the float64 layer, output and gradients, over decays from about 1
+    down to the clamp (step sizes up to ~100): the CUDA kernels' exp2f path, restated on a CPU."""
+    from lpmnet.models import WindowMambaLayer
+
+    torch.manual_seed(7)
+    layer = WindowMambaLayer(24, True, 8, 4, 1).double()
+    with torch.no_grad():
+        layer.mamba.dt_proj.bias.copy_(torch.linspace(-6.0, 100.0, 24))
+        layer.mamba.A_log.add_(0.3 * torch.randn_like(layer.mamba.A_log))
+    x = torch.randn(2, 24, 32, 32, dtype=torch.float64).permute(0, 2, 3, 1)
+    weights = torch.randn(2, 24, 32, 32, dtype=torch.float64).permute(0, 2, 3, 1)  # a strided dout
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        layer.to(dtype).zero_grad()
+        xin = x.to(dtype, copy=True).requires_grad_()  # a leaf with the strided layout
+        y = layer(xin, channels_first_out=True)
+        (y * weights.to(dtype)).sum().backward()
+        results.append([y.detach(), xin.grad] + [p.grad.clone() for p in layer.parameters()])
+    names = ["output", "input gradient"] + [name for name, _ in layer.named_parameters()]
+    for name, single, double in zip(names, results[1], results[0]):
+        scale = double.abs().max().item()
+        torch.testing.assert_close(single.double(), double, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
 @pytest.mark.parametrize("out_channels, with_components", [(1, True), (2, False)])
 def test_fused_cfc_head_equals_the_composed_head(out_channels, with_components, monkeypatch):
     """The fused CPU kernel of the CfC head gives the composed head's outputs and gradients (input and

@@ -38,7 +38,7 @@
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #define LPM_X86 1
 #endif
 
@@ -195,6 +195,51 @@ struct VT<float> {
   }
 
   static inline V sigmoid(V x) { return 1.0f / (exp(-x) + 1.0f); }
+
+  // 2^y for the scan's decays exp(dt A) = 2^(dt A log2(e)), with A log2(e) scaled once per call (as
+  // the CUDA kernel's exp2f does): round-to-nearest by the 1.5 * 2^23 trick, whose low mantissa
+  // bits are the integer part (so the scale 2^k is two integer ops), then a degree-6 minimax
+  // polynomial on [-1/2, 1/2] (relative error ~1e-7). 14 vector ops against exp's 20, in the
+  // kernels' hottest loop. Clamped to [-126, 127]: 2^-126 is the smallest normal (flushed to zero
+  // downstream), NaN propagates.
+  static inline V exp2(V y) {
+    y = vmax(bc(-126.0f), y);
+    y = vmin(bc(127.0f), y);
+    const V magic = bc(12582912.0f);
+    const V shifted = y + magic;
+    const V f = y - (shifted - magic);
+    V p = bc(1.534582261228934e-4f);
+    p = p * f + 1.3399930903688073e-3f;
+    p = p * f + 9.618489071726799e-3f;
+    p = p * f + 5.550328642129898e-2f;
+    p = p * f + 2.4022646248340607e-1f;
+    p = p * f + 6.931471824645996e-1f;
+    p = p * f + 1.0f;
+    M bits;
+    std::memcpy(&bits, &shifted, sizeof(V));
+    bits = (bits + (127 - 0x4B400000)) << 23;  // 0x4B400000: the bits of 1.5 * 2^23
+    V scale;
+    std::memcpy(&scale, &bits, sizeof(V));
+    return p * scale;
+  }
+
+ private:
+  // max/min that return y when it is NaN (vmaxps returns its second operand then); the generic
+  // vector select compiles to a compare and a blend.
+  static inline V vmax(V lo, V y) {
+#if defined(__AVX__)
+    return _mm256_max_ps(lo, y);
+#else
+    return sel(y < lo, lo, y);
+#endif
+  }
+  static inline V vmin(V hi, V y) {
+#if defined(__AVX__)
+    return _mm256_min_ps(hi, y);
+#else
+    return sel(y > hi, hi, y);
+#endif
+  }
 };
 
 template <>
@@ -229,6 +274,12 @@ struct VT<double> {
         r[i] = e / (1.0 + e);
       }
     }
+    return r;
+  }
+
+  static inline V exp2(V y) {
+    V r;
+    for (int i = 0; i < W; ++i) r[i] = std::exp2(y[i]);
     return r;
   }
 };
@@ -896,7 +947,7 @@ struct LayerShape {
 template <typename T>
 struct LayerWeights {
   std::vector<T> ln_g, ln_b, win_t, win_n, b_in, conv_w, conv_b, wx_t, wx_n, wdt_t, wdt_n, dt_b, a,
-      d, wout_t, wout_n, b_out;
+      a_log2e, d, wout_t, wout_n, b_out;
 };
 
 template <typename T>
@@ -914,7 +965,7 @@ LayerWeights<T> pack_layer(const LayerShape& S, const at::Tensor& ln_g, const at
   P.conv_w = vec(S.K * Dp); P.conv_b = vec(Dp);
   P.wx_t = vec(Di * Ep); P.wx_n = vec(E * Dp);
   P.wdt_t = vec(R * Dp); P.wdt_n = vec(Dp * R); P.dt_b = vec(Dp);
-  P.a = vec(N * Dp); P.d = vec(Dp);
+  P.a = vec(N * Dp); P.a_log2e = vec(N * Dp); P.d = vec(Dp);
   P.wout_t = vec(Di * Cp); P.wout_n = vec(C * Dp); P.b_out = vec(Cp);
   const T* g = ln_g.data_ptr<T>(); const T* b = ln_b.data_ptr<T>();
   for (int64_t c = 0; c < C; ++c) { P.ln_g[c] = g[c]; P.ln_b[c] = b[c]; }
@@ -946,7 +997,10 @@ LayerWeights<T> pack_layer(const LayerShape& S, const at::Tensor& ln_g, const at
     }
     P.dt_b[c] = b_dt.data_ptr<T>()[c];
     P.d[c] = D.data_ptr<T>()[c];
-    for (int64_t n = 0; n < N; ++n) P.a[n * Dp + c] = A.data_ptr<T>()[c * N + n];
+    for (int64_t n = 0; n < N; ++n) {
+      P.a[n * Dp + c] = A.data_ptr<T>()[c * N + n];
+      P.a_log2e[n * Dp + c] = T(double(A.data_ptr<T>()[c * N + n]) * 1.4426950408889634);
+    }
   }
   const T* wo = w_out.data_ptr<T>();  // (C, Di)
   for (int64_t o = 0; o < C; ++o) {
@@ -1087,16 +1141,17 @@ inline void gather_window(const T* x, int64_t sn, int64_t sp, int64_t sc, const 
                           const LayerShape& S, int64_t wi, T* u) {
   const int64_t slice = wi / (S.hw / S.L), first = (wi % (S.hw / S.L)) * S.L;
   const T* base = x + slice * sn;
-  for (int64_t t = 0; t < S.L; ++t) {
-    const T* p = base + order[first + t] * sp;
-    T* row = u + t * S.Cp;
-    if (sc == 1) {
-      std::memcpy(row, p, sizeof(T) * S.C);
-    } else {
-      for (int64_t c = 0; c < S.C; ++c) row[c] = p[c * sc];
+  const int64_t* tokens = order + first;
+  if (sc == 1) {
+    for (int64_t t = 0; t < S.L; ++t) std::memcpy(u + t * S.Cp, base + tokens[t] * sp, sizeof(T) * S.C);
+  } else {  // channel planes ((N, C, H, W) layouts): channel by channel, each plane's tokens in runs
+    for (int64_t c = 0; c < S.C; ++c) {
+      const T* plane = base + c * sc;
+      for (int64_t t = 0; t < S.L; ++t) u[t * S.Cp + c] = plane[tokens[t] * sp];
     }
-    for (int64_t c = S.C; c < S.Cp; ++c) row[c] = T(0);
   }
+  for (int64_t t = 0; t < S.L; ++t)
+    for (int64_t c = S.C; c < S.Cp; ++c) u[t * S.Cp + c] = T(0);
 }
 
 template <typename T>
@@ -1104,13 +1159,13 @@ inline void scatter_window(const T* rows, int64_t ld, T* out, int64_t sn, int64_
                            const int64_t* order, const LayerShape& S, int64_t wi) {
   const int64_t slice = wi / (S.hw / S.L), first = (wi % (S.hw / S.L)) * S.L;
   T* base = out + slice * sn;
-  for (int64_t t = 0; t < S.L; ++t) {
-    T* p = base + order[first + t] * sp;
-    const T* row = rows + t * ld;
-    if (sc == 1) {
-      std::memcpy(p, row, sizeof(T) * S.C);
-    } else {
-      for (int64_t c = 0; c < S.C; ++c) p[c * sc] = row[c];
+  const int64_t* tokens = order + first;
+  if (sc == 1) {
+    for (int64_t t = 0; t < S.L; ++t) std::memcpy(base + tokens[t] * sp, rows + t * ld, sizeof(T) * S.C);
+  } else {
+    for (int64_t c = 0; c < S.C; ++c) {
+      T* plane = base + c * sc;
+      for (int64_t t = 0; t < S.L; ++t) plane[tokens[t] * sp] = rows[t * ld + c];
     }
   }
 }
@@ -1137,8 +1192,9 @@ void scan_window(const LayerShape& S, const LayerWeights<T>& P, WindowBuffers<T>
       const V xs = vload<V>(B.xs.data() + t * Dp + c);
       const V dtx = dt * xs;
       V y = d * xs;
-      for (int64_t n = 0; n < N; ++n) {
-        const V decay = Tr::exp(dt * vload<V>(P.a.data() + n * Dp + c));
+#pragma GCC unroll 16
+      for (int64_t n = 0; n < N; ++n) {  // unrolled: h[n] stays in a register across steps
+        const V decay = Tr::exp2(dt * vload<V>(P.a_log2e.data() + n * Dp + c));
         h[n] = decay * h[n] + dtx * et[R + n];
         y += h[n] * et[R + N + n];
         if (kStore) {
