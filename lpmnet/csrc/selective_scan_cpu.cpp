@@ -143,9 +143,8 @@ struct VT<float> {
   // denormals; treated as zero by the flush-to-zero mode of the kernels), above it saturates at
   // exp(88.3) (never inf).
   static inline V exp(V x) {
-    const V lo = bc(-87.3f), hi = bc(88.3f);
-    x = sel(x < lo, lo, x);
-    x = sel(x > hi, hi, x);
+    x = vmax(bc(-87.3f), x);
+    x = vmin(bc(88.3f), x);
     const V magic = bc(12582912.0f);  // 1.5 * 2^23: round to nearest integer
     V k = (x * 1.44269504088896341f + magic) - magic;
     V r = x - k * 0.693359375f;
@@ -224,8 +223,8 @@ struct VT<float> {
   }
 
  private:
-  // max/min that return y when it is NaN (vmaxps returns its second operand then); the generic
-  // vector select compiles to a compare and a blend.
+  // The clamps of exp and exp2: max/min that return y when it is NaN (vmaxps returns its second
+  // operand then); the generic vector select compiles to a compare and a blend.
   static inline V vmax(V lo, V y) {
 #if defined(__AVX__)
     return _mm256_max_ps(lo, y);
@@ -998,8 +997,9 @@ LayerWeights<T> pack_layer(const LayerShape& S, const at::Tensor& ln_g, const at
     P.dt_b[c] = b_dt.data_ptr<T>()[c];
     P.d[c] = D.data_ptr<T>()[c];
     for (int64_t n = 0; n < N; ++n) {
-      P.a[n * Dp + c] = A.data_ptr<T>()[c * N + n];
-      P.a_log2e[n * Dp + c] = T(double(A.data_ptr<T>()[c * N + n]) * 1.4426950408889634);
+      const T a = A.data_ptr<T>()[c * N + n];
+      P.a[n * Dp + c] = a;
+      P.a_log2e[n * Dp + c] = T(double(a) * 1.4426950408889634);
     }
   }
   const T* wo = w_out.data_ptr<T>();  // (C, Di)
