@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from lpmnet.errors import InputError
-from lpmnet.models import LPMNet, count_parameters, load_checkpoint, random_block_mask, save_checkpoint
+from lpmnet.models import (
+    LPMNet,
+    conv3d_by_planes,
+    count_parameters,
+    load_checkpoint,
+    random_block_mask,
+    save_checkpoint,
+)
 
 # The original code's state-dict keys and shapes (docs/lpmnet.md, "Checkpoint compatibility").
 ORIGINAL_VIEW_KEYS = {
@@ -179,6 +186,25 @@ def test_training_gradients_equal_the_independent_restatements_float64():
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, reference[name].grad, rtol=1e-8, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("kernel, padding", [(3, 1), ((5, 3, 1), (2, 1, 0)), ((3, 3, 3), (0, 1, 1))])
+def test_conv3d_by_planes_equals_conv3d_with_gradients(kernel, padding):
+    """Conv_in's 2D form gives conv3d's output and the gradients of input, weight and bias, for depth
+    kernels and paddings other than Conv_in's (a shorter output when the padding is below the reach)."""
+    g = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv3d(2, 3, kernel, padding=padding).double()
+    x = torch.rand(2, 2, 7, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    out = conv3d_by_planes(x, conv)
+    expected = conv(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-13)
+    dout = torch.rand(expected.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), dout)
+    expected_grads = torch.autograd.grad(expected, (x, conv.weight, conv.bias), dout)
+    for name, got, want in zip(("input", "weight", "bias"), grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13, msg=name)
+    with pytest.raises(ValueError, match="stride-1"):
+        conv3d_by_planes(x, torch.nn.Conv3d(2, 3, 3, stride=2))
 
 
 @pytest.mark.parametrize("dim, d_state, expand, biases, shifted", [
