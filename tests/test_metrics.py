@@ -16,6 +16,7 @@ from scipy import ndimage, signal
 from vif_reference import vif_sums
 
 from lpmnet.metrics import CONVENTIONS, METRIC_NAMES, MetricSet, compute_all, compute_metrics
+from lpmnet.metrics._filters import correlate1d, gaussian_blur, gaussian_taps
 from lpmnet.metrics.lpmnet_convention import spatial_frequency_3d, ssim3d
 
 RTOL = 1e-6
@@ -492,6 +493,35 @@ def test_loss_terms_are_differentiable():
     y = torch.rand(1, 1, 5, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(ssim3d, (x, y))
     assert torch.autograd.gradcheck(spatial_frequency_3d, (x,))
+
+
+@pytest.mark.parametrize("same", [True, False])
+@pytest.mark.parametrize("dim", [0, 2, -1])
+def test_filter_gradients_are_the_adjoint_filters(dim, same):
+    """correlate1d's and gaussian_blur's gradients (the reversed taps' correlation, computed by the
+    forward's code) match finite differences, for taps that are not symmetric."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(5, 6, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: correlate1d(t, (0.5, -1.0, 2.0), dim, same=same), (x,))
+    assert torch.autograd.gradcheck(lambda t: correlate1d(t, (3.0, 1.0), dim), (x,))
+    volume = torch.rand(2, 1, 6, 7, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: gaussian_blur(t, 5, 1.5, 3, same=same), (volume,))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_blocked_filter_gradient_equals_the_convolution_gradient(same):
+    """Above the CPU block size, the Gaussian blur's gradient is conv3d's (an independent filter)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 40, 48, 44, dtype=torch.float64, generator=gen, requires_grad=True)
+    taps = torch.tensor(gaussian_taps(11, 1.5), dtype=torch.float64)
+    kernel = (taps[:, None, None] * taps[None, :, None] * taps[None, None, :])[None, None]
+    expected = F.conv3d(x, kernel, padding=5 if same else 0)
+    out = gaussian_blur(x, 11, 1.5, 3, same=same)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+    dout = torch.rand(expected.shape, dtype=torch.float64, generator=gen)
+    (grad,) = torch.autograd.grad(out, x, dout)
+    (expected_grad,) = torch.autograd.grad(expected, x, dout)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-14)
 
 
 def test_ssim3d_gradient_on_a_blocked_cpu_volume():
