@@ -1215,7 +1215,7 @@ void window_forward(const LayerShape& S, const LayerWeights<T>& P, T eps, Window
   using V = typename Tr::V;
   const int64_t L = S.L, C = S.C, Cp = S.Cp, Dp = S.Dp, R = S.R, Ep = S.Ep, K = S.K;
   // LayerNorm (two-pass variance, as the reference computes it), W channels at a time: sums over
-  // a row in order were a chain of scalar adds, a tenth of the layer's time. The padding lanes of
+  // a row in order were a chain of scalar adds, about 15% of the layer forward. The padding lanes of
   // a row are zero; the mask keeps them out of the variance and keeps xhat's and xn's zero.
   for (int64_t t = 0; t < L; ++t) {
     T* row = B.xhat.data() + t * Cp;
