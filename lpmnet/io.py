@@ -410,3 +410,31 @@ def read_tsv_rows(path, columns) -> list[dict]:
         if missing:
             raise InputError(path, f"missing column(s) {', '.join(missing)}")
         return list(reader)
+
+
+def write_tsv_rows(path, rows, columns=None) -> Path:
+    """Write dict rows as a tab-separated table, atomically (columns: ``columns`` or the first row's keys)."""
+    import csv
+    import io
+
+    columns = list(columns or (rows[0] if rows else []))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, text.getvalue())
+
+
+def read_json_object(path, what: str) -> dict:
+    """The JSON object in ``path`` (``what`` it is, for the messages); InputError naming the file when it is
+    missing, not JSON or not an object."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, f"{what} not found")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(p, f"not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise InputError(p, "expected a JSON object")
+    return doc

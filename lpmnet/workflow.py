@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lpmnet import PRELOADED_MODULES
 from lpmnet.errors import InputError
 from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS
 
 RESULTS = "results"
+#: Environment variable naming a folder where every job records the third-party modules it imported.
+RECORD_IMPORTS = "LPMNET_RECORD_IMPORTS"
 LABEL = re.compile(r"^[A-Za-z0-9]+$")
 TABLE_COLUMNS = ("dataset", "subject", "modality", "path")
 
@@ -350,13 +354,14 @@ def run_job(smk, main):
     in the log and on the console, and a non-zero exit so that Snakemake removes the job's outputs.
     """
     import logging
-    import sys
+    import os
 
     from lpmnet.errors import LPMNetError
     from lpmnet.runtime import keep_freed_memory_for_reuse
 
     keep_freed_memory_for_reuse()
     importable_working_directory()
+    record_folder = os.environ.get(RECORD_IMPORTS)
     console = sys.stderr
     log_file = open(smk.log[0], "w", buffering=1) if smk.log else console
     sys.stderr = log_file
@@ -370,6 +375,32 @@ def run_job(smk, main):
         if log_file is not console:
             print(message, file=console)
         sys.exit(1)
+    finally:
+        if record_folder:
+            record_job_imports(record_folder, smk.rule)
+
+
+def job_imports():
+    """What this process imported after Snakemake's preamble: ``(third_party, own)``, the sorted top-level
+    names of the third-party modules and the names of the lpmnet modules."""
+    loaded = [name for name, module in list(sys.modules.items())
+              if module is not None and name not in PRELOADED_MODULES]
+    own = sorted(name for name in loaded if name == "lpmnet" or name.startswith("lpmnet."))
+    tops = {name.partition(".")[0] for name in loaded} - set(sys.stdlib_module_names) - {"lpmnet", "__main__"}
+    return sorted(tops), own
+
+
+def record_job_imports(folder, rule):
+    """Write ``<folder>/<rule>.<pid>.json`` with :func:`job_imports`; the conda environments' test reads
+    these to check that each rule's environment provides what its jobs import."""
+    import json
+    import os
+
+    third_party, own = job_imports()
+    path = Path(folder) / f"{rule}.{os.getpid()}.json"
+    partial = path.with_name(f".{path.name}.partial")  # lpmnet.io's writer would import numpy and nibabel
+    partial.write_text(json.dumps({"rule": rule, "third_party": third_party, "lpmnet": own}, indent=1))
+    os.replace(partial, path)
 
 
 def dataset_splits(subjects_by_dataset, split_config):

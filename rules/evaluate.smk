@@ -75,7 +75,6 @@ rule comparison:
         ),
     params:
         methods=METHODS,
-        networks=lambda w: {m: cfg["network"] for m, cfg in METHOD_CONFIGS.items()},
         trained=TRAINED,
         reference=REFERENCE,
     log:
@@ -83,7 +82,7 @@ rule comparison:
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/comparison/{{pair}}.tsv"
     conda:
-        "../envs/torch.yaml"
+        "../envs/report.yaml"
     script:
         "../scripts/comparison.py"
 
@@ -116,14 +115,7 @@ rule learning_curve:
     input:
         unpack(learning_curve_input),
     output:
-        table=f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.tsv",
-        figure=report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.png",
-            caption="../report/learning_curve.rst",
-            category="Training",
-            subcategory="{dataset}",
-            labels={"pair": "{pair}", "method": "{method}", "figure": "learning curve"},
-        ),
+        f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.tsv",
     wildcard_constraints:
         method=alternatives(TRAINED),
     params:
@@ -144,6 +136,27 @@ rule learning_curve:
         "../envs/torch.yaml"
     script:
         "../scripts/learning_curve.py"
+
+
+rule learning_curve_figure:
+    input:
+        f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.tsv",
+    output:
+        report(
+            f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.png",
+            caption="../report/learning_curve.rst",
+            category="Training",
+            subcategory="{dataset}",
+            labels={"pair": "{pair}", "method": "{method}", "figure": "learning curve"},
+        ),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/learning_curve_figure/{{pair}}/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/learning_curve_figure/{{pair}}/{{method}}.tsv"
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/learning_curve_figure.py"
 
 
 rule training_curves:

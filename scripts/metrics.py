@@ -9,7 +9,7 @@ def main(smk):
 
     from lpmnet.io import dhw, load_volume, require_same_grid
     from lpmnet.metrics import compute_all
-    from lpmnet.tables import write_metrics_json
+    from lpmnet.metrics.records import write_metrics_json
 
     a, b, f = (load_volume(p, allow_constant=True) for p in (smk.input.x1, smk.input.x2, smk.input.fused))
     require_same_grid(a, f)

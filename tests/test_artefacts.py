@@ -60,7 +60,8 @@ def test_periodic_power_is_the_windowed_dft_at_exactly_one_sixteenth():
 
 
 def test_undefined_checks_say_why_and_reach_the_tables(tmp_path):
-    from lpmnet.tables import aggregate, write_metrics_json
+    from lpmnet.metrics.records import write_metrics_json
+    from lpmnet.tables import aggregate
 
     a, b = _sources((24, 24, 24))
     full = np.clip(a + 0.1, 0, 1)  # no empty voxel in the first source

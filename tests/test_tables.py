@@ -7,8 +7,8 @@ import pytest
 
 from lpmnet.errors import InputError
 from lpmnet.metrics import METRIC_NAMES, MetricSet, compute_all
-from lpmnet.tables import (aggregate, metrics_record, read_metrics_json, summary_columns,
-                           write_metrics_json, write_tables)
+from lpmnet.metrics.records import metrics_record, read_metrics_json, write_metrics_json
+from lpmnet.tables import aggregate, summary_columns, write_tables
 
 
 def result(ssim, psnr, slices=5):

@@ -23,8 +23,6 @@ import math
 
 import torch
 
-NAMES = ("background", "lattice")
-
 #: Period (voxels) whose component ``lattice`` measures: the window edge of LPM-Net's Mamba layers.
 LATTICE_PERIOD = 16
 #: Shortest axis (voxels) whose spectrum ``lattice`` inspects: 4 windows.

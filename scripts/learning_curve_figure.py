@@ -1,0 +1,14 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")
+from lpmnet.workflow import run_job
+
+
+def main(smk):
+    from lpmnet.figures import learning_curve
+
+    w = smk.wildcards
+    learning_curve(smk.input[0], smk.output[0], title=f"{w.method} over its training: {w.dataset} {w.pair}")
+
+
+run_job(snakemake, main)
