@@ -8,10 +8,11 @@ CORES ?= all
 
 .PHONY: install demo test test-unit bench pretrained clean
 
-$(STAMP): requirements.txt pyproject.toml
+# The package install compiles the CPU kernels (setup.py, lpmnet.kernels) against the venv's torch.
+$(STAMP): requirements.txt pyproject.toml setup.py lpmnet/kernels.py $(wildcard lpmnet/csrc/*.cpp)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(STAMP)

@@ -25,8 +25,8 @@ Backends:
 
 * ``"cuda"``  - mamba-ssm's fused kernel (``mamba_ssm`` importable and CUDA tensors).
 * ``"cpu"``   - the C++ kernel in ``lpmnet/csrc/selective_scan_cpu.cpp`` (forward and backward,
-  float32/float64), compiled on first use with ``torch.utils.cpp_extension.load`` into torch's
-  extension cache (``TORCH_EXTENSIONS_DIR``), one build per CPU capability (AVX2, AVX512, ...).
+  float32/float64), one module per CPU capability (AVX2, AVX512, ...), prebuilt when the package is
+  installed or else built once per machine (:mod:`lpmnet.kernels`).
 * ``"torch"`` - pure PyTorch, any device: chunked log-depth (Hillis-Steele) scan with the state
   carried between chunks, batch processed in memory-bounded blocks; a hand-written backward
   (reverse scan, recomputing each block) keeps training memory bounded too.
@@ -37,16 +37,13 @@ The backend actually used is logged once per process (logger ``lpmnet.scan``, IN
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import platform
 import threading
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from lpmnet import kernels
 from lpmnet.errors import BackendUnavailableError
 
 __all__ = [
@@ -64,7 +61,6 @@ BACKENDS = ("auto", "cuda", "cpu", "torch")
 INSTALL_HINT = (
     "install a CUDA build of torch, then `pip install --no-build-isolation mamba-ssm causal-conv1d`"
 )
-_CSRC = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 
 _lock = threading.RLock()
 _logged: set = set()
@@ -123,59 +119,14 @@ def _mamba_reason():
 
 
 # --------------------------------------------------------------------------------------------
-# C++ CPU kernel (built just in time, cached per CPU capability)
+# C++ CPU kernel (prebuilt with the package, else built once per machine: lpmnet.kernels)
 # --------------------------------------------------------------------------------------------
 
-_cpu = {"tried": False, "module": None, "error": None, "seconds": None, "name": None}
+_cpu = {"tried": False, "module": None, "error": None, "seconds": None, "origin": None}
 
 
-def _cpu_capability() -> str:
-    try:
-        return str(torch.backends.cpu.get_cpu_capability())
-    except Exception:  # very old torch
-        return "DEFAULT"
-
-
-def _cpu_build_flags(capability: str) -> list:
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    if x86 and capability == "AVX512":
-        return ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"]
-    if x86 and capability == "AVX2":
-        return ["-mavx2", "-mfma"]
-    return []  # portable build (SSE2 on x86-64, NEON on arm64)
-
-
-def _wants_openmp() -> bool:
-    # at::parallel_for is an inline `#pragma omp parallel` when ATen uses OpenMP: without
-    # -fopenmp the kernel would silently run on one thread. (libgomp.so.1 is already loaded by
-    # torch, so the extension shares torch's OpenMP runtime and torch.set_num_threads.)
-    return (platform.system() == "Linux"
-            and "parallel backend: OpenMP" in torch.__config__.parallel_info())
-
-
-def _build_cpu_kernel(openmp=None):
-    from torch.utils.cpp_extension import load
-
-    if openmp is None:
-        openmp = _wants_openmp()
-    cap = _cpu_capability()
-    flags = ["-O3", "-ffp-contract=fast", *_cpu_build_flags(cap)]
-    ldflags = []
-    if openmp:
-        flags.append("-fopenmp")
-        ldflags.append("-fopenmp")
-    key = hashlib.sha256()
-    key.update(_CSRC.read_bytes())
-    key.update(" ".join(flags + ldflags).encode())
-    key.update(torch.__version__.encode())
-    # The capability is part of the name, so an AVX2/AVX512 build is never loaded on a CPU
-    # (or under ATEN_CPU_CAPABILITY) that does not support it.
-    name = f"lpmnet_scan_cpu_{cap.lower()}_{key.hexdigest()[:12]}"
-    _cpu["name"] = name
-    t0 = time.perf_counter()
-    module = load(name=name, sources=[str(_CSRC)], extra_cflags=flags, extra_ldflags=ldflags,
-                  verbose=False)
-    _cpu["seconds"] = time.perf_counter() - t0
+def _load_cpu_kernel(openmp=None):
+    module, _cpu["origin"], _cpu["seconds"] = kernels.load(openmp)
     return module
 
 
@@ -197,16 +148,16 @@ def _cpu_module(strict: bool):
             _cpu["tried"] = True
             try:
                 try:
-                    _cpu["module"] = _build_cpu_kernel()
+                    _cpu["module"] = _load_cpu_kernel()
                 except Exception as exc:
-                    if not _wants_openmp():
+                    if not kernels.wants_openmp():
                         raise
                     # e.g. a compiler without OpenMP support: a single-threaded kernel still
                     # beats the pure-torch scan.
                     log.warning("lpmnet.scan: building the C++ kernel with -fopenmp failed (%s); "
                                 "retrying without OpenMP (single-threaded kernel)",
                                 _first_error_line(exc))
-                    _cpu["module"] = _build_cpu_kernel(openmp=False)
+                    _cpu["module"] = _load_cpu_kernel(openmp=False)
             except Exception as exc:  # compiler missing, build error, import error
                 _cpu["error"] = _first_error_line(exc)
                 log.warning(
@@ -218,22 +169,30 @@ def _cpu_module(strict: bool):
     if module is None and strict:
         raise BackendUnavailableError(
             "selective_scan backend='cpu' is unavailable: building the C++ kernel "
-            f"{_CSRC.name} failed ({error}). It needs a C++17 compiler (g++ or clang++) and "
+            f"{kernels.SOURCE.name} failed ({error}). It needs a C++17 compiler (g++ or clang++) and "
             "ninja (`pip install ninja`); use backend='torch' or 'auto' to run without it."
         )
     return module
 
 
 def cpu_kernel_info() -> dict:
-    """Build state of the C++ kernel: name, capability, compile/load seconds, error (builds it)."""
+    """State of the C++ kernel: its module name, the capability, where it came from (prebuilt, cached,
+    built), the seconds its load or build took, the build error (loads or builds it)."""
     _cpu_module(strict=False)
     return {
-        "name": _cpu["name"],
-        "capability": _cpu_capability(),
+        "name": getattr(_cpu["module"], "__name__", None),
+        "capability": kernels.capability(),
         "available": _cpu["module"] is not None,
+        "origin": _cpu["origin"],
         "seconds": _cpu["seconds"],
         "error": _cpu["error"],
     }
+
+
+def cpu_kernel_load() -> dict | None:
+    """``{"origin", "seconds"}`` of the kernel's load (or build) in this process; None before it (loads nothing)."""
+    with _lock:
+        return None if _cpu["seconds"] is None else {"origin": _cpu["origin"], "seconds": _cpu["seconds"]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -307,7 +307,7 @@ def test_explicit_cpu_on_failed_build_raises_and_auto_falls_back(monkeypatch, ca
 
     for key, value in {"tried": False, "module": None, "error": None}.items():
         monkeypatch.setitem(scan._cpu, key, value)
-    monkeypatch.setattr(scan, "_build_cpu_kernel", boom)
+    monkeypatch.setattr(scan, "_load_cpu_kernel", boom)
     with caplog.at_level(logging.WARNING, logger="lpmnet.scan"):
         assert resolve_backend("auto", "cpu") == "torch"
         assert resolve_backend("auto", "cpu") == "torch"

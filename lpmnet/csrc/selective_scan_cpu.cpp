@@ -1919,6 +1919,11 @@ std::vector<at::Tensor> cfc_head_bwd(const at::Tensor& h, const at::Tensor& w4, 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "lpmnet CPU kernels: selective scan (Mamba-1), causal conv1d, fused windowed Mamba layer";
+#ifdef LPMNET_KERNEL_KEY  // what it was compiled from (lpmnet.kernels.kernel_key), a bare token of hex digits
+#define LPMNET_STRING(x) #x
+#define LPMNET_EXPANDED_STRING(x) LPMNET_STRING(x)
+  m.attr("kernel_key") = LPMNET_EXPANDED_STRING(LPMNET_KERNEL_KEY);
+#endif
   m.def("fwd", &selective_scan_fwd, "selective scan forward", py::arg("u"), py::arg("delta"),
         py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"), py::arg("z"),
         py::arg("delta_bias"), py::arg("delta_softplus"),
