@@ -27,6 +27,7 @@ float32 volume with exactly the first input's affine and a JSON sidecar.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -215,12 +216,15 @@ def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
     Each is min-max scaled to [0, 1], fused, and written as float32 to ``out_path``
     (``.nii.gz`` or ``.nii``) with exactly the first input's affine and header as template.
     A JSON sidecar (:func:`sidecar_path`: same name, ``.json``) records the method, the sources
-    (path and sha256), the normalisation and the rule's parameters.  Both writes are atomic.
+    (path and sha256), the normalisation, the rule's parameters and, as a network's fusion does
+    (:func:`lpmnet.fuse.fuse_files`), its ``Seconds`` from reading to writing and its ``ParameterCount``
+    (0: nothing learnt).  Both writes are atomic.
     """
     _check_method(method)
     out_path = Path(out_path)
     if not out_path.name.lower().endswith((".nii.gz", ".nii")):
         raise ValueError(f"{out_path}: output must end in .nii.gz or .nii")
+    tic = time.perf_counter()
     v1, v2 = load_volume(path1), load_volume(path2)
     require_same_grid(v1, v2)
     x1, x2 = minmax01(v1.data), minmax01(v2.data)
@@ -235,6 +239,7 @@ def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
 
     save_volume(out_path, fused, v1.affine, header=v1.header,
                 description=f"lpmnet classical fusion: {method}")
+    seconds = time.perf_counter() - tic
     sidecar = {
         "Description": f"classical reference fusion ({method}) in the grid of the first input",
         "Method": method,
@@ -244,6 +249,8 @@ def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
         "SpaceOf": str(path1),
         "Normalization": NORMALIZATION,
         "OutputRange": [float(fused.min()), float(fused.max())],
+        "ParameterCount": 0,
+        "Seconds": round(seconds, 3),
         "lpmnet_version": __version__,
     }
     atomic_write_json(sidecar_path(out_path), sidecar)

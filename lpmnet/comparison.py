@@ -12,8 +12,8 @@ metric, :func:`compare` gives each method
   have a value for, with Holm's correction across the metrics of the convention (one family per
   method and convention); with fewer than :data:`MIN_PAIRED` pairs no test is made;
 * its mean rank over the metrics of the convention, the "best overall" figure;
-* optional cost figures (parameters, mean fusion seconds per volume, training seconds), e.g. from
-  Snakemake benchmark files via :func:`cost_from_benchmarks`.
+* optional cost figures (parameters, mean fusion seconds per volume, training seconds), e.g. from the
+  fused volumes' sidecars and the training logs via :func:`cost_from_runs`.
 
 :func:`write_comparison` writes the result as a tidy TSV (:data:`COMPARISON_COLUMNS`; the cost
 figures are repeated on every row of a method so that the file stays one table), a standalone
@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata, wilcoxon
 
 from lpmnet.errors import InputError
-from lpmnet.io import atomic_output, atomic_write_text
+from lpmnet.io import atomic_output, atomic_write_text, read_json_object
 from lpmnet.metrics import METRIC_NAMES, TABLE_CONVENTIONS
 from lpmnet.tables import CONVENTION_NOTE, FLOAT_FORMAT, NA_REP
 
@@ -50,7 +50,7 @@ __all__ = [
     "COMPARISON_COLUMNS",
     "compare",
     "holm",
-    "cost_from_benchmarks",
+    "cost_from_runs",
     "render_comparison_html",
     "comparison_figure",
     "write_comparison",
@@ -310,45 +310,52 @@ def _add_mean_rank(rows: list[dict], methods: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- costs
-def _mean_seconds(path) -> float:
-    """Mean wall time (column ``s``) of one Snakemake benchmark file (several rows with ``repeat``)."""
+def _sidecar_figures(path) -> tuple[float, int]:
+    """(fusion seconds, parameter count) that a fused volume's JSON sidecar records."""
+    p = Path(path)
+    sidecar = read_json_object(p, "fusion sidecar")
+    seconds, parameters = sidecar.get("Seconds"), sidecar.get("ParameterCount")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        raise InputError(p, f"no fusion seconds (key 'Seconds'), found {seconds!r}")
+    if isinstance(parameters, bool) or not isinstance(parameters, int):
+        raise InputError(p, f"no parameter count (key 'ParameterCount'), found {parameters!r}")
+    return float(seconds), parameters
+
+
+def _training_seconds(path) -> float:
+    """The summed per-iteration ``seconds`` of a training log (every iteration once, resumes included)."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(p, "benchmark file not found")
+        raise InputError(p, "training log not found")
     try:
-        df = pd.read_csv(p, sep="\t")
+        df = pd.read_csv(p)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(p, f"not a readable Snakemake benchmark TSV ({exc})") from exc
-    if "s" not in df.columns:
-        raise InputError(p, f"no 's' (wall seconds) column; columns are {list(df.columns)}")
-    seconds = pd.to_numeric(df["s"], errors="coerce")
-    if df.empty or seconds.isna().any():
-        raise InputError(p, "the 's' column has no rows or a value that is not a number")
-    return float(seconds.mean())
+        raise InputError(p, f"not a readable training log ({exc})") from exc
+    seconds = pd.to_numeric(df.get("seconds", pd.Series(dtype=object)), errors="coerce")
+    if df.empty or "seconds" not in df.columns or seconds.isna().any():
+        raise InputError(p, "a training log needs rows and a numeric 'seconds' column")
+    return float(seconds.sum())
 
 
-def cost_from_benchmarks(fusion_tsvs: dict, training_tsvs: dict, parameters: dict | None = None) -> dict:
-    """Cost figures of each method from Snakemake ``benchmark:`` files.
+def cost_from_runs(sidecars: dict, training_logs: dict) -> dict:
+    """Cost figures of each method from what its jobs recorded.
 
-    ``fusion_tsvs``: method -> benchmark files of its fusion jobs, one job per fused volume;
-    ``training_tsvs``: method -> benchmark files of its training jobs.  A file with several rows
-    (Snakemake's ``repeat``) counts as the mean of its rows.  Returns method ->
-    ``{"parameters", "fusion_seconds", "training_seconds"}`` for every method named in either
-    dict: ``fusion_seconds`` is the mean over the fusion files (seconds per volume),
-    ``training_seconds`` the sum over the training files (all the training the method needed);
-    None where a method has no files.  ``parameters`` (optional method -> count) fills in the
-    parameter counts, which benchmarks do not record (None otherwise).  A missing or malformed
-    file raises :class:`InputError`.
+    ``sidecars``: method -> the JSON sidecars of its fused volumes, which record the seconds of the fusion
+    itself (reading the inputs, loading the network, fusing, writing the output: no interpreter start-up,
+    imports or kernel build) and the network's parameter count; ``training_logs``: method -> its training
+    log (``training_log.csv``, whose per-iteration seconds are summed). Returns method ->
+    ``{"parameters", "fusion_seconds", "training_seconds"}`` for every method named in either dict:
+    ``fusion_seconds`` is the mean over the volumes, None where a method has no files (a shipped model
+    has no training). A missing or malformed file raises :class:`InputError` naming it.
     """
-    parameters = dict(parameters or {})
     out = {}
-    for method in sorted(set(fusion_tsvs) | set(training_tsvs) | set(parameters)):
-        fusion = [_mean_seconds(p) for p in fusion_tsvs.get(method, ())]
-        training = [_mean_seconds(p) for p in training_tsvs.get(method, ())]
+    for method in sorted(set(sidecars) | set(training_logs)):
+        figures = [_sidecar_figures(p) for p in sidecars.get(method, ())]
+        logs = [_training_seconds(p) for p in training_logs.get(method, ())]
         out[method] = {
-            "parameters": None if parameters.get(method) is None else int(parameters[method]),
-            "fusion_seconds": float(np.mean(fusion)) if fusion else None,
-            "training_seconds": float(np.sum(training)) if training else None,
+            "parameters": figures[0][1] if figures else None,
+            "fusion_seconds": float(np.mean([seconds for seconds, _ in figures])) if figures else None,
+            "training_seconds": float(np.sum(logs)) if logs else None,
         }
     return out
 

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 from snakemake.logging import logger
 
 from lpmnet import resources
+from lpmnet.io import sidecar_path
 from lpmnet.methods import DEFAULT_JOB_MB, get_method
 from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities, pretrained_path
 from lpmnet.split import BOTH, OVERLAP_NOTE, subjects_in
@@ -356,19 +357,16 @@ def metric_table_inputs(wildcards):
 
 
 def comparison_inputs(wildcards):
-    """The pair's long table, per method its checkpoint (parameters) and the benchmark files of its fusions
-    and training."""
+    """The pair's long table, per method the sidecars of its fused volumes and (trained methods) its
+    training log: what its cost figures are read from."""
     base = pair_dir(wildcards.dataset, wildcards.pair)
-    bench = f"{RESULTS}/{wildcards.dataset}/benchmarks"
     subjects = usable_subjects(wildcards.dataset, "test", pair_modalities(wildcards))
-    space = space_label(wildcards.dataset)
     inputs = {"long": f"{base}/metrics_long.tsv"}
-    for m in METHOD_CONFIGS:
-        inputs[f"model_{m}"] = method_checkpoint(wildcards.dataset, wildcards.pair, m)
     for m in TRAINED:
-        inputs[f"train_{m}"] = [f"{bench}/train/{wildcards.pair}/{m}.tsv"]
+        inputs[f"train_{m}"] = [f"{base}/model/{m}/training_log.csv"]
     for m in METHODS:
-        inputs[f"fuse_{m}"] = [f"{bench}/fuse/{wildcards.pair}/sub-{s}_space-{space}_{m}.tsv" for s in subjects]
+        inputs[f"fuse_{m}"] = [str(sidecar_path(fused_path(wildcards.dataset, wildcards.pair, s, m)))
+                               for s in subjects]
     return inputs
 
 

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ from matplotlib.image import imread
 from scipy.stats import wilcoxon
 from statsmodels.stats.multitest import multipletests
 
-from lpmnet.comparison import (COMPARISON_COLUMNS, METRIC_DIRECTIONS, compare, cost_from_benchmarks, holm,
+from lpmnet.comparison import (COMPARISON_COLUMNS, METRIC_DIRECTIONS, compare, cost_from_runs, holm,
                                render_comparison_html, write_comparison)
 from lpmnet.errors import InputError
 from lpmnet.metrics import ARTEFACT_NAMES, METRIC_NAMES
@@ -208,35 +209,38 @@ def test_other_reference_goes_first():
     assert row(t, "lpmnet", "SSIM")["p_value"] == pytest.approx(2 / 2**7)
 
 
-BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-
-
-def bench(path, *seconds):
+def sidecar(path, seconds, parameters):
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = "".join(f"{s:.4f}\t0:00:{int(s):02d}\t512.3\t900.1\t400.2\t420.0\t1.5\t2.5\t95.0\t{s * 0.9:.2f}\n"
-                    for s in seconds)
-    path.write_text(BENCH_HEADER + lines)
+    path.write_text(json.dumps({"Method": "x", "Seconds": seconds, "ParameterCount": parameters}))
     return path
 
 
-def test_cost_from_benchmarks(tmp_path):
-    b = tmp_path / "benchmarks"
-    fusion = {"lpmnet": [bench(b / "fuse" / "sub-01_lpmnet.tsv", 2.0), bench(b / "fuse" / "sub-02_lpmnet.tsv", 4.0),
-                         bench(b / "fuse" / "sub-03_lpmnet.tsv", 5.0, 7.0)],  # repeat: 2 rows, mean 6
-              "mean": [bench(b / "fuse" / "sub-01_mean.tsv", 0.25)]}
-    training = {"lpmnet": [bench(b / "train" / "stage1.tsv", 100.0), bench(b / "train" / "stage2.tsv", 50.5)]}
-    costs = cost_from_benchmarks(fusion, training, parameters={"lpmnet": 26051, "mean": 0})
+def training_log(path, *seconds):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("iteration,total,seconds\n" + "".join(f"{i},0.5,{s}\n" for i, s in enumerate(seconds, 1)))
+    return path
+
+
+def test_costs_come_from_the_fusion_sidecars_and_the_training_logs(tmp_path):
+    fused = tmp_path / "fused"
+    sidecars = {"lpmnet": [sidecar(fused / f"sub-0{i}_lpmnet.json", s, 26051) for i, s in enumerate((2.0, 4.0, 6.0))],
+                "mean": [sidecar(fused / "sub-01_mean.json", 0.25, 0)]}
+    logs = {"lpmnet": [training_log(tmp_path / "lpmnet.csv", 100.0, 50.5)]}
+    costs = cost_from_runs(sidecars, logs)
     assert costs == {
         "lpmnet": {"parameters": 26051, "fusion_seconds": pytest.approx(4.0), "training_seconds": pytest.approx(150.5)},
         "mean": {"parameters": 0, "fusion_seconds": pytest.approx(0.25), "training_seconds": None},
     }
-    assert cost_from_benchmarks({}, {"x": [fusion["mean"][0]]}) == {
-        "x": {"parameters": None, "fusion_seconds": None, "training_seconds": pytest.approx(0.25)}}
-    with pytest.raises(InputError, match="missing.tsv"):
-        cost_from_benchmarks({"lpmnet": [b / "missing.tsv"]}, {})
-    (b / "bad.tsv").write_text("wall\tmax_rss\n1.0\t2.0\n")
-    with pytest.raises(InputError, match="no 's'"):
-        cost_from_benchmarks({"lpmnet": [b / "bad.tsv"]}, {})
+    assert cost_from_runs({}, logs) == {
+        "lpmnet": {"parameters": None, "fusion_seconds": None, "training_seconds": pytest.approx(150.5)}}
+    with pytest.raises(InputError, match="missing.json"):
+        cost_from_runs({"lpmnet": [fused / "missing.json"]}, {})
+    (tmp_path / "old.json").write_text(json.dumps({"Seconds": 1.0}))  # a sidecar without the count
+    with pytest.raises(InputError, match="no parameter count"):
+        cost_from_runs({"lpmnet": [tmp_path / "old.json"]}, {})
+    (tmp_path / "bad.csv").write_text("iteration,total\n1,0.5\n")
+    with pytest.raises(InputError, match="numeric 'seconds'"):
+        cost_from_runs({}, {"lpmnet": [tmp_path / "bad.csv"]})
 
 
 def test_write_comparison_outputs(tmp_path):

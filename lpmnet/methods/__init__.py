@@ -163,14 +163,17 @@ def load_checkpoint_of(method, path, map_location="cpu"):
     method are LPM-Net's) and its weights must fit ``method.build(**model_kwargs)`` exactly; any
     other file is read by the method's ``load_original`` (a state dict of the original code). A
     checkpoint of another method, of another architecture, or an unreadable file raises InputError
-    naming the file and the problem.
+    naming the file and the problem. The network's ``model_kwargs`` attribute holds its constructor
+    arguments (an original's: those its ``load_original`` says, else {}, the method's defaults).
     """
     payload = read_payload(path, map_location)
     if not is_project_checkpoint(payload):
         if method.load_original is None:
             raise InputError(path, f"not a checkpoint of method {method.name} (and {method.name} reads no "
                                    "original state dicts)")
-        return method.load_original(path).to(map_location), {"method": method.name, "source": str(path)}
+        model = method.load_original(path).to(map_location)
+        model.__dict__.setdefault("model_kwargs", {})
+        return model, {"method": method.name, "source": str(path)}
     found = payload.get("method", "lpmnet")
     if found != method.name:
         raise InputError(path, f"a checkpoint of method {found}, not of {method.name}")
@@ -181,6 +184,7 @@ def load_checkpoint_of(method, path, map_location="cpu"):
         raise InputError(path, f"its model_kwargs do not build {method.name}: {err}") from None
     check_state_dict(path, payload["state_dict"], model, f"{method.name}{kwargs}")
     model.load_state_dict(payload["state_dict"], strict=True)
+    model.model_kwargs = dict(kwargs)
     return model.to(map_location).eval(), payload.get("model_card", {})
 
 

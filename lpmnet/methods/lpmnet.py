@@ -35,7 +35,9 @@ def fuse(model, x1, x2, device=None, tile=None, overlap=0.25, memory_budget_mb=D
 
 
 def _load_original(path):
-    return load_checkpoint(path)[0]
+    model = load_checkpoint(path)[0]
+    model.model_kwargs = dict(model.config)  # read off the state dict's shapes
+    return model
 
 
 def _fusion_mem_mb(fixed_path, model_kwargs, settings):
