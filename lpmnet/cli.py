@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from lpmnet import __version__
+from lpmnet.classical import CLASSICAL_METHODS
 from lpmnet.errors import LPMNetError
 from lpmnet.methods import MODULES as METHOD_MODULES
 from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS
@@ -95,7 +96,7 @@ def _cmd_train(args):
 
 
 def _cmd_fuse(args):
-    from lpmnet.fuse import fuse_files
+    from lpmnet.classical import fuse_classical_files
 
     # Only the options given go to the method: one that only another method has is refused by name.
     options = dict(tile=args.tile, overlap=args.overlap, axis=args.axis, batch_size=args.batch_size,
@@ -103,6 +104,17 @@ def _cmd_fuse(args):
     settings = {k: v for k, v in options.items() if v is not None}
     if args.memory_budget_mb is not None:
         settings["memory_budget_mb"] = args.memory_budget_mb or None  # 0: never tile
+    if args.method in CLASSICAL_METHODS:
+        network_options = {**settings, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
+                           "components": args.components}
+        given = [f"--{k.replace('_', '-')}" for k, v in network_options.items() if v not in (None, False)]
+        if given:
+            raise ValueError(f"{args.method} is a classical rule (no network): it takes no {', '.join(given)}")
+        fuse_classical_files(args.method, args.fixed, args.moving, args.output)
+        print(args.output)
+        return
+    from lpmnet.fuse import fuse_files
+
     checkpoint = args.checkpoint
     if checkpoint is None:
         checkpoint = _pretrained(args.method, args.pretrained or "pretrained", args.fixed, args.moving, "fusing with")
@@ -127,7 +139,7 @@ def _cmd_metrics(args):
                           conventions=conventions, axis=args.axis)
     table = {name: ms.values for name, ms in results.items()}
     if args.output and args.method:
-        from lpmnet.tables import write_metrics_json
+        from lpmnet.metrics.records import write_metrics_json
 
         # The workflow's per-subject document, which the metric tables and the comparison read.
         write_metrics_json(args.output, args.subject, args.method, results)
@@ -200,8 +212,9 @@ def build_parser():
                         "pretrained model of the pair's kind (mri-pet when a file name has PET or SPECT in it)")
     p.add_argument("--pretrained", choices=tuple(KINDS),
                    help="lpmnet without --checkpoint: fuse with this shipped model whatever the file names say")
-    p.add_argument("--method", default="lpmnet", help=f"fusion method: {', '.join(METHOD_MODULES)} or the dotted "
-                                                      "name of your own method's module")
+    p.add_argument("--method", default="lpmnet",
+                   help=f"fusion method: a network ({', '.join(METHOD_MODULES)}, or the dotted name of your own "
+                        f"method's module) or a classical rule ({', '.join(CLASSICAL_METHODS)})")
     p.add_argument("--device", default="auto")
     p.add_argument("--tile", type=int, nargs="+",
                    help="3D methods: sliding-window tile size (lpmnet: multiples of 16, dc2fusion: of 32)")

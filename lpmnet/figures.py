@@ -101,6 +101,28 @@ def grid_caption(volume) -> str:
     return f"grid {grid} (i\u00d7j\u00d7k as stored), voxel {voxel} mm"
 
 
+ROW_LABEL_PAD_PT = 8
+
+
+def _row_label(label, kind):
+    return f"{label}\n({kind})"
+
+
+def _row_label_weight(kind):
+    return "bold" if kind == "fused" else "normal"
+
+
+def _row_label_width_in(fig, labels) -> float:
+    """The left margin (inches) that the widest row label and its padding need, measured as drawn."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    widths = []
+    for text, kind in labels:
+        drawn = fig.text(0, 0, text, fontsize=10, fontweight=_row_label_weight(kind))
+        widths.append(drawn.get_window_extent(renderer).width / fig.dpi)
+        drawn.remove()
+    return max(widths) + (ROW_LABEL_PAD_PT + 8) / 72
+
+
 def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
     """Montage of source and fused volumes; writes ``out_png`` and returns its path.
 
@@ -130,11 +152,13 @@ def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
 
     widths = [v[1] for v in views]
     height_mm = max(v[2] for v in views)
-    label_in, header_in, footer_in = 1.4, 0.9, 0.35
+    fig = Figure(figsize=(WIDTH_IN, 1), dpi=DPI, facecolor="white")
+    label_in = _row_label_width_in(fig, [(_row_label(label, kind), kind) for label, _, kind in rows])
+    header_in, footer_in = 0.9, 0.35
     scale = (WIDTH_IN - label_in - 0.3) / (sum(widths) * 1.06)  # inches per mm (with gaps)
     row_in = min(max(height_mm * scale, 1.2), 4.5) + 0.1
     fig_h = header_in + footer_in + row_in * len(rows)
-    fig = Figure(figsize=(WIDTH_IN, fig_h), dpi=DPI, facecolor="white")
+    fig.set_size_inches(WIDTH_IN, fig_h)
     grid = fig.add_gridspec(
         len(rows), 3, width_ratios=widths, wspace=0.04, hspace=0.06,
         left=label_in / WIDTH_IN, right=1 - 0.3 / WIDTH_IN,
@@ -156,9 +180,8 @@ def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
                 ax.set_title(col_title, fontsize=10)
                 label_edges(ax, view)
             if c == 0:
-                ax.set_ylabel(f"{label}\n({kind})", rotation=0, ha="right", va="center",
-                              fontsize=10, labelpad=8,
-                              fontweight="bold" if kind == "fused" else "normal")
+                ax.set_ylabel(_row_label(label, kind), rotation=0, ha="right", va="center", fontsize=10,
+                              labelpad=ROW_LABEL_PAD_PT, fontweight=_row_label_weight(kind))
     fig.suptitle(title, fontsize=13, y=1 - 0.12 / fig_h, va="top")
     fig.text(0.5, 1 - 0.42 / fig_h, ORIENTATION_NOTE, ha="center", va="top", fontsize=8.5, color="#444")
     fig.text(0.5, 0.1 / fig_h, grid_caption(volumes[0]), ha="center", va="bottom", fontsize=8, color="#666")

@@ -35,6 +35,11 @@ def test_fuse_then_metrics_json(files, tmp_path):
     result = run_cli("fuse", a, b, "-o", out, "--checkpoint", ckpt)
     assert result.returncode == 0, result.stderr
     assert np.allclose(nib.load(out).affine, TEST_AFFINE)
+    sidecar = json.loads((tmp_path / "fused.json").read_text())
+    assert sidecar["ModelKwargs"] == {**LPMNet(base_c=4, depth_c=1, depth_m=1, reconstruction=False).config}
+    assert sidecar["ParameterCount"] == sum(p.numel() for p in LPMNet(base_c=4, depth_c=1, depth_m=1,
+                                                                       reconstruction=False).parameters())
+    assert 0 < sidecar["Seconds"] and "KernelLoad" in sidecar  # this process loaded the kernel while fusing
     result = run_cli("metrics", a, b, out, "--convention", "both", "--json", "-o", tmp_path / "m.json")
     assert result.returncode == 0, result.stderr
     table = json.loads(result.stdout)
@@ -45,7 +50,7 @@ def test_fuse_then_metrics_json(files, tmp_path):
     only = json.loads(run_cli("metrics", a, b, out, "--convention", "standard", "--json").stdout)
     assert set(only) == {"standard"}
     # --method writes the workflow's per-subject document, which the tables read.
-    from lpmnet.tables import read_metrics_json
+    from lpmnet.metrics.records import read_metrics_json
 
     result = run_cli("metrics", a, b, out, "--method", "mine", "--subject", "s7", "-o", tmp_path / "doc.json")
     assert result.returncode == 0, result.stderr
@@ -53,6 +58,32 @@ def test_fuse_then_metrics_json(files, tmp_path):
     assert doc["subject"] == "s7" and doc["method"] == "mine"
     assert set(doc["conventions"]) == {"lpmnet", "standard", "artefacts"}  # the default: --convention all
     assert set(doc["conventions"]["artefacts"]["values"]) == {"background", "lattice"}
+
+
+@pytest.mark.parametrize("rule", ["mean", "max", "pca", "laplacian"])
+def test_classical_rules_fuse_from_the_command_line(files, tmp_path, rule):
+    from lpmnet.classical import fuse_classical
+    from lpmnet.io import load_volume
+    from lpmnet.normalize import minmax01
+
+    folder, a, b, _ = files
+    out = tmp_path / f"{rule}.nii.gz"
+    result = run_cli("fuse", a, b, "-o", out, "--method", rule)
+    assert result.returncode == 0, result.stderr
+    fused = nib.load(out)
+    assert np.allclose(fused.affine, TEST_AFFINE)
+    expected = fuse_classical(rule, minmax01(load_volume(a).data), minmax01(load_volume(b).data))
+    assert np.allclose(fused.get_fdata(), expected, atol=1e-6)
+    sidecar = json.loads((tmp_path / f"{rule}.json").read_text())
+    assert sidecar["Method"] == rule and sidecar["ParameterCount"] == 0 and sidecar["Seconds"] >= 0
+
+
+def test_a_classical_rule_refuses_network_options(files, tmp_path):
+    folder, a, b, ckpt = files
+    result = run_cli("fuse", a, b, "-o", tmp_path / "f.nii.gz", "--method", "max", "--checkpoint", ckpt, "--tile", "16")
+    assert result.returncode == 2 and "max is a classical rule (no network): it takes no --tile, --checkpoint" in \
+        result.stderr
+    assert not (tmp_path / "f.nii.gz").exists()
 
 
 def _bad_inputs(folder, a):

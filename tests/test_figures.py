@@ -25,6 +25,15 @@ def test_montage_png(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["montage.png"]
 
 
+def test_montage_row_labels_are_never_cut(tmp_path):
+    a, b = write_pair(tmp_path, shape=(20, 24, 16))
+    fused = tmp_path / "mean.nii.gz"
+    fuse_classical_files("mean", a, b, fused)
+    names = {"lpmnet-pretrained": fused, "lpmnet-pretrained-finetuned-on-ixi": fused}
+    img = imread(fusion_montage({"T1": a, "FLAIR": b}, names, tmp_path / "montage.png", "sub-01"))
+    assert img[:, :4, :3].min() > 0.9  # the left edge is white: no label runs off it
+
+
 def test_montage_refuses_different_grids(tmp_path):
     a, b = write_pair(tmp_path, shape=(20, 24, 16))
     other = save_volume(tmp_path / "other.nii.gz", smooth_pair((20, 24, 18))[0], TEST_AFFINE)
