@@ -5,6 +5,7 @@ rebuild tests, which then ask ``snakemake -n`` what a config change would rerun.
 """
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -36,10 +37,12 @@ def quick_lpmnet(config, checkpoint_every=1, **training):
 
 
 def tiny_config():
-    """The demo with 3 subjects, T1 + FLAIR, and two methods (LPM-Net, a small MambaDFuse) trained 2 iterations."""
+    """The demo with 3 subjects, T1 + FLAIR, and three methods: LPM-Net and a small MambaDFuse trained 2
+    iterations, the shipped LPM-Net as it is."""
     config = quick_lpmnet(copy.deepcopy(DEFAULT_CONFIG))
     demo = config["datasets"]["demo"]
     demo.update(subjects=3, modalities=["T1", "FLAIR"], pairs=[["T1", "FLAIR"]])
+    config["methods"]["lpmnet-pretrained"] = {"network": "lpmnet", "checkpoint": "pretrained"}
     config["methods"]["mambadfuse"] = {"model": {"embed_dim": 8},
                                        "training": {"iterations": 2, "batch_size": 2, "patch_size": [16, 16]}}
     config["methods"]["lpmnet"]["training"]["keep_every"] = 1  # a learning curve of 2 checkpoints
@@ -52,8 +55,10 @@ def workdir_with(path, config):
     return path
 
 
-def snakemake(workdir, *args, check=True):
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+def snakemake(workdir, *args, check=True, env=None):
+    """Run snakemake in ``workdir`` (``env``: variables added to this process's environment)."""
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -94,7 +99,8 @@ def test_end_to_end_tiny_demo(finished_run):
     results = finished_run / "results" / "demo"
     summary = pd.read_csv(results / "T1-FLAIR" / "metrics.tsv", sep="\t")
     assert set(zip(summary.method, summary.convention)) == {
-        (m, c) for m in ("lpmnet", "mambadfuse", "mean", "max") for c in ("lpmnet", "standard", "artefacts")}
+        (m, c) for m in ("lpmnet", "lpmnet-pretrained", "mambadfuse", "mean", "max")
+        for c in ("lpmnet", "standard", "artefacts")}
     assert list(summary.method[:2]) == ["lpmnet", "lpmnet"]
     long = pd.read_csv(results / "T1-FLAIR" / "metrics_long.tsv", sep="\t")
     assert set(long.metric) == {"SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "SF", "rSFe", "EN", "PSNR", "Nabf",
@@ -121,10 +127,14 @@ def test_end_to_end_tiny_demo(finished_run):
     assert list(curve.iteration) == [1, 2] and set(curve.columns[3:]) == {"SSIM", "Qabf", "VIF", "MI"}
     assert curve.x1.str.contains(f"sub-{test_subjects[0]}_").all() and curve.SSIM.between(0, 1).all()
     assert (results / "T1-FLAIR" / "model" / "lpmnet" / "learning_curve.png").stat().st_size > 10_000
+    logs = {p: p.read_text() for p in (results / "logs").rglob("*.log")}
+    assert not [p for p, text in logs.items() if "building the CPU kernel" in text]  # the install compiled it
+    assert "loaded the prebuilt CPU kernel" in logs[results / "logs" / "fuse" / "T1-FLAIR" /
+                                                    f"sub-{subject}_space-T1_lpmnet.log"]
     mamba_log = pd.read_csv(results / "T1-FLAIR" / "model" / "mambadfuse" / "training_log.csv")
     assert list(mamba_log.columns[4:7]) == ["intensity", "gradient", "ssim"] and len(mamba_log) == 2
     comparison = pd.read_csv(results / "T1-FLAIR" / "comparison.tsv", sep="\t")
-    assert set(comparison.method) == {"lpmnet", "mambadfuse", "mean", "max"}
+    assert set(comparison.method) == {"lpmnet", "lpmnet-pretrained", "mambadfuse", "mean", "max"}
     assert set(comparison.convention) == {"lpmnet", "standard", "artefacts"}
     defined = comparison[comparison["mean"].notna()]  # the lattice needs axes of 64 voxels: NaN here
     assert (defined.groupby(["convention", "metric"]).best.sum() >= 1).all()
@@ -133,6 +143,11 @@ def test_end_to_end_tiny_demo(finished_run):
     assert lpm.parameters == 26051 and lpm.fusion_seconds > 0 and lpm.training_seconds > 0
     mamba = comparison[comparison.method == "mambadfuse"].iloc[0]
     assert mamba.parameters > 0 and mamba.fusion_seconds > 0 and mamba.training_seconds > 0
+    shipped = comparison[comparison.method == "lpmnet-pretrained"].iloc[0]
+    assert shipped.parameters == 26051 and np.isnan(shipped.training_seconds)
+    # the same network on the same volume: the cost columns time the fusion, not start-up or a kernel build
+    assert shipped.fusion_seconds == pytest.approx(lpm.fusion_seconds, rel=0.25)
+    assert comparison[comparison.method == "mean"].iloc[0].parameters == 0
     assert "Which method fuses best" in (results / "T1-FLAIR" / "comparison.html").read_text()
     assert planned_jobs(finished_run) == {}
 
@@ -156,8 +171,9 @@ def test_changing_one_methods_setting_reruns_only_that_method(finished_run, meth
                                       flags=re.M))
     finally:
         workdir_with(finished_run, tiny_config())
+    curve = {"learning_curve": 1, "learning_curve_figure": 1} if method == "lpmnet" else {}
     assert jobs == {"train": 1, "fuse": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1,
-                    "training_curves": 1, "comparison": 1, "all": 1, **({"learning_curve": 1} if method == "lpmnet" else {})}
+                    "training_curves": 1, "comparison": 1, "all": 1, **curve}
     assert f"model/{method}/model.pt" in outputs and f"desc-{method}_fused" in outputs
     other = ({"lpmnet", "mambadfuse"} - {method}).pop()
     assert f"model/{other}/" not in outputs and f"desc-{other}_" not in outputs
@@ -184,8 +200,8 @@ def test_changing_the_registration_reruns_from_registration_on(finished_run):
         workdir_with(finished_run, tiny_config())
     assert "convert" not in jobs and "demo_dataset" not in jobs and "split" not in jobs
     assert jobs["register"] == 3 and jobs["normalize"] == 3  # the moving FLAIR of each subject
-    assert jobs["train"] == 2 and jobs["fuse"] == 2 and jobs["fuse_classical"] == 2
-    assert jobs["metrics"] == 4 and jobs["metric_tables"] == 1
+    assert jobs["train"] == 2 and jobs["fuse"] == 3 and jobs["fuse_classical"] == 2
+    assert jobs["metrics"] == 5 and jobs["metric_tables"] == 1
 
 
 def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
@@ -201,8 +217,9 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
     try:
         # Only the resize of the kept normalised volumes and the pair's work on the new grid.
         assert planned_jobs(finished_run) == {
-            "resize": 6, "train": 2, "fuse": 2, "fuse_classical": 2, "metrics": 4, "metric_tables": 1,
-            "fusion_montage": 1, "training_curves": 2, "learning_curve": 1, "comparison": 1, "all": 1}
+            "resize": 6, "train": 2, "fuse": 3, "fuse_classical": 2, "metrics": 5, "metric_tables": 1,
+            "fusion_montage": 1, "training_curves": 2, "learning_curve": 1, "learning_curve_figure": 1,
+            "comparison": 1, "all": 1}
         snakemake(finished_run, "--cores", "2")
     finally:
         workdir_with(finished_run, tiny_config())
@@ -210,7 +227,7 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
     assert {p: p.stat().st_mtime_ns for p in native} == native
 
     resized = results / "T1-FLAIR_res-32x48x40"
-    assert len(pd.read_csv(resized / "metrics.tsv", sep="\t")) == 4 * 3  # methods x (2 conventions, artefacts)
+    assert len(pd.read_csv(resized / "metrics.tsv", sep="\t")) == 5 * 3  # methods x (2 conventions, artefacts)
     fused = next((resized / "fused").glob("sub-*_space-T1_res-32x48x40_desc-lpmnet_fused.nii.gz"))
     subject = fused.name.split("_")[0]
     t1 = nib.load(results / subject / f"{subject}_space-T1_desc-norm_T1.nii.gz")
