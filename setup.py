@@ -1,8 +1,9 @@
 """Compiles the CPU kernels into the package when it is installed (metadata: pyproject.toml).
 
-One module per CPU capability (lpmnet.kernels.prebuilt_extensions), compiled side by side, so that no
-workflow job compiles; ``pip install`` needs torch at build time (the pinned one of pyproject.toml, or
-the environment's with ``--no-build-isolation``, as ``make install`` does).
+One module per CPU capability (lpmnet.kernels.prebuilt_extensions), so that no workflow job compiles;
+``pip install`` needs torch at build time (the pinned one of pyproject.toml, or the environment's with
+``--no-build-isolation``, as ``make install`` does). The modules compile one after the other: they share
+one source, whose object file setuptools writes to one path.
 """
 
 import os
@@ -16,15 +17,4 @@ from torch.utils.cpp_extension import BuildExtension  # noqa: E402
 
 from lpmnet.kernels import prebuilt_extensions  # noqa: E402
 
-
-class ParallelBuildExtension(BuildExtension):
-    """The capabilities' modules compiled at once (each is one translation unit, about 35 s)."""
-
-    def finalize_options(self):
-        super().finalize_options()
-        if not self.parallel:
-            self.parallel = os.cpu_count() or 1
-
-
-setup(ext_modules=prebuilt_extensions(),
-      cmdclass={"build_ext": ParallelBuildExtension.with_options(use_ninja=False)})
+setup(ext_modules=prebuilt_extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=False)})

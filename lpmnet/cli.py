@@ -105,8 +105,8 @@ def _cmd_fuse(args):
     if args.memory_budget_mb is not None:
         settings["memory_budget_mb"] = args.memory_budget_mb or None  # 0: never tile
     if args.method in CLASSICAL_METHODS:
-        network_options = {**settings, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
-                           "components": args.components}
+        network_options = {**options, "memory_budget_mb": args.memory_budget_mb, "checkpoint": args.checkpoint,
+                           "pretrained": args.pretrained, "components": args.components}
         given = [f"--{k.replace('_', '-')}" for k, v in network_options.items() if v not in (None, False)]
         if given:
             raise ValueError(f"{args.method} is a classical rule (no network): it takes no {', '.join(given)}")

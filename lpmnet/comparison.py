@@ -38,7 +38,7 @@ from scipy.stats import rankdata, wilcoxon
 from lpmnet.errors import InputError
 from lpmnet.io import atomic_output, atomic_write_text, read_json_object
 from lpmnet.metrics import METRIC_NAMES, TABLE_CONVENTIONS
-from lpmnet.tables import CONVENTION_NOTE, FLOAT_FORMAT, NA_REP
+from lpmnet.tables import CONVENTION_NOTE, FLOAT_FORMAT, NA_REP, format_number, method_order
 
 __all__ = [
     "HIGHER",
@@ -110,11 +110,6 @@ def _ordered(names, known) -> list[str]:
     """``names`` in the order of ``known``, the others after them alphabetically."""
     unique = set(names)
     return [n for n in known if n in unique] + sorted(unique - set(known))
-
-
-def _method_order(methods, reference: str) -> list[str]:
-    # Same rule as lpmnet.tables.method_order (which fixes the reference to "lpmnet").
-    return [reference] + sorted(set(methods) - {reference})
 
 
 # --------------------------------------------------------------------------- statistics
@@ -216,7 +211,7 @@ def compare(long_df: pd.DataFrame, reference: str = "lpmnet", costs: dict | None
     if reference not in set(df["method"]):
         raise ValueError(f"reference method {reference!r} is not in the metrics table; "
                          f"methods are {sorted(set(df['method']))}")
-    methods = _method_order(df["method"], reference)
+    methods = method_order(df["method"], first=reference)
     cost = _check_costs(costs, methods)
     rows = []
     for convention in _ordered(df["convention"], TABLE_CONVENTIONS):
@@ -351,6 +346,10 @@ def cost_from_runs(sidecars: dict, training_logs: dict) -> dict:
     out = {}
     for method in sorted(set(sidecars) | set(training_logs)):
         figures = [_sidecar_figures(p) for p in sidecars.get(method, ())]
+        for path, (_, count) in zip(sidecars.get(method, ()), figures):
+            if count != figures[0][1]:
+                raise InputError(path, f"{method} fused with {count} parameters here and {figures[0][1]} in "
+                                       f"{sidecars[method][0]}: one method, one network")
         logs = [_training_seconds(p) for p in training_logs.get(method, ())]
         out[method] = {
             "parameters": figures[0][1] if figures else None,
@@ -361,12 +360,6 @@ def cost_from_runs(sidecars: dict, training_logs: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- HTML
-def _num(value) -> str:
-    if _missing(value):
-        return "–"
-    return f"{value:.4g}"
-
-
 def _p(value) -> str:
     return f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}"
 
@@ -387,7 +380,8 @@ def _rank_text(rank: float) -> str:
 
 def _cell(row, n_max: int, footnotes: list[str]) -> str:
     """'mean ± std' with the rank as superscript, bold when best, n and footnotes when incomplete."""
-    text = _num(row["mean"]) if _missing(row["std"]) else f"{_num(row['mean'])} ± {_num(row['std'])}"
+    mean, std = format_number(row["mean"]), format_number(row["std"])
+    text = mean if _missing(row["std"]) else f"{mean} ± {std}"
     if not _missing(row["rank"]):
         text += f"<sup class='rank'>{_rank_text(row['rank'])}</sup>"
     if row["best"]:
@@ -425,7 +419,7 @@ def _convention_section(table: pd.DataFrame, convention: str, reference: str, fo
         cells = [f"<td class='lbl'>{html.escape(method)}</td>"]
         cells += [_cell(rows.loc[m], n_max, footnotes) for m in metrics]
         mean_rank = mean_ranks[method]
-        rank_text = _num(mean_rank) if _missing(mean_rank) else f"{mean_rank:.2f}"
+        rank_text = format_number(mean_rank) if _missing(mean_rank) else f"{mean_rank:.2f}"
         covered = int(rows["rank"].notna().sum())
         if not _missing(mean_rank) and covered < n_ranked:
             rank_text += f" <span class='n'>({covered} of {n_ranked})</span>"
@@ -531,7 +525,7 @@ def comparison_figure(long_df: pd.DataFrame, out_png, reference: str = "lpmnet",
     drawn; a panel says how many it left out.  Writes ``out_png`` atomically, returns its path.
     """
     df = _check_long(long_df)
-    methods = _method_order(df["method"], reference)
+    methods = method_order(df["method"], first=reference)
     conventions = _ordered(df["convention"], TABLE_CONVENTIONS)
     blocks = [(c, _ordered(df.loc[df["convention"] == c, "metric"], METRIC_NAMES)) for c in conventions]
     heights = [math.ceil(len(metrics) / per_row) for _, metrics in blocks]

@@ -18,6 +18,7 @@ them and builds. Concurrent first users build once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -108,8 +109,8 @@ def load(openmp: bool | None = None):
     """``(module, origin, seconds)``: the kernel module of this CPU, ``origin`` "prebuilt" (installed with the
     package), "cached" (built before on this machine) or "built" (now); the seconds it took.
 
-    Raises whatever the build raises (no compiler, a compile error) or RuntimeError after waiting
-    :data:`BUILD_LOCK_TIMEOUT_S` for another process's build.
+    Raises whatever the build raises (no compiler, a compile error) or :class:`BuildLockTimeout` after
+    waiting :data:`BUILD_LOCK_TIMEOUT_S` for another process's build.
     """
     cap = capability()
     openmp = wants_openmp() if openmp is None else openmp
@@ -156,10 +157,37 @@ def _import_library(name: str, path: Path):
     return module
 
 
+class BuildLockTimeout(RuntimeError):
+    """Another process has held a kernel build's lock for :data:`BUILD_LOCK_TIMEOUT_S`."""
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, timeout_s: float):
+    """An flock on ``lock_path``, waited for at most ``timeout_s``. flock itself, not a library that falls
+    back to a marker file where the file system lacks it: a marker outlives a killed holder. Where flock is
+    not supported (OSError ENOLCK), the build fails with that error and the pure-torch scan runs."""
+    import fcntl  # POSIX only, like the builds
+
+    with open(lock_path, "a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BuildLockTimeout(f"waited {timeout_s:.0f} s for {lock_path}: another process has been "
+                                           "building the CPU kernel for that long") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def just_in_time(cap: str | None = None, openmp: bool | None = None):
     """``(module, origin)``: the kernel module for ``cap`` (this CPU's by default) from the extension cache,
     "cached", or compiled into it now, "built" (see the module's docstring for the locking)."""
-    from filelock import FileLock, Timeout
     from torch.utils.cpp_extension import load as compile_and_load
 
     cap = capability() if cap is None else cap
@@ -169,27 +197,23 @@ def just_in_time(cap: str | None = None, openmp: bool | None = None):
     root = build_root()
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    try:
-        with FileLock(root / f"{name}.lock", timeout=BUILD_LOCK_TIMEOUT_S):
-            library = _library(final, name)
-            if library is not None:
-                log.info("loaded the CPU kernel %s built before on this machine (%s)", name, library)
-                return _import_library(name, library), "cached"
-            for leftover in [*root.glob(f"{name}.build-*"), *([final] if final.exists() else [])]:
-                log.warning("removing %s, left by a build of the CPU kernel that did not finish", leftover)
-                shutil.rmtree(leftover, ignore_errors=True)
-            attempt = root / f"{name}.build-{os.getpid()}"
-            attempt.mkdir()
-            log.info("building the CPU kernel %s (%s) in %s: once per machine, about a minute", name, cap, attempt)
-            cflags, ldflags = build_flags(cap, openmp)
-            try:
-                module = compile_and_load(name=name, sources=[str(SOURCE)], extra_cflags=[*cflags, _key_flag(key)],
-                                          extra_ldflags=ldflags, build_directory=str(attempt), verbose=False)
-            except BaseException:
-                shutil.rmtree(attempt, ignore_errors=True)
-                raise
-            os.rename(attempt, final)
-            return module, "built"
-    except Timeout:
-        raise RuntimeError(f"waited {BUILD_LOCK_TIMEOUT_S} s for {root / name}.lock: another process has been "
-                           "building the CPU kernel for that long") from None
+    with _exclusive(root / f"{name}.lock", BUILD_LOCK_TIMEOUT_S):
+        library = _library(final, name)
+        if library is not None:
+            log.info("loaded the CPU kernel %s built before on this machine (%s)", name, library)
+            return _import_library(name, library), "cached"
+        for leftover in [*root.glob(f"{name}.build-*"), *([final] if final.exists() else [])]:
+            log.warning("removing %s, left by a build of the CPU kernel that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        attempt = root / f"{name}.build-{os.getpid()}"
+        attempt.mkdir()
+        log.info("building the CPU kernel %s (%s) in %s: once per machine, about a minute", name, cap, attempt)
+        cflags, ldflags = build_flags(cap, openmp)
+        try:
+            module = compile_and_load(name=name, sources=[str(SOURCE)], extra_cflags=[*cflags, _key_flag(key)],
+                                      extra_ldflags=ldflags, build_directory=str(attempt), verbose=False)
+        except BaseException:
+            shutil.rmtree(attempt, ignore_errors=True)
+            raise
+        os.rename(attempt, final)
+        return module, "built"

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,7 @@ _cpu = {"tried": False, "module": None, "error": None, "seconds": None, "origin"
 
 
 def _load_cpu_kernel(openmp=None):
-    module, _cpu["origin"], _cpu["seconds"] = kernels.load(openmp)
+    module, _cpu["origin"], _ = kernels.load(openmp)
     return module
 
 
@@ -146,11 +147,12 @@ def _cpu_module(strict: bool):
     with _lock:
         if not _cpu["tried"]:
             _cpu["tried"] = True
+            started = time.perf_counter()
             try:
                 try:
                     _cpu["module"] = _load_cpu_kernel()
                 except Exception as exc:
-                    if not kernels.wants_openmp():
+                    if not kernels.wants_openmp() or isinstance(exc, kernels.BuildLockTimeout):
                         raise
                     # e.g. a compiler without OpenMP support: a single-threaded kernel still
                     # beats the pure-torch scan.
@@ -165,6 +167,8 @@ def _cpu_module(strict: bool):
                     "to the (slower) pure-torch scan. First compiler error: %s",
                     _cpu["error"],
                 )
+            # every attempt counts, a failed build too: a fusion leaves these seconds out of its own
+            _cpu["seconds"] = time.perf_counter() - started
         module, error = _cpu["module"], _cpu["error"]
     if module is None and strict:
         raise BackendUnavailableError(
@@ -190,7 +194,8 @@ def cpu_kernel_info() -> dict:
 
 
 def cpu_kernel_load() -> dict | None:
-    """``{"origin", "seconds"}`` of the kernel's load (or build) in this process; None before it (loads nothing)."""
+    """``{"origin", "seconds"}`` of this process's attempt to load (or build) the kernel, origin None when it
+    failed; None before any attempt (loads nothing)."""
     with _lock:
         return None if _cpu["seconds"] is None else {"origin": _cpu["origin"], "seconds": _cpu["seconds"]}
 

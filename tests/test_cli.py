@@ -32,7 +32,7 @@ def files(tmp_path_factory):
 def test_fuse_then_metrics_json(files, tmp_path):
     folder, a, b, ckpt = files
     out = tmp_path / "fused.nii.gz"
-    result = run_cli("fuse", a, b, "-o", out, "--checkpoint", ckpt)
+    result = run_cli("fuse", a, b, "-o", out, "--checkpoint", ckpt, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert np.allclose(nib.load(out).affine, TEST_AFFINE)
     sidecar = json.loads((tmp_path / "fused.json").read_text())

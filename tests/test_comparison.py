@@ -238,6 +238,9 @@ def test_costs_come_from_the_fusion_sidecars_and_the_training_logs(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"Seconds": 1.0}))  # a sidecar without the count
     with pytest.raises(InputError, match="no parameter count"):
         cost_from_runs({"lpmnet": [tmp_path / "old.json"]}, {})
+    other = sidecar(fused / "sub-04_lpmnet.json", 2.0, 999)
+    with pytest.raises(InputError, match="sub-04_lpmnet.json: lpmnet fused with 999 parameters here"):
+        cost_from_runs({"lpmnet": [*sidecars["lpmnet"], other]}, {})
     (tmp_path / "bad.csv").write_text("iteration,total\n1,0.5\n")
     with pytest.raises(InputError, match="numeric 'seconds'"):
         cost_from_runs({}, {"lpmnet": [tmp_path / "bad.csv"]})
