@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from lpmnet import __version__
+from lpmnet.device import resolve_device
 from lpmnet.io import atomic_write_json, dhw, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
+from lpmnet.methods import fused_of
 from lpmnet.models import WINDOW, count_parameters
 from lpmnet.normalize import minmax01
 from lpmnet.runtime import release_freed_memory
@@ -82,7 +84,7 @@ def fuse_arrays(model, x1, x2, device=None, tile=None, overlap=0.25, unit=WINDOW
         b = torch.from_numpy(np.ascontiguousarray(x2[region], dtype=np.float32))[None, None].to(device)
         result = model(a, b)
         for name in ("fused", "base", "detail"):
-            value = result if name == "fused" and isinstance(result, torch.Tensor) else getattr(result, name, None)
+            value = fused_of(result) if name == "fused" else getattr(result, name, None)
             if value is None:
                 continue
             value = value[0, 0].float().cpu().numpy()
@@ -114,7 +116,6 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
     the comparison tables report. Returns the sidecar.
     """
     from lpmnet.methods import get_method
-    from lpmnet.train import resolve_device
 
     spec = get_method(method)
     unknown = sorted(set(settings) - set(spec.settings))

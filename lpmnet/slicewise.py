@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lpmnet.methods import fused_of
+
 __all__ = ["fuse_slicewise"]
 
 
@@ -91,7 +93,7 @@ def fuse_slicewise(model, x1, x2, axis=0, batch_size=8, multiple=1, device=None,
         for start in range(0, n, step):
             stop = min(n, start + step)
             result = model(to_batch(s1[start:stop]), to_batch(s2[start:stop]))
-            fused = getattr(result, "fused", result)[:, 0, :h, :w]
+            fused = fused_of(result)[:, 0, :h, :w]
             if clip:
                 fused = fused.clamp(0.0, 1.0)
             out[start:stop] = fused.float().cpu().numpy()

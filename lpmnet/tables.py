@@ -48,10 +48,10 @@ FLOAT_FORMAT = "%.6g"
 NA_REP = "NaN"
 
 
-def method_order(methods) -> list[str]:
-    """Methods with ``"lpmnet"`` first, then alphabetically."""
+def method_order(methods, first: str = "lpmnet") -> list[str]:
+    """Each method once: ``first`` (the table's reference) when it is there, then the others alphabetically."""
     unique = set(methods)
-    return (["lpmnet"] if "lpmnet" in unique else []) + sorted(unique - {"lpmnet"})
+    return ([first] if first in unique else []) + sorted(unique - {first})
 
 
 def _convention_order(conventions) -> list[str]:
@@ -143,8 +143,9 @@ def _counts(long_df: pd.DataFrame) -> dict:
     return defined.groupby(["method", "convention", "metric"]).size().to_dict()
 
 
-def _fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def format_number(v) -> str:
+    """A table cell's number to 4 significant digits; "–" for a missing one (None, NA, NaN)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{v:.4g}"
 
@@ -196,7 +197,8 @@ def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None =
                  f"<td>{int(row['n_subjects'])}</td>"]
         for m in metrics:
             mean, std = row[f"{m}_mean"], row[f"{m}_std"]
-            text = _fmt(mean) if (isinstance(std, float) and math.isnan(std)) else f"{_fmt(mean)} ± {_fmt(std)}"
+            text = (format_number(mean) if (isinstance(std, float) and math.isnan(std))
+                    else f"{format_number(mean)} ± {format_number(std)}")
             n = counts.get((row["method"], row["convention"], m))
             if long_df is not None and n is not None and n != int(row["n_subjects"]):
                 text += f" <span class='n'>(n={n})</span>"

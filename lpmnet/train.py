@@ -34,6 +34,7 @@ import torch
 from lpmnet import __version__
 from lpmnet.io import dhw, file_digest, load_volume, to_jsonable
 from lpmnet.losses import make_loss
+from lpmnet.device import resolve_device
 from lpmnet.errors import InputError
 from lpmnet.methods import (RECIPE_KEYS, get_method, is_project_checkpoint, load_checkpoint_of, read_payload,
                             save_checkpoint)
@@ -158,17 +159,6 @@ class TrainConfig:
     def settings(cls):
         """The names of every setting."""
         return tuple(f.name for f in fields(cls))
-
-
-def resolve_device(device="auto"):
-    """"auto" -> the first visible CUDA device if any, else the CPU (with a warning when CUDA was asked)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        log.warning("CUDA was requested but no GPU is visible; running on the CPU")
-        return torch.device("cpu")
-    return device
 
 
 def load_pair(path1, path2):
