@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 from functools import lru_cache
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -480,21 +479,14 @@ def read_checkpoint(path, map_location="cpu"):
     Accepts the project's format (of LPM-Net; another method's raises InputError) and the original
     code's bare state dict (also wrapped in {"model": ...} or {"state_dict": ...}).
     """
-    from lpmnet.methods import is_project_checkpoint, read_payload
+    from lpmnet.methods import is_project_checkpoint, original_state_dict, read_payload
 
     payload = read_payload(path, map_location)
     if is_project_checkpoint(payload):
         if payload.get("method", "lpmnet") != "lpmnet":
             raise InputError(path, f"a checkpoint of method {payload['method']}, not of lpmnet")
         return payload
-    state_dict = payload
-    if isinstance(payload, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(payload.get(key), dict):
-                state_dict = payload[key]
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise InputError(path, "not an LPM-Net checkpoint or state dict")
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel saves
+    state_dict = original_state_dict(path, payload, "LPM-Net")
     try:
         kwargs = _infer_config(state_dict)
     except ValueError as err:

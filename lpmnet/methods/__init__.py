@@ -194,24 +194,27 @@ def _describe_keys(kind, keys):
     return f"{len(keys)} {kind} key(s): {shown}{more}"
 
 
-def load_original_state_dict(path, model, name, wrappers=("model", "state_dict")):
-    """Load a state dict saved by an original code into ``model`` (strict), in eval mode, on the CPU.
-
-    The file holds the dict bare or under one of ``wrappers`` (the first present wins), its keys
-    possibly with DataParallel's ``module.`` prefix. Anything else (not a file, not a dict of
-    tensors, missing, unexpected or mis-shaped keys) raises an InputError naming ``path`` and, for
-    keys, which ones, so that a checkpoint of another network or configuration is caught at once.
-    """
+def original_state_dict(path, payload, name, wrappers=("model", "state_dict")):
+    """The state dict that an original code saved (``payload``, read from ``path``): bare or under one of
+    ``wrappers`` (the first present wins), DataParallel's ``module.`` prefixes removed. Anything that is not
+    a dict of tensors raises an InputError naming ``path`` and saying it is no ``name`` state dict."""
     import torch
 
-    payload = read_payload(path)
     state_dict = payload
     if isinstance(payload, dict):
         state_dict = next((payload[k] for k in wrappers if isinstance(payload.get(k), dict)), payload)
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise InputError(path, f"not a {name} state dict (expected a dict of tensors, bare or under "
                                f"{' or '.join(map(repr, wrappers))})")
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel saves
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}  # DataParallel saves
+
+
+def load_original_state_dict(path, model, name, wrappers=("model", "state_dict")):
+    """Load a state dict saved by an original code (:func:`original_state_dict`) into ``model`` (strict), in
+    eval mode, on the CPU. Missing, unexpected or mis-shaped keys raise an InputError naming ``path`` and
+    the keys, so that a checkpoint of another network or configuration is caught at once.
+    """
+    state_dict = original_state_dict(path, read_payload(path), name, wrappers)
     check_state_dict(path, state_dict, model, name)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
