@@ -131,7 +131,7 @@ class MIFLoss(nn.Module):
         ssim      = ssim_weight      * (1 - (SSIM(A, F) + SSIM(B, F)) / 2)
 
     with the defaults 20, 100, 50 of ``fusion_loss_med`` (``models/loss_med.py``, the loss of the
-    authors' MIF training, as ../shared/docs/baselines.md 2.2 reads it; the same as SwinFusion's
+    authors' MIF training; the same as SwinFusion's
     ``fusion_loss_med`` it is taken from, whose total-variation term has weight 0 and is left out).
     grad is :func:`sobel_magnitude` (|Sobel_x| + |Sobel_y|, zero padding). SSIM is the
     pytorch-ssim one the original uses: Gaussian window 11 x 11, sigma 1.5, zero padding 5 (output
@@ -180,7 +180,7 @@ class MIFLoss(nn.Module):
         return total, logged
 
 
-# --- ASFE-Fusion's loss (train.py of the original, as ../shared/docs/baselines.md 3.2 reads it) -------
+# --- ASFE-Fusion's loss (train.py of the original) -----------------------------------------------
 
 ASFE_TERMS = ("intensity", "structure", "ssim")
 
@@ -244,7 +244,7 @@ class ASFELoss(nn.Module):
         return total, logged
 
 
-# --- DC2Fusion's loss (train_diff.py + config_diff.py, as ../shared/docs/baselines.md 1.2 reads it) -----
+# --- DC2Fusion's loss (train_diff.py + config_diff.py of the original) --------------------------------
 
 DC2FUSION_TERMS = ("lncc", "ssim", "l1")
 #: MONAI's LocalNormalizedCrossCorrelationLoss: box window, smoothing of the numerator and denominator.

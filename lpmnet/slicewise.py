@@ -1,8 +1,8 @@
 """Slice-wise fusion of two volumes with a 2D fusion network (the 2D baselines' 3D use).
 
-The 2D baselines (MambaDFuse, ASFE-Fusion) fuse images, not volumes. As ../shared/docs/baselines.md
-(sections 2.3 and 5) recommends, a volume pair is fused slice by slice along one axis and the fused
-slices are stacked again; the two inputs are expected already normalised to [0, 1] per volume (the
+The 2D baselines (MambaDFuse, ASFE-Fusion) fuse images, not volumes. As the 3D use of 2D fusion methods
+is usually done, a volume pair is fused slice by slice along one axis and the fused slices are stacked
+again; the two inputs are expected already normalised to [0, 1] per volume (the
 caller's job, as for LPM-Net's :func:`lpmnet.fuse.fuse_arrays`), so every slice sees the intensity
 scale of its whole volume rather than a per-slice stretch.
 """

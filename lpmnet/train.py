@@ -218,7 +218,7 @@ class PatchSampler:
         return np.ascontiguousarray(x1), np.ascontiguousarray(x2)
 
 
-#: DC2Fusion's MONAI training transforms (../shared/docs/baselines.md 1.2), with their probabilities.
+#: DC2Fusion's MONAI training transforms (its train_diff.py), with their probabilities.
 DC2_ROTATION_RAD, DC2_ROTATION_P = 0.2, 0.1
 DC2_GAMMA, DC2_CONTRAST_P = (0.1, 2.0), 0.5
 DC2_NOISE_MEAN, DC2_NOISE_STD, DC2_NOISE_P = 0.5, 0.1, 0.5

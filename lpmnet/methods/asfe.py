@@ -694,7 +694,7 @@ def _fuse(model, x1, x2, device=None, axis=0, batch_size=4):
     return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}
 
 
-#: The original's recipe (args_setting.py, train.py; ../shared/docs/baselines.md 3.2): AdamW 2e-4 with its
+#: The original's recipe (its args_setting.py and train.py): AdamW 2e-4 with its
 #: default decoupled weight decay 0.01, constant rate, batch 4 of 256x256 images (here crops of slices),
 #: no augmentation, seed 3407, its loss as coded.
 RECIPE = dict(iterations=2000, batch_size=4, patch_size=(256, 256), slice_axis=0, lr=2e-4, betas=(0.9, 0.999),

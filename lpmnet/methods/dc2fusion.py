@@ -1,6 +1,6 @@
 """DC2Fusion (Liu et al., "Three-dimensional medical image fusion with deformable cross-attention",
 ICONIP 2023), re-implemented from the project's reading of the authors' code (louelin/DC2Fsuion
-@233b5c27, ``models/DC2Fusion.py: DC2Fusion``; see ``docs/baselines.md`` section 1 in ../shared).
+@233b5c27, ``models/DC2Fusion.py: DC2Fusion``).
 
 Both volumes go through one weight-shared Swin-UNet-like network whose blocks are "cross" blocks:
 each stream is updated with the other one as its partner (``x <- blk(x, a)``, then ``a <- blk(a, x)``).
@@ -639,7 +639,7 @@ def _fusion_mem_mb(fixed_path, model_kwargs, settings):
     return resources.mb_with_margin(resources.PROCESS_MB + copies + pass_mb)
 
 
-#: The authors' recipe (train_diff.py, config_diff.py; ../shared/docs/baselines.md 1.2): Adam 1e-4 without
+#: The authors' recipe (their train_diff.py and config_diff.py): Adam 1e-4 without
 #: weight decay, lr (1 - epoch/epochs)^0.9 per epoch, batch 1, seed 3407, their loss, their augmentations
 #: (small rotations; contrast and noise on the MRI, the first input). They trained 500 epochs on whole
 #: 128^3 volumes; here an epoch is one pass over the training pairs, so the default 500 iterations are

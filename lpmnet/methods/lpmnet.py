@@ -49,7 +49,7 @@ def _training_mem_mb(volume_paths, config):
     return resources.training_mem_mb(volume_paths, config.patch_size, config.batch_size, model_dim(config.model))
 
 
-#: The original's recipe (engine.py, main.py; ../shared/docs/baselines.md 4.2-4.3), except 64^3 patches
+#: The original's recipe (its engine.py and main.py), except 64^3 patches
 #: where it trained on whole resized volumes on a GPU (``patch_size: None`` for that).
 RECIPE = dict(iterations=3000, batch_size=1, patch_size=(64, 64, 64), slice_axis=0, lr=1e-4, betas=(0.9, 0.999),
               weight_decay=3e-4, optimizer="adam", schedule="cosine", poly_power=0.9, ema_decay=0.0,

@@ -1,10 +1,11 @@
 """MambaDFuse (Li et al., arXiv:2404.08406, 2024): Mamba-based dual-phase fusion of two 2D images.
 
-A re-implementation, written from the project's specification (../shared/docs/baselines.md, section 2),
-of ``models/network.py: MambaDFuse`` of Lizhe1228/MambaDFuse @0c2a117e together with the repository's
+A re-implementation, written from the project's reading of the authors' code, of
+``models/network.py: MambaDFuse`` of Lizhe1228/MambaDFuse @0c2a117e together with the repository's
 forked ``mamba_simple.py`` (which the authors put in place of mamba-ssm's). It loads the original's
 state dicts with ``strict=True`` (same names, shapes and order) and, in float64, reproduces the
-original's eval-mode output to round-off (the fixtures in ../shared/fixtures/baselines/mambadfuse).
+original's eval-mode output to round-off (tests/test_mambadfuse_network.py, against the outputs the
+original code computed).
 
 ``model(x1, x2)``: two co-registered images (B, in_chans, H, W), in [0, 1] as the authors train
 and test, give the fused image of the same shape. There is no output activation: the result is
@@ -528,7 +529,7 @@ def _fuse(model, x1, x2, device=None, axis=0, batch_size=8, scan_backend="auto")
     return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}
 
 
-#: The authors' MIF recipe (KAIR options and models/loss_med.py; ../shared/docs/baselines.md 2.2): Adam 2e-4
+#: The authors' MIF recipe (their KAIR options and models/loss_med.py): Adam 2e-4
 #: without weight decay, EMA 0.999 (the released and tested weights), batch 12 of 64x64 crops with one of
 #: the 8 flip/rot90 modes, 10,000 iterations (the released checkpoints); their MultiStepLR milestones
 #: (250k+) are never reached, so the rate is constant. Crops come from slices along the D axis that

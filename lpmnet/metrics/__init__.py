@@ -1,7 +1,7 @@
 """Fusion quality metrics in two labelled conventions, and the project's artefact checks.
 
 The fusion literature uses one name for several different numbers, so every value carries the
-convention that produced it (definitions: ``docs/metrics.md`` of the shared documentation):
+convention that produced it (the definitions: the docstrings of each convention's module):
 
 - ``"lpmnet"`` (:mod:`lpmnet.metrics.lpmnet_convention`): the LPM-Net code's own 3D definitions,
   which reproduce the paper's tables; inputs are expected in [0, 1].

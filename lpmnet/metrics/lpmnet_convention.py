@@ -1,7 +1,7 @@
 """The ``lpmnet`` metric convention: the 3D definitions of the LPM-Net code (``models/losses.py``).
 
-These reproduce the numbers of the LPM-Net paper's tables (Wen & Zhang, Information Fusion 2025),
-as specified in ``docs/metrics.md`` of the shared documentation. Inputs are volumes already in
+These reproduce the numbers of the LPM-Net paper's tables (Wen & Zhang, Information Fusion 2025); each
+function's docstring gives the definition it computes. Inputs are volumes already in
 [0, 1]; ``Norm255`` (whole-volume min-max to 0..255) is applied only where the reference applies
 it (MI, AG, EN). Slice-wise metrics (Qabf, MI, Nabf) average over every slice along the slice axis
 (axis 0 in the reference), empty background slices included, as the reference does.

@@ -2,8 +2,8 @@
 
 The definitions follow the MATLAB evaluation code used across the image fusion literature (Tang's
 Evaluation-for-Image-Fusion, VIFB's ``metrics*.m``, Shreyamsha Kumar's ``objective_fusion_perform_fn``)
-and their Python ports, as specified in ``docs/metrics.md`` of the shared documentation, so values
-compare with published 2D tables.
+and their Python ports (each function's docstring gives its definition), so values compare with
+published 2D tables.
 
 Each volume is min-max normalised to u in [0, 1] (a constant volume maps to zeros) and scaled to
 255 u; EN and MI use the uint8 values round(255 u), rounding halves up as MATLAB's uint8 does. The
