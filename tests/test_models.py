@@ -395,12 +395,15 @@ def test_load_checkpoint_accepts_original_and_project_formats(tmp_path):
     sd = original_state_dict(seed=2)
     torch.save(sd, tmp_path / "original.pth")
     torch.save({"model": {"module." + k: v for k, v in sd.items()}}, tmp_path / "wrapped.pth")
+    # both wrappers: "model" wins, as for every method's original state dicts (methods.original_state_dict)
+    torch.save({"model": sd, "state_dict": original_state_dict(seed=3)}, tmp_path / "both.pth")
     x1, x2 = torch.rand(2, 1, 1, 16, 16, 16)
     model, card = load_checkpoint(tmp_path / "original.pth")
     assert not model.training and card["source"] == "original state dict"
     with torch.no_grad():
         expected = model(x1, x2).fused
         assert torch.equal(load_checkpoint(tmp_path / "wrapped.pth")[0](x1, x2).fused, expected)
+        assert torch.equal(load_checkpoint(tmp_path / "both.pth")[0](x1, x2).fused, expected)
 
     save_checkpoint(tmp_path / "project.pt", model, model_card={"data": "unit test"})
     loaded, card = load_checkpoint(tmp_path / "project.pt")
