@@ -106,21 +106,18 @@ def prebuilt_extensions():
 
 
 def load(openmp: bool | None = None):
-    """``(module, origin, seconds)``: the kernel module of this CPU, ``origin`` "prebuilt" (installed with the
-    package), "cached" (built before on this machine) or "built" (now); the seconds it took.
+    """``(module, origin)``: the kernel module of this CPU, ``origin`` "prebuilt" (installed with the
+    package), "cached" (built before on this machine) or "built" (now).
 
     Raises whatever the build raises (no compiler, a compile error) or :class:`BuildLockTimeout` after
     waiting :data:`BUILD_LOCK_TIMEOUT_S` for another process's build.
     """
     cap = capability()
     openmp = wants_openmp() if openmp is None else openmp
-    key = kernel_key(cap, openmp)
-    started = time.perf_counter()
-    module = _prebuilt(cap, key)
-    origin = "prebuilt"
+    module = _prebuilt(cap, kernel_key(cap, openmp))
     if module is None:
-        module, origin = just_in_time(cap, openmp)
-    return module, origin, time.perf_counter() - started
+        return just_in_time(cap, openmp)
+    return module, "prebuilt"
 
 
 def _prebuilt(cap, key):

@@ -127,7 +127,7 @@ _cpu = {"tried": False, "module": None, "error": None, "seconds": None, "origin"
 
 
 def _load_cpu_kernel(openmp=None):
-    module, _cpu["origin"], _ = kernels.load(openmp)
+    module, _cpu["origin"] = kernels.load(openmp)
     return module
 
 
