@@ -8,8 +8,8 @@ CORES ?= all
 
 .PHONY: install demo test test-fast bench pretrained clean
 
-# The package install compiles the CPU kernels (setup.py, lpmnet.kernels) against the venv's torch.
-$(STAMP): requirements.txt pyproject.toml setup.py lpmnet/kernels.py $(wildcard lpmnet/csrc/*.cpp)
+# The package install compiles the CPU kernels (setup.py, lpmnet.ops.build) against the venv's torch.
+$(STAMP): requirements.txt pyproject.toml setup.py lpmnet/ops/build.py $(wildcard lpmnet/ops/csrc/*.cpp)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -23,21 +23,22 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -ra
 
-# The unit tests, without the workflow runs, kernel builds and SLURM (marker slow): what a developer runs
-# while working (3 minutes on 2 cores).
+# The unit tests (tests/unit) without the slow ones (a kernel build, real-data registrations): what a
+# developer runs while working (3 minutes on 2 cores). The workflow runs are in tests/workflow, SLURM's
+# in tests/slurm (.ci/run).
 test-fast: install
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -m "not slow" tests/unit
 
 # Trains the pretrained models (config/pretrained.yaml) and copies them and their card into the package.
 PRETRAINED_KINDS := mri-mri mri-pet
 pretrained: install
 	$(BIN)/snakemake pretrained --cores $(CORES) --configfile config/pretrained.yaml
 	for kind in $(PRETRAINED_KINDS); do \
-		cp results/pretrained/$$kind/model.pt lpmnet/pretrained/.lpmnet_$$kind.pt.tmp && \
-		mv lpmnet/pretrained/.lpmnet_$$kind.pt.tmp lpmnet/pretrained/lpmnet_$$kind.pt || exit 1; \
+		cp results/pretrained/$$kind/model.pt lpmnet/methods/lpmnet/weights/.lpmnet_$$kind.pt.tmp && \
+		mv lpmnet/methods/lpmnet/weights/.lpmnet_$$kind.pt.tmp lpmnet/methods/lpmnet/weights/lpmnet_$$kind.pt || exit 1; \
 	done
-	cp results/pretrained/MODEL_CARD.md lpmnet/pretrained/.MODEL_CARD.md.tmp && \
-		mv lpmnet/pretrained/.MODEL_CARD.md.tmp lpmnet/pretrained/MODEL_CARD.md
+	cp results/pretrained/MODEL_CARD.md lpmnet/methods/lpmnet/weights/.MODEL_CARD.md.tmp && \
+		mv lpmnet/methods/lpmnet/weights/.MODEL_CARD.md.tmp lpmnet/methods/lpmnet/weights/MODEL_CARD.md
 
 bench: install
 	$(BIN)/python benchmarks/bench_fusion.py

@@ -3,7 +3,7 @@
 For each device (cpu, and cuda when visible) and each selective-scan backend usable there, fuses one
 pair of random volumes per shape in eval mode (no reconstruction branch) and reports seconds per
 volume, volumes/s and voxels/s. "cpu" is the fused C++ kernel of a whole windowed Mamba layer
-(lpmnet.scan.fused_window_mamba); "composed" the same layer composed in PyTorch around the C++ scan and
+(lpmnet.ops.scan.fused_window_mamba); "composed" the same layer composed in PyTorch around the C++ scan and
 conv1d kernels (the implementation before the fused layer); "torch" the simple implementation
 (F.conv1d and the pure-PyTorch scan); "reference" the plain sequential scan that the tests compare
 every backend against. The fusion rows come from two fresh
@@ -29,15 +29,15 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from scan_reference import reference_selective_scan  # noqa: E402
 
-import lpmnet.mamba  # noqa: E402
-import lpmnet.models  # noqa: E402
-from lpmnet.losses import FusionLoss  # noqa: E402
-from lpmnet.models import LPMNet  # noqa: E402
+import lpmnet.methods.mamba  # noqa: E402
+import lpmnet.methods.lpmnet.network  # noqa: E402
+from lpmnet.engine.losses import FusionLoss  # noqa: E402
+from lpmnet.methods.lpmnet.network import LPMNet  # noqa: E402
 from lpmnet.runtime import keep_freed_memory_for_reuse  # noqa: E402
-from lpmnet.scan import available_backends  # noqa: E402
+from lpmnet.ops.scan import available_backends  # noqa: E402
 
 
 def backends_for(device):
@@ -50,9 +50,9 @@ def backends_for(device):
 def backend_patch(backend):
     """What stands in for a benchmark-only backend while it is timed ("reference", "composed"), or None."""
     if backend == "reference":
-        return mock.patch.object(lpmnet.mamba, "selective_scan", _reference_scan)
+        return mock.patch.object(lpmnet.methods.mamba, "selective_scan", _reference_scan)
     if backend == "composed":
-        return mock.patch.object(lpmnet.models, "fused_window_mamba_usable", lambda *args: False)
+        return mock.patch.object(lpmnet.methods.lpmnet.network, "fused_window_mamba_usable", lambda *args: False)
     return None
 
 

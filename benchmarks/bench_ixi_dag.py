@@ -26,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lpmnet.sources import write_manifest  # noqa: E402
+from lpmnet.volumes.sources import write_manifest  # noqa: E402
 from lpmnet.workflow import write_input_status  # noqa: E402
 
 SITES = ("Guys", "HH", "IOP")

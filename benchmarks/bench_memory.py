@@ -3,7 +3,7 @@
 Each step runs in a fresh process with the settings of ``config/config.yaml`` (as its job would: the
 job's malloc settings, 2 threads) on a pair of synthetic head-like volumes of each shape (NIfTI voxel
 order i x j x k), and reports its peak resident memory (``ru_maxrss``) beside the ``mem_mb`` that
-:mod:`lpmnet.resources` derives for that rule from the same input files.
+:mod:`lpmnet.memory` (and each method's estimate) derives for that rule from the same input files.
 
     python benchmarks/bench_memory.py                          # the three shapes below, every step
     python benchmarks/bench_memory.py --shapes 182x218x182 --steps fuse fuse_whole
@@ -22,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 STEPS = ("fuse", "fuse_whole", "train", "metrics", "register")
 SHAPES = ("96x160x160", "182x218x182", "240x240x155")
@@ -46,7 +46,7 @@ def write_inputs(folder, shape):
     import torch
 
     from helpers import write_pair
-    from lpmnet.models import LPMNet, save_checkpoint
+    from lpmnet.methods.lpmnet.network import LPMNet, save_checkpoint
 
     x1, x2 = write_pair(folder, shape=shape)
     torch.manual_seed(0)
@@ -66,27 +66,27 @@ def run_step(step, folder):
     model, training, fusion = lpmnet_config()
     x1, x2 = folder / "sub-01_T1.nii.gz", folder / "sub-01_FLAIR.nii.gz"
     if step in ("fuse", "fuse_whole"):
-        from lpmnet.fuse import fuse_files
+        from lpmnet.engine.fuse import fuse_files
 
         budget = fusion.get("memory_budget_mb") if step == "fuse" else None
         fuse_files(x1, x2, folder / "fused.nii.gz", folder / "model.pt", device="cpu", memory_budget_mb=budget)
     elif step == "train":
-        from lpmnet.train import TrainConfig, train
+        from lpmnet.engine.train import TrainConfig, train
 
         settings = {**training, "iterations": 3, "model": model}
         train([(x1, x2)], folder / "train", TrainConfig(checkpoint_every=3, **settings), device="cpu", progress=False)
     elif step == "metrics":
         import numpy as np
 
-        from lpmnet.io import dhw, load_volume
+        from lpmnet.volumes.io import dhw, load_volume
         from lpmnet.metrics import compute_all
-        from lpmnet.normalize import minmax01
+        from lpmnet.volumes.normalize import minmax01
 
         a, b = (minmax01(dhw(load_volume(p).data)) for p in (x1, x2))
         compute_all(a, b, np.maximum(a, b), conventions=config["metrics"]["conventions"],
                     axis=config["metrics"]["axis"])
     elif step == "register":
-        from lpmnet.registration import register
+        from lpmnet.volumes.registration import register
 
         register(x1, x2, folder / "registered.nii.gz", str(folder / "xfm"),
                  transform=config["registration"]["transform"], seed=config["registration"]["seed"],
@@ -96,9 +96,9 @@ def run_step(step, folder):
 
 
 def declared_mem_mb(step, folder):
-    from lpmnet import resources
+    from lpmnet import memory
     from lpmnet.methods import get_method
-    from lpmnet.train import TrainConfig
+    from lpmnet.engine.train import TrainConfig
 
     model, training, fusion = lpmnet_config()
     method = get_method("lpmnet")
@@ -110,8 +110,8 @@ def declared_mem_mb(step, folder):
     if step == "train":
         return method.training_mem_mb([x1], TrainConfig(**training, model=model))
     if step == "metrics":
-        return resources.metrics_mem_mb(x1)
-    return resources.registration_mem_mb(x1, x2)
+        return memory.metrics_mem_mb(x1)
+    return memory.registration_mem_mb(x1, x2)
 
 
 def child(step, folder):

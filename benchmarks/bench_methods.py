@@ -2,7 +2,7 @@
 
 Each method runs in its own process (so that its peak resident memory is its own) through the method
 layer as the workflow runs it: ``METHOD.fuse`` on a random (D, H, W) pair in [0, 1] (2D methods slice by
-slice along D), and the training engine (``lpmnet.train.train``) with the method's recipe as its original
+slice along D), and the training engine (``lpmnet.engine.train.train``) with the method's recipe as its original
 codes it (batch, patch or crop size, loss, optimiser) for a few iterations on a random pair. The first
 iteration warms up and is not timed. ``--simple`` also fuses with each method's pure-PyTorch scan
 (``scan_backend="torch"``; methods without a Mamba scan are skipped; 2D methods on one slice, scaled to
@@ -62,11 +62,10 @@ def measure_one(method, shape, threads, device, iterations, slices, simple, mode
     import numpy as np
     import torch
 
-    from lpmnet.io import dhw, save_volume
-    from lpmnet.methods import get_method
-    from lpmnet.models import count_parameters
+    from lpmnet.volumes.io import dhw, save_volume
+    from lpmnet.methods import count_parameters, get_method
     from lpmnet.runtime import keep_freed_memory_for_reuse
-    from lpmnet.train import TrainConfig, train
+    from lpmnet.engine.train import TrainConfig, train
 
     torch.set_num_threads(threads)
     keep_freed_memory_for_reuse()  # as the lpmnet command and the workflow's jobs do

@@ -3,7 +3,7 @@
 Times, for each backend, the forward pass in inference mode (no grad) and forward + backward,
 on LPM-Net's real shapes: batch = number of 16x16 windows (9600 for one view of one layer of a
 96x160x160 volume), d = 24, N = 8, L = 256, with D, z, delta_bias and softplus as the Mamba block
-calls it. The reference is the Python loop over time from tests/scan_reference.py, run in batch
+calls it. The reference is the Python loop over time from tests/support/scan_reference.py, run in batch
 blocks (--ref-block) so its autograd graph fits in memory.
 
     python benchmarks/bench_scan.py [--batch 9600] [--repeats 3] [--backends cpu,torch,reference]
@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT))
 
 from scan_reference import reference_selective_scan  # noqa: E402
 
-from lpmnet import scan  # noqa: E402
+from lpmnet.ops import scan  # noqa: E402
 
 
 def make_inputs(batch, dim, L, N, device, seed=0):

@@ -15,11 +15,11 @@ import sys
 import numpy as np
 
 from lpmnet import __version__
-from lpmnet.classical import CLASSICAL_METHODS
+from lpmnet.methods.classical import CLASSICAL_METHODS
 from lpmnet.errors import LPMNetError
 from lpmnet.methods import MODULES as METHOD_MODULES
-from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS
-from lpmnet.resources import DEFAULT_FUSION_BUDGET_MB
+from lpmnet.methods.lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS
+from lpmnet.memory import DEFAULT_FUSION_BUDGET_MB
 
 EXIT_BAD_INPUT = 2
 
@@ -49,7 +49,7 @@ def _json_object(text, option):
 
 def _pretrained(method, choice, path1, path2, doing):
     """The shipped checkpoint for ``choice`` (a kind, or ``pretrained``: the files' kind), said on stderr."""
-    from lpmnet.pretrained import resolve
+    from lpmnet.methods.lpmnet.pretrained import resolve
 
     if method != "lpmnet":
         raise ValueError(f"the pretrained models are LPM-Net's; {method} needs --checkpoint")
@@ -60,7 +60,7 @@ def _pretrained(method, choice, path1, path2, doing):
 
 
 def _cmd_train(args):
-    from lpmnet.train import TrainConfig, train
+    from lpmnet.engine.train import TrainConfig, train
 
     pairs = _read_pairs(args.pairs) if args.pairs else list(zip(args.x1 or [], args.x2 or []))
     if not pairs or (args.x1 and len(args.x1) != len(args.x2 or [])):
@@ -96,7 +96,7 @@ def _cmd_train(args):
 
 
 def _cmd_fuse(args):
-    from lpmnet.classical import fuse_classical_files
+    from lpmnet.methods.classical import fuse_classical_files
 
     # Only the options given go to the method: one that only another method has is refused by name.
     options = dict(tile=args.tile, overlap=args.overlap, axis=args.axis, batch_size=args.batch_size,
@@ -113,7 +113,7 @@ def _cmd_fuse(args):
         fuse_classical_files(args.method, args.fixed, args.moving, args.output)
         print(args.output)
         return
-    from lpmnet.fuse import fuse_files
+    from lpmnet.engine.fuse import fuse_files
 
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -126,9 +126,9 @@ def _cmd_fuse(args):
 
 
 def _cmd_metrics(args):
-    from lpmnet.io import atomic_write_json, dhw, load_volume, require_same_grid
+    from lpmnet.volumes.io import atomic_write_json, dhw, load_volume, require_same_grid
     from lpmnet.metrics import CONVENTIONS, TABLE_CONVENTIONS, compute_all
-    from lpmnet.normalize import minmax01
+    from lpmnet.volumes.normalize import minmax01
 
     a, b, f = (load_volume(p) for p in (args.a, args.b, args.fused))
     require_same_grid(a, b)
@@ -177,7 +177,7 @@ def build_parser():
     p.add_argument("--slice-axis", type=int, help="2D methods: the axis slices are taken along (0 = D)")
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("--loss", help="a loss of lpmnet.losses.LOSSES (lpmnet, mif, ...); default: the method's")
+    p.add_argument("--loss", help="a loss of lpmnet.engine.losses.LOSSES (lpmnet, mif, ...); default: the method's")
     p.add_argument("--loss-settings", help="JSON object of the loss's keyword arguments")
     p.add_argument("--model", help="JSON object of the network's constructor arguments")
     p.add_argument("--loss-mode", choices=("faithful", "fixed"), help="lpmnet loss (default faithful)")

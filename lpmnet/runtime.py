@@ -5,7 +5,7 @@ import ctypes.util
 import logging
 import sys
 
-log = logging.getLogger("lpmnet.runtime")
+log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -17,7 +17,7 @@ def keep_freed_memory_for_reuse():
 
     By default glibc maps every block above its dynamic threshold (at most 32 MiB) fresh, and the kernel
     zero-fills it page by page. LPM-Net's inference keeps its temporaries below that on its own
-    (lpmnet.models._PASS_BYTES); the 2D methods' slice passes and training still allocate larger ones:
+    (lpmnet.methods.lpmnet.network._PASS_BYTES); the 2D methods' slice passes and training still allocate larger ones:
     with these thresholds MambaDFuse and ASFE-Fusion fuse 15-20 % faster (2 CPU cores). The price is a
     higher resident size between passes, which is why only our own processes (the ``lpmnet`` program
     and the workflow's jobs) do this. No effect outside glibc (returns False).

@@ -10,11 +10,11 @@ validate(config, schema="../config/schema.yaml")
 sys.path.insert(0, str(Path(workflow.basedir)))
 from snakemake.logging import logger
 
-from lpmnet import resources
-from lpmnet.io import sidecar_path
+from lpmnet import memory
+from lpmnet.volumes.io import sidecar_path
 from lpmnet.methods import DEFAULT_JOB_MB, get_method
-from lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities, pretrained_path
-from lpmnet.split import BOTH, OVERLAP_NOTE, subjects_in
+from lpmnet.methods.lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities, pretrained_path
+from lpmnet.workflow.splits import BOTH, OVERLAP_NOTE, subjects_in
 from lpmnet.workflow import (RESULTS, check_dataset_config, check_dataset_modalities, dataset_sources,
                              dataset_splits, failed_inputs, grid_entity, ignored_table_rows, ixi_modalities,
                              importable_working_directory, manifest_path, needed_modalities, pair_label,
@@ -129,7 +129,7 @@ def pair_dir(dataset, pair):
     return f"{RESULTS}/{dataset}/{pair}"
 
 
-# Memory of the heavy jobs from the sizes of their inputs (lpmnet.resources, each method's estimate;
+# Memory of the heavy jobs from the sizes of their inputs (lpmnet.memory, each method's estimate;
 # benchmarks/bench_memory.py). Before the inputs exist these raise FileNotFoundError, and Snakemake
 # evaluates them once they do.
 def fusion_mem_mb(wildcards, input):
@@ -141,7 +141,7 @@ def fusion_mem_mb(wildcards, input):
 
 
 def training_mem_mb(wildcards, input):
-    from lpmnet.train import TrainConfig
+    from lpmnet.engine.train import TrainConfig
 
     cfg = METHOD_CONFIGS[wildcards.method]
     estimate = get_method(cfg["network"]).training_mem_mb
@@ -149,11 +149,11 @@ def training_mem_mb(wildcards, input):
 
 
 def metrics_mem_mb(wildcards, input):
-    return resources.metrics_mem_mb(input.x1)
+    return memory.metrics_mem_mb(input.x1)
 
 
 def registration_mem_mb(wildcards, input):
-    return resources.registration_mem_mb(input.fixed, input.moving)
+    return memory.registration_mem_mb(input.fixed, input.moving)
 
 
 def gpu_resources(section):

@@ -3,7 +3,7 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
 from pathlib import Path
 
-from lpmnet.demo import make_demo_dataset
+from lpmnet.volumes.demo import make_demo_dataset
 from lpmnet.workflow import run_job
 
 

@@ -7,7 +7,7 @@ from lpmnet.workflow import run_job
 def main(smk):
     import torch
 
-    from lpmnet.fuse import fuse_files
+    from lpmnet.engine.fuse import fuse_files
 
     torch.set_num_threads(smk.threads)
     fuse_files(smk.input.x1, smk.input.x2, smk.output.fused, smk.input.model, device=smk.params.device,

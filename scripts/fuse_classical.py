@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.classical import fuse_classical_files
+    from lpmnet.methods.classical import fuse_classical_files
 
     fuse_classical_files(smk.wildcards.method, smk.input.x1, smk.input.x2, smk.output.fused)
 

@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.figures import fusion_montage
+    from lpmnet.evaluation.figures import fusion_montage
 
     labels = smk.params.labels
     sources = dict(zip(labels[:2], (smk.input.x1, smk.input.x2)))

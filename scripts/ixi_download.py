@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.sources import download
+    from lpmnet.volumes.sources import download
 
     p = smk.params
     download(p.url, smk.output[0], p.checksum, retries=p.retries)

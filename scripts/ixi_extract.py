@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.sources import extract_tar
+    from lpmnet.volumes.sources import extract_tar
 
     extract_tar(smk.input[0], smk.output[0])
 

@@ -7,8 +7,8 @@ from lpmnet.workflow import run_job
 def main(smk):
     import torch
 
-    from lpmnet.io import write_tsv_rows
-    from lpmnet.train import learning_curve
+    from lpmnet.volumes.io import write_tsv_rows
+    from lpmnet.engine.train import learning_curve
 
     torch.set_num_threads(smk.threads)
     rows = learning_curve(smk.params.checkpoints, list(zip(smk.input.x1, smk.input.x2)), smk.params.network,

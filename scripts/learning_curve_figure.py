@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.figures import learning_curve
+    from lpmnet.evaluation.curves import learning_curve
 
     w = smk.wildcards
     learning_curve(smk.input[0], smk.output[0], title=f"{w.method} over its training: {w.dataset} {w.pair}")

@@ -7,7 +7,7 @@ from lpmnet.workflow import run_job
 def main(smk):
     import logging
 
-    from lpmnet.sources import ixi_subjects, write_manifest
+    from lpmnet.volumes.sources import ixi_subjects, write_manifest
 
     p, log = smk.params, logging.getLogger("manifest")
     rows = p.rows

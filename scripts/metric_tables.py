@@ -7,8 +7,8 @@ from lpmnet.workflow import run_job
 def main(smk):
     import logging
 
-    from lpmnet.split import BOTH, OVERLAP_NOTE, read_split_tsv
-    from lpmnet.tables import write_tables
+    from lpmnet.workflow.splits import BOTH, OVERLAP_NOTE, read_split_tsv
+    from lpmnet.evaluation.tables import write_tables
     from lpmnet.workflow import pair_failures, read_input_status
 
     split = read_split_tsv(smk.input.split)

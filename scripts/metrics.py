@@ -7,7 +7,7 @@ from lpmnet.workflow import run_job
 def main(smk):
     import numpy as np
 
-    from lpmnet.io import dhw, load_volume, require_same_grid
+    from lpmnet.volumes.io import dhw, load_volume, require_same_grid
     from lpmnet.metrics import compute_all
     from lpmnet.metrics.records import write_metrics_json
 

@@ -5,8 +5,8 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.io import atomic_write_text
-    from lpmnet.pretrained import model_card
+    from lpmnet.volumes.io import atomic_write_text
+    from lpmnet.methods.lpmnet.pretrained import model_card
 
     atomic_write_text(smk.output[0], model_card(dict(zip(smk.params.kinds, smk.input.models)),
                                                  dict(zip(smk.params.kinds, smk.input.logs)), smk.params.dataset))

@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.registration import n4_bias_correct
+    from lpmnet.volumes.registration import n4_bias_correct
 
     n4_bias_correct(smk.input[0], smk.output[0], threads=smk.threads, seed=smk.params.seed)
 

@@ -5,8 +5,8 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.io import load_volume, require_same_grid, save_volume
-    from lpmnet.normalize import normalize_intensity
+    from lpmnet.volumes.io import load_volume, require_same_grid, save_volume
+    from lpmnet.volumes.normalize import normalize_intensity
 
     fixed, volume = load_volume(smk.input.fixed), load_volume(smk.input.volume)
     # With registration switched off the modalities must already share the fixed grid.

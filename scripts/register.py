@@ -5,8 +5,9 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.io import atomic_write_json
-    from lpmnet.registration import register, registration_qc_figure
+    from lpmnet.volumes.io import atomic_write_json
+    from lpmnet.evaluation.figures import registration_qc_figure
+    from lpmnet.volumes.registration import register
 
     result = register(smk.input.fixed, smk.input.moving, smk.output.registered, smk.params.prefix,
                       transform=smk.params.transform, seed=smk.params.seed, threads=smk.threads)

@@ -5,8 +5,8 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.io import load_volume, save_volume
-    from lpmnet.resample import resize_volume
+    from lpmnet.volumes.io import load_volume, save_volume
+    from lpmnet.volumes.resample import resize_volume
 
     resized = resize_volume(load_volume(smk.input[0]), smk.params.dhw_shape)
     save_volume(smk.output[0], resized.data, resized.affine, header=resized.header)

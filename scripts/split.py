@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.split import write_split_tsv
+    from lpmnet.workflow.splits import write_split_tsv
 
     write_split_tsv(smk.output[0], smk.params.split)
 

@@ -7,8 +7,8 @@ from lpmnet.workflow import run_job
 def main(smk):
     import torch
 
-    from lpmnet.split import read_split_tsv
-    from lpmnet.train import TrainConfig, train
+    from lpmnet.workflow.splits import read_split_tsv
+    from lpmnet.engine.train import TrainConfig, train
 
     torch.set_num_threads(smk.threads)
     card = {**smk.params.card, "split": read_split_tsv(smk.input.split)}

@@ -5,7 +5,7 @@ from lpmnet.workflow import run_job
 
 
 def main(smk):
-    from lpmnet.figures import training_curves
+    from lpmnet.evaluation.curves import training_curves
 
     w = smk.wildcards
     training_curves(smk.input[0], smk.output[0], title=f"LPM-Net training: {w.dataset} {w.pair}")

@@ -1,6 +1,10 @@
+import sys
 from pathlib import Path
 
 import pytest
+
+# The tests' own helper modules (volumes, servers, references, workflow runs), importable from every folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_DATA = SHARED / "data" / "real"

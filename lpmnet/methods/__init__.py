@@ -3,11 +3,11 @@
 Each method is one module that defines ``METHOD``, a :class:`FusionMethod`: how to build its network
 from keyword arguments, how to fuse a co-registered pair of volumes with it, its training recipe (the
 original's loss, optimiser, schedule, patch or crop sampling and augmentation, as
-:class:`lpmnet.train.TrainConfig` settings) and how to read its checkpoints. The volumes come in the
-original LPM-Net code's (D, H, W) layout, normalised to [0, 1] (:func:`lpmnet.fuse.fuse_files` does that
+:class:`lpmnet.engine.train.TrainConfig` settings) and how to read its checkpoints. The volumes come in the
+original LPM-Net code's (D, H, W) layout, normalised to [0, 1] (:func:`lpmnet.engine.fuse.fuse_files` does that
 and writes the result on the fixed input's grid), so a method only maps two arrays to a fused array.
-2D networks fuse slice by slice (:func:`lpmnet.slicewise.fuse_slicewise`). One training engine
-(:func:`lpmnet.train.train`) serves every method; only the recipe differs.
+2D networks fuse slice by slice (:func:`lpmnet.methods.slicewise.fuse_slicewise`). One training engine
+(:func:`lpmnet.engine.train.train`) serves every method; only the recipe differs.
 
 :func:`get_method` looks a method up by its registered name or, for a method of your own, by the dotted
 name of the module that defines its METHOD (README, "Add your own method"); modules are imported only
@@ -38,7 +38,7 @@ MODULES = {
 #: mem_mb of the jobs of a method that does not estimate its own.
 DEFAULT_JOB_MB = 8000
 
-#: The settings of :class:`lpmnet.train.TrainConfig` that make up a method's training recipe.
+#: The settings of :class:`lpmnet.engine.train.TrainConfig` that make up a method's training recipe.
 RECIPE_KEYS = ("iterations", "batch_size", "patch_size", "slice_axis", "lr", "betas", "weight_decay", "optimizer",
                "schedule", "poly_power", "ema_decay", "augmentation", "loss", "loss_settings", "seed")
 
@@ -112,6 +112,22 @@ def fused_of(output):
     return getattr(output, "fused", output)
 
 
+def model_device(model, device=None):
+    """The device a fusion runs on: ``device`` when given, else the one of the model's first parameter
+    (CPU for a parameterless callable)."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    parameters = getattr(model, "parameters", None)
+    first = next(parameters(), None) if callable(parameters) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
 def save_checkpoint(path, model, method, model_kwargs, model_card=None, **training_state):
     """Write a checkpoint of ``method`` (its name) atomically, in the project's one format.
 
@@ -123,7 +139,7 @@ def save_checkpoint(path, model, method, model_kwargs, model_card=None, **traini
 
     import torch
 
-    from lpmnet.io import atomic_output, to_jsonable
+    from lpmnet.volumes.io import atomic_output, to_jsonable
 
     payload = {
         "format": CHECKPOINT_FORMAT,

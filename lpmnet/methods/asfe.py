@@ -689,7 +689,7 @@ def _load_original(path):
 def _fuse(model, x1, x2, device=None, axis=0, batch_size=4):
     """Slice by slice along ``axis`` (0 = D); the network pads each slice to multiples of 128 itself.
     The output is clipped to [0, 1], the range of the fused volumes of every method."""
-    from lpmnet.slicewise import fuse_slicewise
+    from lpmnet.methods.slicewise import fuse_slicewise
 
     return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}
 

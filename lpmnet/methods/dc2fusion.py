@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpmnet.methods import FusionMethod, load_original_state_dict
-from lpmnet.normalize import minmax01
+from lpmnet.volumes.normalize import minmax01
 
 PATCH_SIZE = 4
 VARIANTS = ("faithful", "fixed")
@@ -603,8 +603,8 @@ def fuse(model, x1, x2, device=None, preprocess="pad", tile=None, overlap=0.25, 
     preprocessing (foreground crop, pad to 224^3, resize to 128^3), one pass at their training size and
     batch 1, and the result resampled back onto the input grid.
     """
-    from lpmnet.fuse import fuse_arrays
-    from lpmnet.resources import largest_tile
+    from lpmnet.methods.tiling import fuse_arrays
+    from lpmnet.memory import largest_tile
 
     if preprocess not in PREPROCESSING:
         raise ValueError(f"preprocess must be one of {', '.join(PREPROCESSING)}, not {preprocess!r}")
@@ -626,17 +626,17 @@ def fuse(model, x1, x2, device=None, preprocess="pad", tile=None, overlap=0.25, 
 def _fusion_mem_mb(fixed_path, model_kwargs, settings):
     """Inputs, copies and output of the volume, plus one pass: over 128^3 voxels ("original"), or the
     whole volume or the largest tile within the memory budget."""
-    from lpmnet import resources
+    from lpmnet import memory
 
-    shape = resources.volume_shape(fixed_path)
+    shape = memory.volume_shape(fixed_path)
     per_voxel = FUSION_MB_PER_VOXEL_96 * int(model_kwargs.get("embed_dim", 96)) / 96
     if settings.get("preprocess") == "original":
         pass_mb = per_voxel * TRAINING_VOXELS
     else:
         budget = settings.get("memory_budget_mb", 6000)
         pass_mb = per_voxel * _voxels_padded(shape) if budget is None else min(per_voxel * _voxels_padded(shape), budget)
-    copies = 10 * resources.MB_PER_VOXEL_COPY * _voxels_padded(shape)
-    return resources.mb_with_margin(resources.PROCESS_MB + copies + pass_mb)
+    copies = 10 * memory.MB_PER_VOXEL_COPY * _voxels_padded(shape)
+    return memory.mb_with_margin(memory.PROCESS_MB + copies + pass_mb)
 
 
 #: The authors' recipe (their train_diff.py and config_diff.py): Adam 1e-4 without

@@ -4,7 +4,7 @@ A re-implementation, written from the project's reading of the authors' code, of
 ``models/network.py: MambaDFuse`` of Lizhe1228/MambaDFuse @0c2a117e together with the repository's
 forked ``mamba_simple.py`` (which the authors put in place of mamba-ssm's). It loads the original's
 state dicts with ``strict=True`` (same names, shapes and order) and, in float64, reproduces the
-original's eval-mode output to round-off (tests/test_mambadfuse_network.py, against the outputs the
+original's eval-mode output to round-off (tests/unit/methods/test_mambadfuse_network.py, against the outputs the
 original code computed).
 
 ``model(x1, x2)``: two co-registered images (B, in_chans, H, W), in [0, 1] as the authors train
@@ -72,7 +72,7 @@ Layout and speed: the tokens are kept channel-major, (B, C, H*W), which is the i
 layout: tokenising and untokenising are views, and every projection is a batched matmul that
 reads and writes (channels, tokens) directly, so neither the Mamba blocks nor the convolutions
 transpose anything. The selective scans (three per M3 block) and the causal depthwise
-convolutions go through :mod:`lpmnet.scan` (``scan_backend``: the compiled CPU kernel, the
+convolutions go through :mod:`lpmnet.ops.scan` (``scan_backend``: the compiled CPU kernel, the
 pure-PyTorch scan or mamba-ssm's CUDA kernel); about half of the CPU time is the scans. Batch the
 slices of a volume: the compiled CPU scan parallelises over the batch, so a single image keeps one
 thread busy there (benchmarks/bench_mambadfuse_network.py: a 160x160 slice in float32 costs about
@@ -87,10 +87,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpmnet.mamba import Mamba
+from lpmnet.methods.mamba import Mamba
 from lpmnet.methods import FusionMethod, load_original_state_dict
 from lpmnet.precision import at_least_float32
-from lpmnet.scan import BACKENDS, causal_conv1d, selective_scan
+from lpmnet.ops.scan import BACKENDS, causal_conv1d, selective_scan
 
 __all__ = ["MambaDFuse", "VARIANTS", "load_released_checkpoint"]
 
@@ -141,7 +141,7 @@ class LayerNorm(nn.Module):
 
 
 class ChannelMamba(Mamba):
-    """:class:`lpmnet.mamba.Mamba` (mamba-ssm's parameters, names and initialisation) on
+    """:class:`lpmnet.methods.mamba.Mamba` (mamba-ssm's parameters, names and initialisation) on
     channel-major sequences: ``forward`` maps (batch, d_model, length) -> (batch, d_model, length).
 
     The computation is mamba-ssm's; only the layout differs, so the in-projection, the
@@ -343,7 +343,7 @@ class MambaDFuse(nn.Module):
         patch_norm, norm_layer: the shared tokenisation norm ``patch_embed.norm`` (a LayerNorm).
         ape: learned absolute position embedding (one per token of an ``img_size`` image).
         drop_rate: dropout after the tokenisation of the inputs (training only).
-        scan_backend: "auto", "cuda", "cpu" or "torch", see :func:`lpmnet.scan.selective_scan`.
+        scan_backend: "auto", "cuda", "cpu" or "torch", see :func:`lpmnet.ops.scan.selective_scan`.
         variant: "faithful" (the original's computation) or "fixed" (each M3 LayerNorm applied
             once instead of twice); see the module docstring.
     """
@@ -523,7 +523,7 @@ def load_released_checkpoint(path, **kwargs) -> MambaDFuse:
 def _fuse(model, x1, x2, device=None, axis=0, batch_size=8, scan_backend="auto"):
     """Slice by slice along ``axis`` (0 = D, the files' slice axis), output clamped to [0, 1] as the
     authors' test script does; the network needs no padding (see the module docstring)."""
-    from lpmnet.slicewise import fuse_slicewise
+    from lpmnet.methods.slicewise import fuse_slicewise
 
     model.set_scan_backend(scan_backend)
     return {"fused": fuse_slicewise(model, x1, x2, axis=axis, batch_size=batch_size, device=device, clip=True)}

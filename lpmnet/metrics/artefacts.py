@@ -1,7 +1,7 @@
 """Artefact checks of a fused volume: the project's, not a convention of the literature.
 
 - ``background``: the 99th percentile of the fused values where both sources are 0 (the normalised
-  sources' background, clipped to exactly 0 by :mod:`lpmnet.normalize`). A fusion should leave
+  sources' background, clipped to exactly 0 by :mod:`lpmnet.volumes.normalize`). A fusion should leave
   empty space empty; LPM-Net trained too briefly lifts it to 0.3-0.7. Shipped models must stay at
   or below 0.02.
 - ``lattice``: how much more the fused volume's spectrum peaks at the period of the Mamba windows

@@ -8,7 +8,7 @@
 
 The file is strict JSON: an undefined metric (NaN) is written ``null``; an infinite value (PSNR of a fused
 volume equal to both sources) is written as the string ``"inf"`` / ``"-inf"``. :func:`read_metrics_json`
-turns both back into floats; :func:`metrics_record` gives the long table's rows (:mod:`lpmnet.tables`).
+turns both back into floats; :func:`metrics_record` gives the long table's rows (:mod:`lpmnet.evaluation.tables`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from lpmnet.errors import InputError
-from lpmnet.io import atomic_write_json, read_json_object
+from lpmnet.volumes.io import atomic_write_json, read_json_object
 from lpmnet.metrics import METRIC_NAMES
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on this machine for tests/test_slurm.py (needs root; Debian/Ubuntu).
+# A real single-node SLURM cluster on this machine for tests/slurm/test_slurm.py (needs root; Debian/Ubuntu).
 # Installs Debian's slurmctld, slurmd, slurm-client and munge when missing, writes /etc/slurm/slurm.conf
 # (the executor's job-step srun ignores SLURM_CONF, so the file must be at the default path) with two
 # partitions, cpu (default) and gpu, and one GRES gpu backed by a stand-in device file (no real GPU:

@@ -1,0 +1,145 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import write_pair
+from lpmnet.evaluation import curves
+from lpmnet.errors import InputError
+from lpmnet.engine.losses import LOSS_TERMS
+from lpmnet.methods.lpmnet.network import load_checkpoint, read_checkpoint
+from lpmnet.engine.train import TrainConfig, learning_curve, train
+
+SMALL = dict(iterations=3, patch_size=(16, 16, 16), checkpoint_every=1, val_every=2,
+             model=dict(base_c=4, depth_c=1, depth_m=2))
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return [write_pair(folder, f"sub-{i:02d}", seed=i) for i in range(3)]
+
+
+def _weights(path):
+    return read_checkpoint(path)["state_dict"]
+
+
+def test_training_writes_log_checkpoints_and_model_card(pairs, tmp_path):
+    final = train(pairs[:2], tmp_path, TrainConfig(**SMALL), val_pairs=pairs[2:])
+    assert final == tmp_path / "model.pt"
+    rows = list(csv.DictReader(open(tmp_path / "training_log.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3]
+    for term in (*LOSS_TERMS, "total", "lambda", "lr"):
+        assert all(r[term] != "" for r in rows), term
+    assert rows[1]["val_SSIM"] != "" and rows[0]["val_SSIM"] == ""
+    assert float(rows[2]["val_SSIM"]) > 0
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+    model, card = load_checkpoint(final)
+    assert card["train_config"]["iterations"] == 3 and len(card["data"]) == 2
+    assert card["data"][0]["shape_dhw"] == [20, 28, 24] and "torch_version" in card
+    assert model.config["base_c"] == 4
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_keep_every_keeps_the_model_over_the_run(pairs, tmp_path):
+    train(pairs[:1], tmp_path, TrainConfig(**{**SMALL, "iterations": 4, "keep_every": 2}), progress=False)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["iteration-000002.pt", "iteration-000004.pt"]
+    (_, second), (_, fourth) = (load_checkpoint(tmp_path / "checkpoints" / name) for name in kept)
+    assert (second["iteration"], fourth["iteration"]) == (2, 4)
+    # the last kept model is the final one
+    final, kept_last = _weights(tmp_path / "model.pt"), _weights(tmp_path / "checkpoints" / kept[-1])
+    assert all(torch.equal(final[k], kept_last[k]) for k in final)
+    assert not torch.equal(_weights(tmp_path / "checkpoints" / kept[0])["Conv_in.weight"], final["Conv_in.weight"])
+    with pytest.raises(ValueError, match="keep_every"):
+        TrainConfig(keep_every=-1)
+
+    # the learning curve: each kept model fuses each pair, scored in the lpmnet convention
+    kept_paths = [tmp_path / "checkpoints" / name for name in kept]
+    rows = learning_curve(kept_paths, pairs[:2])
+    assert [r["iteration"] for r in rows] == [2, 2, 4, 4] and [r["x1"] for r in rows[:2]] == [str(p[0]) for p in pairs[:2]]
+    assert all(0 <= r["SSIM"] <= 1 and r["MI"] > 0 for r in rows)
+    assert rows[0]["Qabf"] != rows[2]["Qabf"]  # two different models
+    table = tmp_path / "curve.tsv"
+    pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
+    assert curves.learning_curve(table, tmp_path / "curve.png", "test").stat().st_size > 10_000
+    with pytest.raises(InputError, match="model.pt: not a checkpoint kept during training"):
+        learning_curve([tmp_path / "model.pt"], pairs[:1])
+
+
+def test_same_seed_gives_identical_weights_on_cpu(pairs, tmp_path):
+    a = train(pairs, tmp_path / "a", TrainConfig(**SMALL))
+    b = train(pairs, tmp_path / "b", TrainConfig(**SMALL))
+    c = train(pairs, tmp_path / "c", TrainConfig(**{**SMALL, "seed": 3}))
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_whole_volume_training(pairs, tmp_path):
+    cfg = TrainConfig(**{**SMALL, "patch_size": None, "iterations": 1})
+    train(pairs[:1], tmp_path, cfg)
+    assert (tmp_path / "model.pt").exists()
+
+
+def test_resume_refuses_other_settings(pairs, tmp_path):
+    train(pairs, tmp_path, TrainConfig(**SMALL))
+    with pytest.raises(ValueError, match="other training settings"):
+        train(pairs, tmp_path, TrainConfig(**{**SMALL, "lr": 1e-3}))
+
+
+def test_patch_size_must_be_multiple_of_16():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        TrainConfig(patch_size=(24, 16, 16))
+
+
+def _cli_train(pairs, out_dir, iterations):
+    args = [sys.executable, "-m", "lpmnet.cli", "train", "-o", str(out_dir), "--iterations", str(iterations),
+            "--patch-size", "16", "16", "16", "--checkpoint-every", "1", "--base-c", "4", "--depth-c", "1"]
+    for a, b in pairs:
+        args += ["--x1", str(a), "--x2", str(b)]
+    return args
+
+
+def test_killed_training_resumes_to_the_same_weights(pairs, tmp_path):
+    iterations = 8
+    subprocess.run(_cli_train(pairs, tmp_path / "straight", iterations), check=True, capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_train(pairs, out, iterations), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "last.pt").exists() and read_checkpoint(out / "last.pt")["iteration"] >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed_from = read_checkpoint(out / "last.pt")["iteration"]
+    assert 3 <= resumed_from < iterations, "the run finished before it could be killed"
+    assert not (out / "model.pt").exists()
+    # Snakemake deletes a killed job's declared outputs (the CSV), not last.pt: the rows come back from it.
+    (out / "training_log.csv").unlink()
+
+    subprocess.run(_cli_train(pairs, out, iterations), check=True, capture_output=True)
+    straight, resumed = _weights(tmp_path / "straight" / "model.pt"), _weights(out / "model.pt")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    rows = list(csv.DictReader(open(out / "training_log.csv")))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, iterations + 1))
+    expected = list(csv.DictReader(open(tmp_path / "straight" / "training_log.csv")))
+    assert [r["total"] for r in rows] == [r["total"] for r in expected]
+    card = read_checkpoint(out / "model.pt")["model_card"]
+    assert card["final_loss"]["total"] == pytest.approx(float(rows[-1]["total"]))
+
+
+def test_bad_input_leaves_no_output_folder(tmp_path):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a volume")
+    with pytest.raises(Exception, match="bad.nii.gz"):
+        train([(bad, bad)], tmp_path / "run", TrainConfig(**SMALL))
+    assert not (tmp_path / "run").exists()
