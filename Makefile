@@ -9,7 +9,8 @@ CORES ?= all
 .PHONY: install demo test test-fast bench pretrained clean
 
 # The package install compiles the CPU kernels (setup.py, lpmnet.ops.build) against the venv's torch.
-$(STAMP): requirements.txt pyproject.toml setup.py lpmnet/ops/build.py $(wildcard lpmnet/ops/csrc/*.cpp)
+$(STAMP): requirements.txt pyproject.toml setup.py lpmnet/ops/build.py \
+		$(wildcard lpmnet/ops/csrc/*.cpp lpmnet/ops/csrc/*.h lpmnet/methods/*/csrc/*.cpp lpmnet/methods/*/csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -3,7 +3,7 @@
 For each device (cpu, and cuda when visible) and each selective-scan backend usable there, fuses one
 pair of random volumes per shape in eval mode (no reconstruction branch) and reports seconds per
 volume, volumes/s and voxels/s. "cpu" is the fused C++ kernel of a whole windowed Mamba layer
-(lpmnet.ops.scan.fused_window_mamba); "composed" the same layer composed in PyTorch around the C++ scan and
+(lpmnet.methods.lpmnet.layers.fused_window_mamba); "composed" the same layer composed in PyTorch around the C++ scan and
 conv1d kernels (the implementation before the fused layer); "torch" the simple implementation
 (F.conv1d and the pure-PyTorch scan); "reference" the plain sequential scan that the tests compare
 every backend against. The fusion rows come from two fresh
@@ -24,20 +24,17 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from unittest import mock
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
-from scan_reference import reference_selective_scan  # noqa: E402
 
 import lpmnet.methods.mamba  # noqa: E402
 import lpmnet.methods.lpmnet.network  # noqa: E402
 from lpmnet.engine.losses import FusionLoss  # noqa: E402
 from lpmnet.methods.lpmnet.network import LPMNet  # noqa: E402
 from lpmnet.runtime import keep_freed_memory_for_reuse  # noqa: E402
-from lpmnet.ops.scan import available_backends  # noqa: E402
+from lpmnet.ops.backends import available_backends  # noqa: E402
+from lpmnet.ops.selective_scan import selective_scan_ref as reference_selective_scan  # noqa: E402
 
 
 def backends_for(device):

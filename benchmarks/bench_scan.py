@@ -3,7 +3,7 @@
 Times, for each backend, the forward pass in inference mode (no grad) and forward + backward,
 on LPM-Net's real shapes: batch = number of 16x16 windows (9600 for one view of one layer of a
 96x160x160 volume), d = 24, N = 8, L = 256, with D, z, delta_bias and softplus as the Mamba block
-calls it. The reference is the Python loop over time from tests/support/scan_reference.py, run in batch
+calls it. The reference is the Python loop over time (lpmnet.ops.selective_scan.selective_scan_ref), run in batch
 blocks (--ref-block) so its autograd graph fits in memory.
 
     python benchmarks/bench_scan.py [--batch 9600] [--repeats 3] [--backends cpu,torch,reference]
@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT))
 
-from scan_reference import reference_selective_scan  # noqa: E402
-
-from lpmnet.ops import scan  # noqa: E402
+from lpmnet.ops import backends, cpu  # noqa: E402
+from lpmnet.ops import selective_scan as scan  # noqa: E402
+from lpmnet.ops.selective_scan import selective_scan_ref as reference_selective_scan  # noqa: E402
 
 
 def make_inputs(batch, dim, L, N, device, seed=0):
@@ -140,9 +139,9 @@ def main(argv=None):
 
     device = torch.device(args.device)
     names = args.backends.split(",") if args.backends else [
-        n for n in scan.available_backends() if n != ("cpu" if device.type == "cuda" else "cuda")
+        n for n in backends.available_backends() if n != ("cpu" if device.type == "cuda" else "cuda")
     ] + ["reference"]
-    info = scan.cpu_kernel_info() if "cpu" in names else None
+    info = cpu.cpu_kernel_info() if "cpu" in names else None
     if args._child:
         inputs = make_inputs(args.batch, args.dim, args.length, args.state, device)
         print("RESULT " + json.dumps(bench(names[0], inputs, args)), flush=True)

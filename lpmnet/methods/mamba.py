@@ -1,7 +1,7 @@
 """Mamba-1 block with the parameterisation and state-dict names of mamba-ssm's ``mamba_simple.Mamba``.
 
 Only the selective scan and the causal depthwise convolution differ between devices; both go through
-:mod:`lpmnet.ops.scan`, which picks the mamba-ssm / causal-conv1d CUDA kernels when they are installed and
+:mod:`lpmnet.ops.backends`, which picks the mamba-ssm / causal-conv1d CUDA kernels when they are installed and
 the tensors are on CUDA, and the project's own kernels otherwise. Keeping the parameter names identical
 to mamba-ssm is what lets checkpoints of the original LPM-Net code load with ``strict=True``.
 """
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpmnet.precision import at_least_float32
-from lpmnet.ops.scan import causal_conv1d, selective_scan
+from lpmnet.ops.causal_conv1d import causal_conv1d
+from lpmnet.ops.selective_scan import selective_scan
 
 
 class Mamba(nn.Module):
@@ -28,7 +29,7 @@ class Mamba(nn.Module):
         dt_min, dt_max, dt_init_floor, dt_scale: initialisation of the step size (log-uniform in
             [dt_min, dt_max]), exactly mamba-ssm's, so a freshly initialised model trains like the original.
         conv_bias, bias: biases of the depthwise convolution and of the in/out projections.
-        scan_backend: "auto", "cuda", "cpu" or "torch" (see :func:`lpmnet.ops.scan.selective_scan`).
+        scan_backend: "auto", "cuda", "cpu" or "torch" (see :mod:`lpmnet.ops.backends`).
     """
 
     def __init__(

@@ -72,7 +72,7 @@ Layout and speed: the tokens are kept channel-major, (B, C, H*W), which is the i
 layout: tokenising and untokenising are views, and every projection is a batched matmul that
 reads and writes (channels, tokens) directly, so neither the Mamba blocks nor the convolutions
 transpose anything. The selective scans (three per M3 block) and the causal depthwise
-convolutions go through :mod:`lpmnet.ops.scan` (``scan_backend``: the compiled CPU kernel, the
+convolutions go through :mod:`lpmnet.ops.backends` (``scan_backend``: the compiled CPU kernel, the
 pure-PyTorch scan or mamba-ssm's CUDA kernel); about half of the CPU time is the scans. Batch the
 slices of a volume: the compiled CPU scan parallelises over the batch, so a single image keeps one
 thread busy there (benchmarks/bench_mambadfuse_network.py: a 160x160 slice in float32 costs about
@@ -90,7 +90,9 @@ from torch import nn
 from lpmnet.methods.mamba import Mamba
 from lpmnet.methods import FusionMethod, load_original_state_dict
 from lpmnet.precision import at_least_float32
-from lpmnet.ops.scan import BACKENDS, causal_conv1d, selective_scan
+from lpmnet.ops.backends import BACKENDS
+from lpmnet.ops.causal_conv1d import causal_conv1d
+from lpmnet.ops.selective_scan import selective_scan
 
 __all__ = ["MambaDFuse", "VARIANTS", "load_released_checkpoint"]
 
@@ -343,7 +345,7 @@ class MambaDFuse(nn.Module):
         patch_norm, norm_layer: the shared tokenisation norm ``patch_embed.norm`` (a LayerNorm).
         ape: learned absolute position embedding (one per token of an ``img_size`` image).
         drop_rate: dropout after the tokenisation of the inputs (training only).
-        scan_backend: "auto", "cuda", "cpu" or "torch", see :func:`lpmnet.ops.scan.selective_scan`.
+        scan_backend: "auto", "cuda", "cpu" or "torch", see :func:`lpmnet.ops.selective_scan.selective_scan`.
         variant: "faithful" (the original's computation) or "fixed" (each M3 LayerNorm applied
             once instead of twice); see the module docstring.
     """

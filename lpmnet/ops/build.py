@@ -1,10 +1,15 @@
-"""The compiled CPU kernels (``lpmnet/ops/csrc``): built when the package is installed, else once per machine.
+"""The compiled CPU kernels: built when the package is installed, else once per machine.
+
+One extension module holds every kernel: the sources of :func:`sources` (``lpmnet/ops/csrc/*.cpp``, the
+operations and the module's bindings, then ``lpmnet/methods/*/csrc/*.cpp``, the kernels specific to one
+method), each of which registers its functions with the module (``lpmnet/ops/csrc/common.h``).
 
 Prebuilt: ``pip install .`` (and ``make install``) compile one extension module per CPU capability that
 PyTorch dispatches on (DEFAULT, AVX2 and AVX512 on x86-64; DEFAULT elsewhere) into the package,
 ``lpmnet/ops/_kernels_<capability>``. Each carries the key of what it was compiled from (:func:`kernel_key`:
-the source, the flags, torch's and Python's versions); a process loads the module of its capability when
-the key matches, which takes milliseconds.
+the sources, the flags, torch's and Python's versions); a process loads the module of its capability when
+the key matches, which takes milliseconds. The key covers every source and header of :func:`sources` and
+:func:`headers`: editing any of them makes the prebuilt modules stale.
 
 Just in time: where no prebuilt module fits (another capability, another torch in a conda environment, a
 source being edited), :func:`load` compiles the module with ``torch.utils.cpp_extension`` into
@@ -34,12 +39,31 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
+PACKAGE = Path(__file__).resolve().parents[1]
+#: Where the sources of the module are: the operations' (with the module's bindings) and each method's.
+SOURCE_DIRS = ("ops/csrc", "methods/*/csrc")
 #: The capabilities with a prebuilt module on x86-64 (torch.backends.cpu.get_cpu_capability()).
 X86_CAPABILITIES = ("DEFAULT", "AVX2", "AVX512")
 #: How long a process waits for another one's build of the same module before it gives up (a build takes
 #: about a minute on 2 cores; the lock of a dead holder is released at once).
 BUILD_LOCK_TIMEOUT_S = 1800
+
+
+def sources() -> list[Path]:
+    """The C++ sources compiled into the module: ``*.cpp`` of :data:`SOURCE_DIRS`, sorted in each.
+
+    Their file names must differ: a just-in-time build names each object file after its source's."""
+    found = [path for pattern in SOURCE_DIRS for path in sorted(PACKAGE.glob(f"{pattern}/*.cpp"))]
+    names = [path.name for path in found]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise RuntimeError(f"CPU kernel sources with the same file name ({', '.join(duplicates)}): rename one")
+    return found
+
+
+def headers() -> list[Path]:
+    """The headers the sources include (``*.h`` of :data:`SOURCE_DIRS`): part of the key, not compiled."""
+    return [path for pattern in SOURCE_DIRS for path in sorted(PACKAGE.glob(f"{pattern}/*.h"))]
 
 
 def capability() -> str:
@@ -74,9 +98,14 @@ def build_flags(capability: str, openmp: bool) -> tuple[list[str], list[str]]:
 
 
 def kernel_key(capability: str, openmp: bool) -> str:
-    """What a module was compiled from: its source, flags, torch and Python (12 hex digits)."""
+    """What a module was compiled from: its sources and headers (their paths in the package and their
+    contents), flags, torch and Python (12 hex digits)."""
     cflags, ldflags = build_flags(capability, openmp)
-    key = hashlib.sha256(SOURCE.read_bytes())
+    key = hashlib.sha256()
+    for path in [*sources(), *headers()]:
+        data = path.read_bytes()
+        key.update(f"{path.relative_to(PACKAGE).as_posix()} {len(data)}\n".encode())
+        key.update(data)
     key.update(" ".join(cflags + ldflags).encode())
     key.update(torch.__version__.encode())
     key.update(f"{sys.implementation.cache_tag} {platform.machine()}".encode())
@@ -96,10 +125,11 @@ def prebuilt_extensions():
     from torch.utils.cpp_extension import CppExtension
 
     openmp = wants_openmp()
+    paths = [str(path.relative_to(PACKAGE.parent)) for path in sources()]  # setup.py's folder
     extensions = []
     for cap in prebuilt_capabilities():
         cflags, ldflags = build_flags(cap, openmp)
-        extensions.append(CppExtension(prebuilt_name(cap), [str(SOURCE.relative_to(SOURCE.parents[3]))],
+        extensions.append(CppExtension(prebuilt_name(cap), paths,
                                        extra_compile_args=[*cflags, _key_flag(kernel_key(cap, openmp))],
                                        extra_link_args=ldflags))
     return extensions
@@ -207,8 +237,9 @@ def just_in_time(cap: str | None = None, openmp: bool | None = None):
         log.info("building the CPU kernel %s (%s) in %s: once per machine, about a minute", name, cap, attempt)
         cflags, ldflags = build_flags(cap, openmp)
         try:
-            module = compile_and_load(name=name, sources=[str(SOURCE)], extra_cflags=[*cflags, _key_flag(key)],
-                                      extra_ldflags=ldflags, build_directory=str(attempt), verbose=False)
+            module = compile_and_load(name=name, sources=[str(path) for path in sources()],
+                                      extra_cflags=[*cflags, _key_flag(key)], extra_ldflags=ldflags,
+                                      build_directory=str(attempt), verbose=False)
         except BaseException:
             shutil.rmtree(attempt, ignore_errors=True)
             raise

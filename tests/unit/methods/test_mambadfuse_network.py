@@ -12,14 +12,13 @@ from unittest import mock
 import pytest
 import torch
 
-from scan_reference import reference_selective_scan  # noqa: E402
-
 from baseline_fixtures import read_cases, read_config, read_keys, read_state_dict_float64
 from helpers import one_thread
 from lpmnet.methods.mamba import Mamba  # noqa: E402
 from lpmnet.methods import mambadfuse  # noqa: E402
 from lpmnet.methods.mambadfuse import MambaDFuse  # noqa: E402
-from lpmnet.ops.scan import available_backends  # noqa: E402
+from lpmnet.ops.backends import available_backends  # noqa: E402
+from lpmnet.ops.selective_scan import selective_scan_ref as reference_selective_scan  # noqa: E402
 
 # The fixture README's acceptance bound; a float64 re-implementation lands near 1e-15.
 FIXTURE_TOL = 1e-6
@@ -79,7 +78,7 @@ def _reference_scan(*args, backend=None, **kwargs):
 def fused(config, state_dict, cases):
     """fused(backend, variant) -> the model's outputs for every case (computed once per module).
 
-    backend "reference" routes every scan of the network through tests/support/scan_reference.py.
+    backend "reference" routes every scan of the network through lpmnet.ops.selective_scan.selective_scan_ref.
     """
     cache = {}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lpmnet.ops import build, scan
+from lpmnet.ops import build, cpu
 
 BUILD = """
 import json, logging, sys, time
@@ -41,7 +41,7 @@ def finish(process, timeout=600):
 def test_the_installed_package_loads_its_prebuilt_kernel():
     if build.capability() not in build.prebuilt_capabilities():
         pytest.skip(f"no module is prebuilt for the CPU capability {build.capability()}")
-    info = scan.cpu_kernel_info()
+    info = cpu.cpu_kernel_info()
     assert info["available"] and info["origin"] == "prebuilt", info
     assert info["name"] == build.prebuilt_name(build.capability()) and info["seconds"] < 5
 

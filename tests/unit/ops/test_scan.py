@@ -1,4 +1,4 @@
-"""Selective scan backends against the plain sequential reference (tests/support/scan_reference.py)."""
+"""Selective scan backends against the plain sequential reference (lpmnet.ops.selective_scan.selective_scan_ref)."""
 
 import logging
 import math
@@ -9,16 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scan_reference import reference_selective_scan  # noqa: E402
-
-from lpmnet.ops import scan  # noqa: E402
 from lpmnet.errors import BackendUnavailableError  # noqa: E402
-from lpmnet.ops.scan import (  # noqa: E402
-    available_backends,
-    causal_conv1d,
-    resolve_backend,
-    selective_scan,
-)
+from lpmnet.ops import backends, cpu  # noqa: E402
+from lpmnet.ops import selective_scan as scan  # noqa: E402
+from lpmnet.ops.backends import available_backends, resolve_backend  # noqa: E402
+from lpmnet.ops.causal_conv1d import causal_conv1d  # noqa: E402
+from lpmnet.ops.selective_scan import selective_scan  # noqa: E402
+from lpmnet.ops.selective_scan import selective_scan_ref as reference_selective_scan  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -27,10 +24,10 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 def cpu_kernel():
     """Builds (or loads from torch's extension cache) the C++ kernel once for this module."""
     t0 = time.perf_counter()
-    info = scan.cpu_kernel_info()
+    info = cpu.cpu_kernel_info()
     info["fixture_seconds"] = time.perf_counter() - t0
     print(
-        f"\n[lpmnet.ops.scan] C++ kernel {info['name']} ({info['capability']}): "
+        f"\n[lpmnet.ops.cpu] C++ kernel {info['name']} ({info['capability']}): "
         f"available={info['available']}, build/load {info['seconds'] or 0:.1f} s"
         + (f", error: {info['error']}" if info["error"] else "")
     )
@@ -290,37 +287,37 @@ def test_explicit_cuda_on_cpu_tensors_raises():
     msg = str(exc.value)
     assert "backend='cuda'" in msg and "'cpu'" in msg
     assert "pip install --no-build-isolation mamba-ssm causal-conv1d" in msg
-    if scan._mamba_reason() is not None:
+    if backends.mamba_reason() is not None:
         assert "mamba_ssm" in msg or "torch.cuda" in msg
 
 
 def test_explicit_cpu_on_failed_build_raises_and_auto_falls_back(monkeypatch, caplog):
     def boom(openmp=None):
         raise RuntimeError(
-            "Error building extension 'lpmnet_scan_cpu_x':\n[1/2] c++ -MMD ... -c selective_scan_cpu.cpp\n"
-            "FAILED: selective_scan_cpu.o\nselective_scan_cpu.cpp:12:3: error: expected ';' before '}'\n"
+            "Error building extension 'lpmnet_scan_cpu_x':\n[1/2] c++ -MMD ... -c selective_scan.cpp\n"
+            "FAILED: selective_scan.o\nselective_scan.cpp:12:3: error: expected ';' before '}'\n"
             "ninja: build stopped: subcommand failed."
         )
 
     for key, value in {"tried": False, "module": None, "error": None}.items():
-        monkeypatch.setitem(scan._cpu, key, value)
-    monkeypatch.setattr(scan, "_load_cpu_kernel", boom)
-    with caplog.at_level(logging.WARNING, logger="lpmnet.ops.scan"):
+        monkeypatch.setitem(cpu._state, key, value)
+    monkeypatch.setattr(cpu, "_load_cpu_kernel", boom)
+    with caplog.at_level(logging.WARNING, logger="lpmnet.ops.cpu"):
         assert resolve_backend("auto", "cpu") == "torch"
         assert resolve_backend("auto", "cpu") == "torch"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     fallback = [m for m in warnings if "falling back" in m]
     assert len(fallback) == 1, warnings  # logged once, not per call
-    assert "selective_scan_cpu.cpp:12:3: error: expected ';' before '}'" in fallback[0]
+    assert "selective_scan.cpp:12:3: error: expected ';' before '}'" in fallback[0]
     with pytest.raises(BackendUnavailableError, match="expected ';'"):
         resolve_backend("cpu", "cpu")
     assert "cpu" not in available_backends()
 
 
 def test_backend_logged_once(backend, monkeypatch, caplog):
-    monkeypatch.setattr(scan, "_logged", set())
+    monkeypatch.setattr(backends, "_logged", set())
     inputs = make_inputs(1, 2, 6, 4, dtype=torch.float32)
-    with caplog.at_level(logging.INFO, logger="lpmnet.ops.scan"):
+    with caplog.at_level(logging.INFO, logger="lpmnet.ops.selective_scan"):
         for _ in range(3):
             selective_scan(**inputs, backend=backend)
     lines = [r.getMessage() for r in caplog.records if "selective_scan uses" in r.getMessage()]
@@ -429,14 +426,14 @@ class TestGPU:
 
     @pytest.mark.parametrize("big_delta", [False, True])
     def test_cuda_backend(self, big_delta):
-        if scan._mamba_reason() is not None:
-            pytest.skip(scan._mamba_reason())
+        if backends.mamba_reason() is not None:
+            pytest.skip(backends.mamba_reason())
         # mamba-ssm's fp32 kernel is tested upstream at about this tolerance
         self._compare("cuda", torch.float32, 2e-3, big_delta=big_delta)
 
     def test_cuda_and_torch_backends_agree(self):
-        if scan._mamba_reason() is not None:
-            pytest.skip(scan._mamba_reason())
+        if backends.mamba_reason() is not None:
+            pytest.skip(backends.mamba_reason())
         inputs = make_inputs(64, 24, 256, 8, dtype=torch.float32, device="cuda")
         with torch.no_grad():
             a = selective_scan(**inputs, delta_softplus=True, backend="cuda")
@@ -450,7 +447,7 @@ class TestGPU:
         ref = reference_selective_scan(**{k: (v.cpu() if v is not None else None) for k, v in inputs.items()},
                                        delta_softplus=True)
         assert_close_scaled(y, ref.cuda(), 1e-5, "y")
-        expected = "cuda" if scan._mamba_reason() is None else "torch"
+        expected = "cuda" if backends.mamba_reason() is None else "torch"
         assert resolve_backend("auto", "cuda") == expected
         with pytest.raises(BackendUnavailableError):
             resolve_backend("cpu", "cuda")
