@@ -23,8 +23,8 @@ rule all:
 # The shipped pretrained models: `make pretrained` (config/pretrained.yaml, rules/pretrained.smk).
 rule pretrained:
     input:
-        expand(f"{RESULTS}/pretrained/{{kind}}/model.pt", kind=PRETRAINED_MODELS),
-        f"{RESULTS}/pretrained/MODEL_CARD.md",
+        expand(paths.pretrained_model(), kind=PRETRAINED_MODELS),
+        paths.model_card(),
 
 
 include: "rules/sources.smk"

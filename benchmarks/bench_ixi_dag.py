@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lpmnet.volumes.sources import write_manifest  # noqa: E402
-from lpmnet.workflow import write_input_status  # noqa: E402
+from lpmnet.workflow.checks import write_input_status  # noqa: E402
 
 SITES = ("Guys", "HH", "IOP")
 

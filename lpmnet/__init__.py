@@ -8,5 +8,5 @@ import sys
 __version__ = "0.1.0"
 
 #: The modules loaded before this package: the interpreter's and, in a workflow job, Snakemake's script
-#: preamble's. What a job imported itself is the rest (:func:`lpmnet.workflow.job_imports`).
+#: preamble's. What a job imported itself is the rest (:func:`lpmnet.workflow.runner.job_imports`).
 PRELOADED_MODULES = frozenset(sys.modules)

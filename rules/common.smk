@@ -1,6 +1,8 @@
+import functools
 import os
 import sys
 from pathlib import Path
+from types import MappingProxyType
 
 from snakemake.utils import validate
 
@@ -11,62 +13,96 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 from snakemake.logging import logger
 
 from lpmnet import memory
-from lpmnet.volumes.io import sidecar_path
 from lpmnet.methods import DEFAULT_JOB_MB, get_method
-from lpmnet.methods.lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities, pretrained_path
-from lpmnet.workflow.splits import BOTH, OVERLAP_NOTE, subjects_in
-from lpmnet.workflow import (RESULTS, check_dataset_config, check_dataset_modalities, dataset_sources,
-                             dataset_splits, failed_inputs, grid_entity, ignored_table_rows, ixi_modalities,
-                             importable_working_directory, manifest_path, needed_modalities, pair_label,
-                             read_input_status, resolve_pretraining, MethodConfigs, with_defaults)
+from lpmnet.methods.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities, shipped_checkpoint
+from lpmnet.workflow.checks import failed_inputs, read_input_status
+from lpmnet.workflow.config import MethodConfigs, resolve_pretraining
+from lpmnet.workflow.index import (check_dataset_config, check_dataset_modalities, dataset_sources, grid_entity,
+                                   ignored_table_rows, ixi_modalities, needed_modalities, pair_label, with_defaults)
+from lpmnet.workflow.paths import RESULTS, Paths
+from lpmnet.workflow.runner import importable_working_directory
+from lpmnet.workflow.splits import BOTH, OVERLAP_NOTE, dataset_splits, subjects_in
+
+# Every output path, as the rules' templates and as the input functions' paths (lpmnet/workflow/paths.py).
+paths = Paths(RESULTS)
 
 DATASETS = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
 for _name, _cfg in DATASETS.items():
     check_dataset_config(_name, _cfg)
 
-# (dataset, subject, modality) -> Source, read while the job graph is built; an IXI dataset's rows are
-# read again from its manifest once the checkpoint `manifest` has (re)written it (see all_targets).
-SOURCES = {}
-SUBJECTS = {}
-SPLITS = {}
-WARNED = set()
+# The dataset index (sources, subjects, splits) is a pure function of the config and, for an IXI dataset, of
+# the version of its manifest, which the checkpoint `manifest` (re)writes: the functions below are cached by
+# those arguments (functools.cache), so a rewritten manifest is read again and nothing at module level is
+# ever changed by an input function.
 
 
+@functools.cache
 def warn_once(message):
-    """A warning on the console of the run (not again in each job, which re-reads this file)."""
-    if workflow.is_main_process and message not in WARNED:
-        WARNED.add(message)
+    """A warning on the console of the run (not again in each job, which re-reads this file): the cache
+    remembers the messages already given."""
+    if workflow.is_main_process:
         logger.warning(f"Warning: {message}")
 
 
-def index_dataset(name):
-    """(Re)index one dataset's sources and subjects."""
-    for key in [key for key in SOURCES if key[0] == name]:
-        del SOURCES[key]
-    sources = dataset_sources(name, DATASETS[name])
+def manifest_version(name):
+    """What a dataset's index depends on besides the config: the modification time of an IXI dataset's
+    manifest (None before its download); None for every other source, which is indexed from the config."""
+    if DATASETS[name]["source"] != "ixi":
+        return None
+    try:
+        return os.stat(paths.manifest(name)).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+@functools.cache
+def indexed_sources(name, version):
+    """(subject, modality) -> Source of one dataset at one ``version`` of its manifest (manifest_version)."""
+    sources = dataset_sources(name, DATASETS[name], RESULTS)
     check_dataset_modalities(name, DATASETS[name], sources)
-    SOURCES.update({(s.dataset, s.subject, s.modality): s for s in sources})
-    SUBJECTS[name] = sorted({subject for dataset, subject, _ in SOURCES if dataset == name})
     ignored = ignored_table_rows(DATASETS[name], sources)
     if ignored:
         warn_once(f"datasets.{name}: {len(ignored)} row(s) of {DATASETS[name]['table']} have a modality that no "
                   f"pair and not fixed uses ({', '.join(sorted({s.modality for s in ignored}))}) and are ignored; "
-                  f"they are listed in {RESULTS}/{name}/logs/manifest.log")
+                  f"they are listed in {paths.manifest_log(name)}")
+    return MappingProxyType({(s.subject, s.modality): s for s in sources})
 
 
-def split_datasets():
-    """Split every dataset that has subjects (explicit subject lists span all datasets)."""
-    SPLITS.clear()
-    SPLITS.update(dataset_splits(SUBJECTS, config["split"]))
-    for name, split in SPLITS.items():
+def dataset_index(name):
+    """(subject, modality) -> Source of a dataset as it is now (an IXI dataset's once its manifest exists)."""
+    return indexed_sources(name, manifest_version(name))
+
+
+def source_of(dataset, subject, modality):
+    """The Source of one subject's modality (None if the dataset has no such row)."""
+    return dataset_index(dataset).get((subject, modality))
+
+
+def dataset_subjects(name):
+    """A dataset's subjects, sorted."""
+    return sorted({subject for subject, _ in dataset_index(name)})
+
+
+@functools.cache
+def versioned_splits(versions):
+    """Train/test split of every dataset that has subjects (explicit subject lists span all datasets), at
+    ``versions`` ((dataset, manifest_version) of every dataset)."""
+    result = dataset_splits({name: sorted({s for s, _ in indexed_sources(name, version)})
+                             for name, version in versions}, config["split"])
+    for name, split in result.items():
         if BOTH in split.values():
             warn_once(f"dataset {name} has {len(split)} subject(s), fewer than a train/test split needs: "
                       f"{OVERLAP_NOTE}")
+    return MappingProxyType(result)
 
 
-for _name in DATASETS:
-    index_dataset(_name)
-split_datasets()
+def splits():
+    """{dataset: {subject: role}} of every dataset that has subjects now."""
+    return versioned_splits(tuple((name, manifest_version(name)) for name in DATASETS))
+
+
+# Index and split at once: a bad dataset or split setting stops the run here, with its key named.
+splits()
 # Pair folders carry the grid (native or paper-style resized), so results of both grids coexist.
 PAIRS = {name: {pair_label(p, cfg): p for p in cfg["pairs"]} for name, cfg in DATASETS.items()}
 importable_working_directory()
@@ -111,10 +147,6 @@ def pair_modalities(wildcards):
     return PAIRS[wildcards.dataset][wildcards.pair]
 
 
-def subject_dir(dataset, subject):
-    return f"{RESULTS}/{dataset}/sub-{subject}"
-
-
 def space_label(dataset):
     """The fixed modality's space, with the resized grid where the dataset asks for one: "T1_res-128x192x192"."""
     return DATASETS[dataset]["fixed"] + grid_entity(DATASETS[dataset])
@@ -122,11 +154,7 @@ def space_label(dataset):
 
 def normalized(dataset, subject, modality):
     """A modality as the model sees it: normalised in the fixed space, on the native or resized grid."""
-    return f"{subject_dir(dataset, subject)}/sub-{subject}_space-{space_label(dataset)}_desc-norm_{modality}.nii.gz"
-
-
-def pair_dir(dataset, pair):
-    return f"{RESULTS}/{dataset}/{pair}"
+    return paths.normalized(dataset, subject, space_label(dataset), modality)
 
 
 # Memory of the heavy jobs from the sizes of their inputs (lpmnet.memory, each method's estimate;
@@ -161,25 +189,25 @@ def gpu_resources(section):
     return 1 if config[section]["device"] == "cuda" else 0
 
 
-FAILURES = {}
+@functools.cache
+def versioned_failures(path, version):
+    """{subject: {modality: problem}} of the failed sources in the input status ``path`` at ``version`` (its
+    modification time): read once per version of the file, though every training, table and target
+    function asks for it."""
+    return failed_inputs(read_input_status(path))
 
 
 def input_failures(dataset):
-    """{subject: {modality: problem}} of the dataset's sources that failed their check (a checkpoint).
-
-    Read once per version of the file: every training, table and target function asks for it."""
+    """{subject: {modality: problem}} of the dataset's sources that failed their check (a checkpoint)."""
     path = checkpoints.input_status.get(dataset=dataset).output[0]
-    key = (path, os.stat(path).st_mtime_ns)
-    if key not in FAILURES:
-        FAILURES[key] = failed_inputs(read_input_status(path))
-    return FAILURES[key]
+    return versioned_failures(path, os.stat(path).st_mtime_ns)
 
 
 def usable_subjects(dataset, role, modalities):
     """Subjects of a split role whose sources of ``modalities`` (and the fixed one) passed their check."""
     needed = {DATASETS[dataset]["fixed"], *modalities}
     failures = input_failures(dataset)
-    return [s for s in subjects_in(SPLITS[dataset], role) if not needed & set(failures.get(s, {}))]
+    return [s for s in subjects_in(splits()[dataset], role) if not needed & set(failures.get(s, {}))]
 
 
 def all_targets(wildcards):
@@ -188,45 +216,42 @@ def all_targets(wildcards):
     Subjects whose sources failed their check are left out of the training sets, tables and figures;
     their failing conversions are requested so that the run reports them and exits non-zero.
     """
-    downloaded = [name for name, cfg in DATASETS.items() if cfg["source"] == "ixi"]
-    for name in downloaded:
-        # Waits for the checkpoint on the first run; re-reads a manifest that was rewritten.
-        checkpoints.manifest.get(dataset=name)
-        index_dataset(name)
-    if downloaded:
-        split_datasets()
-    targets = [manifest_path(name) for name in DATASETS]
-    for name in SPLITS:
+    for name, cfg in DATASETS.items():
+        if cfg["source"] == "ixi":
+            # Waits for the checkpoint on the first run; the index then reads the manifest it (re)wrote.
+            checkpoints.manifest.get(dataset=name)
+    targets = [paths.manifest(name) for name in DATASETS]
+    for name in splits():
         failures = input_failures(name)
         for pair, modalities in PAIRS[name].items():
-            base = pair_dir(name, pair)
-            targets += [f"{base}/metrics.tsv", f"{base}/metrics_long.tsv", f"{base}/metrics.html",
-                        f"{base}/failed_subjects.tsv", f"{base}/comparison.tsv", f"{base}/comparison.html",
-                        f"{base}/comparison.png"]
-            targets += [f"{base}/model/{m}/training_curves.png" for m in TRAINED]
-            targets += [f"{base}/model/{m}/learning_curve.png" for m in TRAINED
+            targets += [paths.metrics_summary(name, pair), paths.metrics_long(name, pair),
+                        paths.metrics_html(name, pair), paths.failed_subjects(name, pair),
+                        paths.comparison(name, pair, "tsv"), paths.comparison(name, pair, "html"),
+                        paths.comparison(name, pair, "png")]
+            targets += [paths.training_curves(name, pair, m) for m in TRAINED]
+            targets += [paths.learning_curve_figure(name, pair, m) for m in TRAINED
                         if METHOD_CONFIGS[m]["training"]["keep_every"]]
-            targets += [f"{base}/qc/sub-{s}_montage.png" for s in usable_subjects(name, "test", modalities)]
+            targets += [paths.montage(name, pair, s) for s in usable_subjects(name, "test", modalities)]
         if DATASETS[name]["register"]:
             fixed = DATASETS[name]["fixed"]
             moving = {m for p in DATASETS[name]["pairs"] for m in p if m != fixed}
-            targets += [f"{subject_dir(name, s)}/qc/sub-{s}_from-{m}_to-{fixed}_regqc.png"
-                        for s in SUBJECTS[name] for m in sorted(moving)
+            targets += [paths.registration_qc(name, s, fixed, m)
+                        for s in dataset_subjects(name) for m in sorted(moving)
                         if not {fixed, m} & set(failures.get(s, {}))]
-        targets += [f"{subject_dir(name, s)}/sub-{s}_{m}.nii.gz" for s, bad in failures.items() for m in bad]
+        targets += [paths.converted(name, s, m) for s, bad in failures.items() for m in bad]
     return targets
 
 
 def source_input(dataset, subject, modality):
     """The file a source is read from: itself, the demo's table, the IXI manifest, or the user's table."""
-    source = SOURCES.get((dataset, subject, modality))
+    source = source_of(dataset, subject, modality)
     if source is None:
         raise ValueError(f"dataset {dataset} has no subject {subject} with {modality}")
     if DATASETS[dataset]["source"] == "demo":
-        return f"{RESULTS}/{dataset}/sourcedata/subjects.tsv"
+        return paths.demo_table(dataset)
     if DATASETS[dataset]["source"] == "ixi":
         # Its files lie inside the extraction folders; ancient(): re-pairing reconverts no subject.
-        return ancient(manifest_path(dataset))
+        return ancient(paths.manifest(dataset))
     if source.kind == "missing":  # the folder or table that lacks it (the conversion job reports it)
         return DATASETS[dataset].get("table") or DATASETS[dataset]["root"]
     return source.path
@@ -240,8 +265,8 @@ def subject_source_inputs(wildcards):
 
 def subject_sources(wildcards):
     """modality -> (kind, path, problem) of the sources a subject's check reads."""
-    sources = {m: SOURCES[(wildcards.dataset, wildcards.subject, m)]
-               for m in needed_modalities(DATASETS[wildcards.dataset])}
+    index = dataset_index(wildcards.dataset)
+    sources = {m: index[(wildcards.subject, m)] for m in needed_modalities(DATASETS[wildcards.dataset])}
     return {m: (s.kind, s.path, s.problem) for m, s in sources.items()}
 
 
@@ -252,28 +277,40 @@ def conversion_input(wildcards):
 
 
 def registration_source(wildcards, modality):
-    base = f"{subject_dir(wildcards.dataset, wildcards.subject)}/sub-{wildcards.subject}"
-    return f"{base}_desc-n4_{modality}.nii.gz" if config["registration"]["n4"] else f"{base}_{modality}.nii.gz"
+    volume = paths.n4 if config["registration"]["n4"] else paths.converted
+    return volume(wildcards.dataset, wildcards.subject, modality)
+
+
+def native_grid_volume(dataset, subject, modality):
+    """A modality on the fixed modality's native grid, before normalisation: the fixed one as converted, a
+    moving one after registration (or as converted, when the dataset's modalities share one grid)."""
+    fixed = DATASETS[dataset]["fixed"]
+    if modality == fixed or not DATASETS[dataset]["register"]:
+        return paths.converted(dataset, subject, modality)
+    return paths.registered(dataset, subject, fixed, modality)
+
+
+def resize_input(wildcards):
+    return native_grid_volume(wildcards.dataset, wildcards.subject, wildcards.modality)
 
 
 def normalization_input(wildcards):
-    """The fixed modality as converted; a moving one after registration (or as converted, on one grid)."""
-    dataset, subject, modality = wildcards.dataset, wildcards.subject, wildcards.modality
+    """The volume to normalise, on the native grid or resized (a space with a grid entity), and the fixed
+    modality on that same grid, whose affine the output takes."""
+    dataset, subject, modality, space = wildcards.dataset, wildcards.subject, wildcards.modality, wildcards.space
     fixed = DATASETS[dataset]["fixed"]
-    base = f"{subject_dir(dataset, subject)}/sub-{subject}"
-    inputs = {"fixed": f"{base}_{fixed}.nii.gz"}
-    if modality == fixed or not DATASETS[dataset]["register"]:
-        inputs["volume"] = f"{base}_{modality}.nii.gz"
-    else:
-        inputs["volume"] = f"{base}_space-{fixed}_desc-registered_{modality}.nii.gz"
-    return inputs
+    if space == fixed:
+        return {"fixed": native_grid_volume(dataset, subject, fixed),
+                "volume": native_grid_volume(dataset, subject, modality)}
+    return {"fixed": paths.resized(dataset, subject, space, fixed), "volume": paths.resized(dataset, subject, space, modality)}
 
 
-def initial_weights(dataset, pair, value):
-    """The file a setting ``init``/``checkpoint`` names: the shipped model of the pair's kind for
-    ``pretrained`` (or a kind), else the path itself."""
+def initial_weights(dataset, pair, method, value):
+    """The file a setting ``init``/``checkpoint`` of ``method`` names: the model its network ships for the
+    pair's kind for ``pretrained`` (or a kind), else the path itself."""
     if value in PRETRAINED_CHOICES:
-        return str(pretrained_path(value if value in PRETRAINED_KINDS else kind_of_modalities(*PAIRS[dataset][pair])))
+        kind = value if value in PRETRAINED_KINDS else kind_of_modalities(*PAIRS[dataset][pair])
+        return str(shipped_checkpoint(get_method(METHOD_CONFIGS[method]["network"]), kind))
     return value
 
 
@@ -281,13 +318,13 @@ def training_input(wildcards):
     first, second = pair_modalities(wildcards)
     subjects = usable_subjects(wildcards.dataset, "train", (first, second))
     inputs = {
-        "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
+        "split": paths.split(wildcards.dataset),
         "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
         "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
     }
     init = METHOD_CONFIGS[wildcards.method]["training"]["init"]
     if init:
-        inputs["init"] = initial_weights(wildcards.dataset, wildcards.pair, init)
+        inputs["init"] = initial_weights(wildcards.dataset, wildcards.pair, wildcards.method, init)
     return inputs
 
 
@@ -296,15 +333,15 @@ def training_config(wildcards):
     settings = METHOD_CONFIGS[wildcards.method]["training"]
     if not settings["init"]:
         return settings
-    return {**settings, "init": initial_weights(wildcards.dataset, wildcards.pair, settings["init"])}
+    return {**settings, "init": initial_weights(wildcards.dataset, wildcards.pair, wildcards.method, settings["init"])}
 
 
 def kept_checkpoints(wildcards):
     """The checkpoints that ``keep_every`` keeps over a method's training (written by its train job)."""
     settings = METHOD_CONFIGS[wildcards.method]["training"]
     every = settings["keep_every"]
-    folder = f"{pair_dir(wildcards.dataset, wildcards.pair)}/model/{wildcards.method}/checkpoints"
-    return [f"{folder}/iteration-{n:06d}.pt" for n in range(every, settings["iterations"] + 1, every)]
+    return [paths.kept_checkpoint(wildcards.dataset, wildcards.pair, wildcards.method, n)
+            for n in range(every, settings["iterations"] + 1, every)]
 
 
 def learning_curve_input(wildcards):
@@ -312,7 +349,7 @@ def learning_curve_input(wildcards):
     first, second = pair_modalities(wildcards)
     subjects = usable_subjects(wildcards.dataset, "test", (first, second))
     return {
-        "model": f"{pair_dir(wildcards.dataset, wildcards.pair)}/model/{wildcards.method}/model.pt",
+        "model": paths.model(wildcards.dataset, wildcards.pair, wildcards.method),
         "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
         "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
     }
@@ -320,7 +357,7 @@ def learning_curve_input(wildcards):
 
 def pretraining_input(wildcards):
     """The pairs of a pretrained model's kind: training subjects to train, test subjects to validate."""
-    inputs = {"split": f"{RESULTS}/{PRETRAINED_DATASET}/split.tsv"}
+    inputs = {"split": paths.split(PRETRAINED_DATASET)}
     for role, prefix in (("train", ""), ("test", "val_")):
         inputs[f"{prefix}x1"], inputs[f"{prefix}x2"] = [], []
         for first, second in PRETRAINED_MODELS[wildcards.kind]["pairs"]:
@@ -334,7 +371,7 @@ def method_checkpoint(dataset, pair, method):
     """The checkpoint a method fuses with: its trained model, or the file its config entry names
     (``pretrained``: the shipped model of the pair's kind)."""
     given = METHOD_CONFIGS[method]["checkpoint"]
-    return initial_weights(dataset, pair, given) if given else f"{pair_dir(dataset, pair)}/model/{method}/model.pt"
+    return initial_weights(dataset, pair, method, given) if given else paths.model(dataset, pair, method)
 
 
 def fusion_sources(wildcards):
@@ -349,29 +386,27 @@ def metric_table_inputs(wildcards):
     """The metrics of the test subjects whose sources are usable, and the dataset's input status."""
     subjects = usable_subjects(wildcards.dataset, "test", pair_modalities(wildcards))
     return {
-        "metrics": [f"{pair_dir(wildcards.dataset, wildcards.pair)}/metrics/sub-{s}_desc-{m}_metrics.json"
-                    for s in subjects for m in METHODS],
+        "metrics": [paths.subject_metrics(wildcards.dataset, wildcards.pair, s, m) for s in subjects for m in METHODS],
         "input_status": checkpoints.input_status.get(dataset=wildcards.dataset).output[0],
-        "split": f"{RESULTS}/{wildcards.dataset}/split.tsv",
+        "split": paths.split(wildcards.dataset),
     }
 
 
 def comparison_inputs(wildcards):
     """The pair's long table, per method the sidecars of its fused volumes and (trained methods) its
     training log: what its cost figures are read from."""
-    base = pair_dir(wildcards.dataset, wildcards.pair)
-    subjects = usable_subjects(wildcards.dataset, "test", pair_modalities(wildcards))
-    inputs = {"long": f"{base}/metrics_long.tsv"}
+    dataset, pair = wildcards.dataset, wildcards.pair
+    subjects = usable_subjects(dataset, "test", pair_modalities(wildcards))
+    inputs = {"long": paths.metrics_long(dataset, pair)}
     for m in TRAINED:
-        inputs[f"train_{m}"] = [f"{base}/model/{m}/training_log.csv"]
+        inputs[f"train_{m}"] = [paths.training_log(dataset, pair, m)]
     for m in METHODS:
-        inputs[f"fuse_{m}"] = [str(sidecar_path(fused_path(wildcards.dataset, wildcards.pair, s, m)))
-                               for s in subjects]
+        inputs[f"fuse_{m}"] = [paths.fused_sidecar(dataset, pair, s, space_label(dataset), m) for s in subjects]
     return inputs
 
 
 def fused_path(dataset, pair, subject, method):
-    return f"{pair_dir(dataset, pair)}/fused/sub-{subject}_space-{space_label(dataset)}_desc-{method}_fused.nii.gz"
+    return paths.fused(dataset, pair, subject, space_label(dataset), method)
 
 
 def ixi_archive(wildcards):
@@ -379,16 +414,16 @@ def ixi_archive(wildcards):
     archive_dir = DATASETS[wildcards.dataset].get("archive_dir")
     if archive_dir:
         return f"{archive_dir}/IXI-{wildcards.modality}.tar"
-    return f"{RESULTS}/{wildcards.dataset}/downloads/IXI-{wildcards.modality}.tar"
+    return paths.ixi_archive(wildcards.dataset, wildcards.modality)
 
 
 def manifest_input(wildcards):
     """What a dataset's manifest is made from: the extracted IXI folders, the demo's or the user's table."""
     cfg = DATASETS[wildcards.dataset]
     if cfg["source"] == "ixi":
-        return {m: f"{RESULTS}/{wildcards.dataset}/sourcedata/IXI-{m}" for m in ixi_modalities(cfg)}
+        return {m: paths.ixi_folder(wildcards.dataset, m) for m in ixi_modalities(cfg)}
     if cfg["source"] == "demo":
-        return {"table": f"{RESULTS}/{wildcards.dataset}/sourcedata/subjects.tsv"}
+        return {"table": paths.demo_table(wildcards.dataset)}
     if cfg["source"] == "table":
         return {"table": cfg["table"]}
     return {}
@@ -396,7 +431,7 @@ def manifest_input(wildcards):
 
 def ignored_rows(wildcards):
     """(table line, subject, modality) of the subjects-table rows that no pair and not fixed uses."""
-    sources = [s for s in SOURCES.values() if s.dataset == wildcards.dataset]
+    sources = list(dataset_index(wildcards.dataset).values())
     return [(s.where, s.subject, s.modality) for s in ignored_table_rows(DATASETS[wildcards.dataset], sources)]
 
 
@@ -404,5 +439,5 @@ def manifest_rows(wildcards):
     """(subject, modality, path) of every existing source of a dataset indexed while the graph is built."""
     if DATASETS[wildcards.dataset]["source"] == "ixi":
         return []
-    return sorted((s.subject, s.modality, s.path) for s in SOURCES.values()
-                  if s.dataset == wildcards.dataset and s.kind != "missing")
+    return sorted((s.subject, s.modality, s.path) for s in dataset_index(wildcards.dataset).values()
+                  if s.kind != "missing")

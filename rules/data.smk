@@ -4,7 +4,7 @@
 
 rule demo_dataset:
     output:
-        table=f"{RESULTS}/{{dataset}}/sourcedata/subjects.tsv",
+        table=paths.demo_table(),
     params:
         subjects=lambda w: DATASETS[w.dataset]["subjects"],
         seed=lambda w: DATASETS[w.dataset]["seed"],
@@ -13,9 +13,9 @@ rule demo_dataset:
         voxel_mm=lambda w: DATASETS[w.dataset]["voxel_mm"],
         rigid_motion=lambda w: DATASETS[w.dataset]["rigid_motion"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/demo_dataset.log",
+        paths.log("demo_dataset"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/demo_dataset.tsv"
+        paths.benchmark("demo_dataset")
     conda:
         "../envs/registration.yaml"
     script:
@@ -26,15 +26,15 @@ rule convert:
     input:
         conversion_input,
     output:
-        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_{{modality}}.nii.gz",
+        paths.converted(),
     params:
-        source=lambda w: SOURCES[(w.dataset, w.subject, w.modality)].path,
-        kind=lambda w: SOURCES[(w.dataset, w.subject, w.modality)].kind,
-        problem=lambda w: SOURCES[(w.dataset, w.subject, w.modality)].problem,
+        source=lambda w: source_of(w.dataset, w.subject, w.modality).path,
+        kind=lambda w: source_of(w.dataset, w.subject, w.modality).kind,
+        problem=lambda w: source_of(w.dataset, w.subject, w.modality).problem,
     log:
-        f"{RESULTS}/{{dataset}}/logs/convert/sub-{{subject}}_{{modality}}.log",
+        paths.log("convert/sub-{subject}_{modality}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/convert/sub-{{subject}}_{{modality}}.tsv"
+        paths.benchmark("convert/sub-{subject}_{modality}")
     group:
         "subject_preprocessing"
     conda:
@@ -47,13 +47,13 @@ rule check_inputs:
     input:
         subject_source_inputs,
     output:
-        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_inputs.tsv",
+        paths.input_check(),
     params:
         sources=subject_sources,
     log:
-        f"{RESULTS}/{{dataset}}/logs/check_inputs/sub-{{subject}}.log",
+        paths.log("check_inputs/sub-{subject}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/check_inputs/sub-{{subject}}.tsv"
+        paths.benchmark("check_inputs/sub-{subject}")
     group:
         "subject_preprocessing"
     conda:
@@ -71,13 +71,13 @@ localrules:
 # failed_subjects.tsv, and their conversions still run so that the run reports them and exits non-zero.
 checkpoint input_status:
     input:
-        lambda w: [f"{subject_dir(w.dataset, s)}/sub-{s}_inputs.tsv" for s in SUBJECTS[w.dataset]],
+        lambda w: [paths.input_check(w.dataset, s) for s in dataset_subjects(w.dataset)],
     output:
-        f"{RESULTS}/{{dataset}}/input_status.tsv",
+        paths.input_status(),
     log:
-        f"{RESULTS}/{{dataset}}/logs/input_status.log",
+        paths.log("input_status"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/input_status.tsv"
+        paths.benchmark("input_status")
     conda:
         "../envs/registration.yaml"
     script:

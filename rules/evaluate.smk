@@ -6,16 +6,16 @@ rule metrics:
         unpack(fusion_sources),
         fused=lambda w: fused_path(w.dataset, w.pair, w.subject, w.method),
     output:
-        f"{RESULTS}/{{dataset}}/{{pair}}/metrics/sub-{{subject}}_desc-{{method}}_metrics.json",
+        paths.subject_metrics(),
     params:
         conventions=config["metrics"]["conventions"],
         axis=config["metrics"]["axis"],
     resources:
         mem_mb=metrics_mem_mb,
     log:
-        f"{RESULTS}/{{dataset}}/logs/metrics/{{pair}}/sub-{{subject}}_{{method}}.log",
+        paths.log("metrics/{pair}/sub-{subject}_{method}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/metrics/{{pair}}/sub-{{subject}}_{{method}}.tsv"
+        paths.benchmark("metrics/{pair}/sub-{subject}_{method}")
     conda:
         "../envs/torch.yaml"
     script:
@@ -27,16 +27,16 @@ rule metric_tables:
         unpack(metric_table_inputs),
     output:
         summary=report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/metrics.tsv",
+            paths.metrics_summary(),
             caption="../report/metrics.rst",
             category="Metrics",
             subcategory="{dataset}",
             labels={"pair": "{pair}", "table": "summary (TSV)"},
         ),
-        long=f"{RESULTS}/{{dataset}}/{{pair}}/metrics_long.tsv",
-        failed=f"{RESULTS}/{{dataset}}/{{pair}}/failed_subjects.tsv",
+        long=paths.metrics_long(),
+        failed=paths.failed_subjects(),
         html=report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/metrics.html",
+            paths.metrics_html(),
             caption="../report/metrics.rst",
             category="Metrics",
             subcategory="{dataset}",
@@ -45,9 +45,9 @@ rule metric_tables:
     params:
         modalities=lambda w: [DATASETS[w.dataset]["fixed"], *pair_modalities(w)],
     log:
-        f"{RESULTS}/{{dataset}}/logs/metric_tables/{{pair}}.log",
+        paths.log("metric_tables/{pair}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/metric_tables/{{pair}}.tsv"
+        paths.benchmark("metric_tables/{pair}")
     conda:
         "../envs/report.yaml"
     script:
@@ -58,16 +58,16 @@ rule comparison:
     input:
         unpack(comparison_inputs),
     output:
-        tsv=f"{RESULTS}/{{dataset}}/{{pair}}/comparison.tsv",
+        tsv=paths.comparison(extension="tsv"),
         html=report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/comparison.html",
+            paths.comparison(extension="html"),
             caption="../report/comparison.rst",
             category="Comparison",
             subcategory="{dataset}",
             labels={"pair": "{pair}", "figure": "table"},
         ),
         png=report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/comparison.png",
+            paths.comparison(extension="png"),
             caption="../report/comparison.rst",
             category="Comparison",
             subcategory="{dataset}",
@@ -78,9 +78,9 @@ rule comparison:
         trained=TRAINED,
         reference=REFERENCE,
     log:
-        f"{RESULTS}/{{dataset}}/logs/comparison/{{pair}}.log",
+        paths.log("comparison/{pair}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/comparison/{{pair}}.tsv"
+        paths.benchmark("comparison/{pair}")
     conda:
         "../envs/report.yaml"
     script:
@@ -93,7 +93,7 @@ rule fusion_montage:
         fused=lambda w: [fused_path(w.dataset, w.pair, w.subject, m) for m in METHODS],
     output:
         report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/qc/sub-{{subject}}_montage.png",
+            paths.montage(),
             caption="../report/montage.rst",
             category="Fusion",
             subcategory="{dataset} {pair}",
@@ -102,9 +102,9 @@ rule fusion_montage:
     params:
         labels=lambda w: [*pair_modalities(w), *METHODS],
     log:
-        f"{RESULTS}/{{dataset}}/logs/montage/{{pair}}/sub-{{subject}}.log",
+        paths.log("montage/{pair}/sub-{subject}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/montage/{{pair}}/sub-{{subject}}.tsv"
+        paths.benchmark("montage/{pair}/sub-{subject}")
     conda:
         "../envs/report.yaml"
     script:
@@ -115,7 +115,7 @@ rule learning_curve:
     input:
         unpack(learning_curve_input),
     output:
-        f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.tsv",
+        paths.learning_curve_table(),
     wildcard_constraints:
         method=alternatives(TRAINED),
     params:
@@ -129,9 +129,9 @@ rule learning_curve:
         mem_mb=fusion_mem_mb,
         runtime=60,
     log:
-        f"{RESULTS}/{{dataset}}/logs/learning_curve/{{pair}}/{{method}}.log",
+        paths.log("learning_curve/{pair}/{method}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/learning_curve/{{pair}}/{{method}}.tsv"
+        paths.benchmark("learning_curve/{pair}/{method}")
     conda:
         "../envs/torch.yaml"
     script:
@@ -140,19 +140,19 @@ rule learning_curve:
 
 rule learning_curve_figure:
     input:
-        f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.tsv",
+        paths.learning_curve_table(),
     output:
         report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/learning_curve.png",
+            paths.learning_curve_figure(),
             caption="../report/learning_curve.rst",
             category="Training",
             subcategory="{dataset}",
             labels={"pair": "{pair}", "method": "{method}", "figure": "learning curve"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/learning_curve_figure/{{pair}}/{{method}}.log",
+        paths.log("learning_curve_figure/{pair}/{method}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/learning_curve_figure/{{pair}}/{{method}}.tsv"
+        paths.benchmark("learning_curve_figure/{pair}/{method}")
     conda:
         "../envs/report.yaml"
     script:
@@ -161,19 +161,19 @@ rule learning_curve_figure:
 
 rule training_curves:
     input:
-        f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/training_log.csv",
+        paths.training_log(),
     output:
         report(
-            f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/training_curves.png",
+            paths.training_curves(),
             caption="../report/training.rst",
             category="Training",
             subcategory="{dataset}",
             labels={"pair": "{pair}", "method": "{method}"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/training_curves/{{pair}}/{{method}}.log",
+        paths.log("training_curves/{pair}/{method}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/training_curves/{{pair}}/{{method}}.tsv"
+        paths.benchmark("training_curves/{pair}/{method}")
     conda:
         "../envs/report.yaml"
     script:

@@ -6,8 +6,8 @@ rule train:
     input:
         unpack(training_input),
     output:
-        model=f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/model.pt",
-        log_csv=f"{RESULTS}/{{dataset}}/{{pair}}/model/{{method}}/training_log.csv",
+        model=paths.model(),
+        log_csv=paths.training_log(),
     wildcard_constraints:
         method=alternatives(TRAINED),
     params:
@@ -21,9 +21,9 @@ rule train:
         mem_mb=training_mem_mb,
         runtime=240,
     log:
-        f"{RESULTS}/{{dataset}}/logs/train/{{pair}}/{{method}}.log",
+        paths.log("train/{pair}/{method}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/train/{{pair}}/{{method}}.tsv"
+        paths.benchmark("train/{pair}/{method}")
     conda:
         "../envs/torch.yaml"
     script:
@@ -35,8 +35,8 @@ rule fuse:
         unpack(fusion_sources),
         model=lambda w: method_checkpoint(w.dataset, w.pair, w.method),
     output:
-        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.nii.gz",
-        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.json",
+        fused=paths.fused(),
+        sidecar=paths.fused_sidecar(),
     wildcard_constraints:
         method=alternatives(METHOD_CONFIGS),
     params:
@@ -49,9 +49,9 @@ rule fuse:
         mem_mb=fusion_mem_mb,
         runtime=30,
     log:
-        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.log",
+        paths.log("fuse/{pair}/sub-{subject}_space-{space}_{method}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.tsv"
+        paths.benchmark("fuse/{pair}/sub-{subject}_space-{space}_{method}")
     conda:
         "../envs/torch.yaml"
     script:
@@ -62,14 +62,14 @@ rule fuse_classical:
     input:
         unpack(fusion_sources),
     output:
-        fused=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.nii.gz",
-        sidecar=f"{RESULTS}/{{dataset}}/{{pair}}/fused/sub-{{subject}}_space-{{space}}_desc-{{method}}_fused.json",
+        fused=paths.fused(),
+        sidecar=paths.fused_sidecar(),
     wildcard_constraints:
         method=alternatives(config["fusion"]["classical"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.log",
+        paths.log("fuse/{pair}/sub-{subject}_space-{space}_{method}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/fuse/{{pair}}/sub-{{subject}}_space-{{space}}_{{method}}.tsv"
+        paths.benchmark("fuse/{pair}/sub-{subject}_space-{space}_{method}")
     conda:
         "../envs/registration.yaml"
     script:

@@ -1,19 +1,20 @@
-# Per subject: optional N4, registration of each moving modality onto the fixed one, normalisation, and
-# (datasets with a target_shape) the paper-style resize of the normalised volume.
+# Per subject: optional N4, registration of each moving modality onto the fixed one, (datasets with a
+# target_shape) the paper-style resize, and normalisation: the last step, and the only one that scales
+# intensities, so that every model input is exactly the normalize rule's output.
 
 
 rule n4_bias_correction:
     input:
-        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_{{modality}}.nii.gz",
+        paths.converted(),
     output:
-        temp(f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_desc-n4_{{modality}}.nii.gz"),
+        temp(paths.n4()),
     params:
         seed=config["registration"]["seed"],
     threads: config["registration"]["threads"]
     log:
-        f"{RESULTS}/{{dataset}}/logs/n4/sub-{{subject}}_{{modality}}.log",
+        paths.log("n4/sub-{subject}_{modality}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/n4/sub-{{subject}}_{{modality}}.tsv"
+        paths.benchmark("n4/sub-{subject}_{modality}")
     group:
         "subject_preprocessing"
     conda:
@@ -28,12 +29,12 @@ rule register:
         moving=lambda w: registration_source(w, w.modality),
     output:
         registered=temp(
-            f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_desc-registered_{{modality}}.nii.gz"
+            paths.registered()
         ),
-        transform=f"{RESULTS}/{{dataset}}/sub-{{subject}}/xfm/sub-{{subject}}_from-{{modality}}_to-{{fixed}}_mode-image_xfm.mat",
-        report=f"{RESULTS}/{{dataset}}/sub-{{subject}}/qc/sub-{{subject}}_from-{{modality}}_to-{{fixed}}_registration.json",
+        transform=paths.transform(),
+        report=paths.registration_report(),
         qc=report(
-            f"{RESULTS}/{{dataset}}/sub-{{subject}}/qc/sub-{{subject}}_from-{{modality}}_to-{{fixed}}_regqc.png",
+            paths.registration_qc(),
             caption="../report/registration.rst",
             category="Registration QC",
             subcategory="{dataset}",
@@ -47,9 +48,9 @@ rule register:
     resources:
         mem_mb=registration_mem_mb,
     log:
-        f"{RESULTS}/{{dataset}}/logs/register/sub-{{subject}}_from-{{modality}}_to-{{fixed}}.log",
+        paths.log("register/sub-{subject}_from-{modality}_to-{fixed}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/register/sub-{{subject}}_from-{{modality}}_to-{{fixed}}.tsv"
+        paths.benchmark("register/sub-{subject}_from-{modality}_to-{fixed}")
     group:
         "subject_preprocessing"
     conda:
@@ -62,15 +63,15 @@ rule normalize:
     input:
         unpack(normalization_input),
     output:
-        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_desc-norm_{{modality}}.nii.gz",
+        paths.normalized(),
     params:
         low=config["normalization"]["low_percentile"],
         high=config["normalization"]["high_percentile"],
         mask=config["normalization"]["mask"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/normalize/sub-{{subject}}_space-{{fixed}}_{{modality}}.log",
+        paths.log("normalize/sub-{subject}_space-{space}_{modality}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/normalize/sub-{{subject}}_space-{{fixed}}_{{modality}}.tsv"
+        paths.benchmark("normalize/sub-{subject}_space-{space}_{modality}")
     group:
         "subject_preprocessing"
     conda:
@@ -81,15 +82,15 @@ rule normalize:
 
 rule resize:
     input:
-        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_desc-norm_{{modality}}.nii.gz",
+        resize_input,
     output:
-        f"{RESULTS}/{{dataset}}/sub-{{subject}}/sub-{{subject}}_space-{{fixed}}_res-{{shape}}_desc-norm_{{modality}}.nii.gz",
+        paths.resized(space="{fixed}_res-{shape}"),
     params:
         dhw_shape=lambda w: [int(n) for n in w.shape.split("x")],
     log:
-        f"{RESULTS}/{{dataset}}/logs/resize/sub-{{subject}}_space-{{fixed}}_res-{{shape}}_{{modality}}.log",
+        paths.log("resize/sub-{subject}_space-{fixed}_res-{shape}_{modality}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/resize/sub-{{subject}}_space-{{fixed}}_res-{{shape}}_{{modality}}.tsv"
+        paths.benchmark("resize/sub-{subject}_space-{fixed}_res-{shape}_{modality}")
     group:
         "subject_preprocessing"
     conda:
@@ -100,13 +101,13 @@ rule resize:
 
 rule split:
     output:
-        f"{RESULTS}/{{dataset}}/split.tsv",
+        paths.split(),
     params:
-        split=lambda w: SPLITS[w.dataset],
+        split=lambda w: splits()[w.dataset],
     log:
-        f"{RESULTS}/{{dataset}}/logs/split.log",
+        paths.log("split"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/split.tsv"
+        paths.benchmark("split")
     conda:
         "../envs/registration.yaml"
     script:

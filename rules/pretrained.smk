@@ -8,8 +8,8 @@ rule pretrain:
     input:
         unpack(pretraining_input),
     output:
-        model=f"{RESULTS}/pretrained/{{kind}}/model.pt",
-        log_csv=f"{RESULTS}/pretrained/{{kind}}/training_log.csv",
+        model=paths.pretrained_model(),
+        log_csv=paths.pretrained_log(),
     wildcard_constraints:
         kind=alternatives(PRETRAINED_MODELS),
     params:
@@ -23,9 +23,9 @@ rule pretrain:
         gpu=gpu_resources("training"),
         runtime=240,
     log:
-        f"{RESULTS}/pretrained/logs/pretrain_{{kind}}.log",
+        paths.pretrained_job_log("pretrain_{kind}"),
     benchmark:
-        f"{RESULTS}/pretrained/benchmarks/pretrain_{{kind}}.tsv"
+        paths.pretrained_benchmark("pretrain_{kind}")
     conda:
         "../envs/torch.yaml"
     script:
@@ -34,17 +34,17 @@ rule pretrain:
 
 rule pretrained_card:
     input:
-        models=expand(f"{RESULTS}/pretrained/{{kind}}/model.pt", kind=PRETRAINED_MODELS),
-        logs=expand(f"{RESULTS}/pretrained/{{kind}}/training_log.csv", kind=PRETRAINED_MODELS),
+        models=expand(paths.pretrained_model(), kind=PRETRAINED_MODELS),
+        logs=expand(paths.pretrained_log(), kind=PRETRAINED_MODELS),
     output:
-        f"{RESULTS}/pretrained/MODEL_CARD.md",
+        paths.model_card(),
     params:
         kinds=list(PRETRAINED_MODELS),
         dataset=lambda w: DATASETS[PRETRAINED_DATASET],
     log:
-        f"{RESULTS}/pretrained/logs/model_card.log",
+        paths.pretrained_job_log("model_card"),
     benchmark:
-        f"{RESULTS}/pretrained/benchmarks/model_card.tsv"
+        paths.pretrained_benchmark("model_card")
     conda:
         "../envs/torch.yaml"
     script:

@@ -9,15 +9,15 @@ localrules:
 
 rule ixi_download:
     output:
-        f"{RESULTS}/{{dataset}}/downloads/IXI-{{modality}}.tar",
+        paths.ixi_archive(),
     params:
         url=lambda w: DATASETS[w.dataset]["urls"][w.modality],
         checksum=lambda w: DATASETS[w.dataset]["checksums"].get(w.modality),
         retries=lambda w: DATASETS[w.dataset]["retries"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/ixi_download/IXI-{{modality}}.log",
+        paths.log("ixi_download/IXI-{modality}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/ixi_download/IXI-{{modality}}.tsv"
+        paths.benchmark("ixi_download/IXI-{modality}")
     conda:
         "../envs/registration.yaml"
     script:
@@ -28,11 +28,11 @@ rule ixi_extract:
     input:
         ixi_archive,
     output:
-        directory(f"{RESULTS}/{{dataset}}/sourcedata/IXI-{{modality}}"),
+        directory(paths.ixi_folder()),
     log:
-        f"{RESULTS}/{{dataset}}/logs/ixi_extract/IXI-{{modality}}.log",
+        paths.log("ixi_extract/IXI-{modality}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/ixi_extract/IXI-{{modality}}.tsv"
+        paths.benchmark("ixi_extract/IXI-{modality}")
     conda:
         "../envs/registration.yaml"
     script:
@@ -43,7 +43,7 @@ checkpoint manifest:
     input:
         unpack(manifest_input),
     output:
-        f"{RESULTS}/{{dataset}}/manifest.tsv",
+        paths.manifest(),
     params:
         source=lambda w: DATASETS[w.dataset]["source"],
         rows=manifest_rows,
@@ -51,9 +51,9 @@ checkpoint manifest:
         max_subjects=lambda w: DATASETS[w.dataset].get("max_subjects"),
         ignored=ignored_rows,
     log:
-        f"{RESULTS}/{{dataset}}/logs/manifest.log",
+        paths.manifest_log(),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/manifest.tsv"
+        paths.benchmark("manifest")
     conda:
         "../envs/registration.yaml"
     script:

@@ -1,13 +1,13 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
     import logging
 
-    from lpmnet.workflow import check_subject_sources, write_input_status
+    from lpmnet.workflow.checks import check_subject_sources, write_input_status
 
     rows = check_subject_sources(smk.wildcards.subject, smk.params.sources)
     for row in rows:

@@ -1,13 +1,14 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
     import pandas as pd
 
-    from lpmnet.evaluation.comparison import cost_from_runs, write_comparison
+    from lpmnet.evaluation.comparison import cost_from_runs
+    from lpmnet.evaluation.comparison_report import write_comparison
 
     costs = cost_from_runs({m: smk.input[f"fuse_{m}"] for m in smk.params.methods},
                            {m: smk.input[f"train_{m}"] for m in smk.params.trained})

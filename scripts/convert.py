@@ -1,11 +1,11 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
-    from lpmnet.workflow import convert_source
+    from lpmnet.workflow.checks import convert_source
 
     p = smk.params
     convert_source(p.kind, p.source, p.problem, smk.output[0])

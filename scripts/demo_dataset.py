@@ -4,7 +4,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/..")
 from pathlib import Path
 
 from lpmnet.volumes.demo import make_demo_dataset
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):

@@ -1,7 +1,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
@@ -11,7 +11,7 @@ def main(smk):
 
     torch.set_num_threads(smk.threads)
     fuse_files(smk.input.x1, smk.input.x2, smk.output.fused, smk.input.model, device=smk.params.device,
-               method=smk.params.network, **smk.params.settings)
+               method=smk.params.network, normalize=False, **smk.params.settings)
 
 
 run_job(snakemake, main)

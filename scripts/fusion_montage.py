@@ -1,7 +1,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):

@@ -1,11 +1,11 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
-    from lpmnet.workflow import read_input_status, write_input_status
+    from lpmnet.workflow.checks import read_input_status, write_input_status
 
     write_input_status(smk.output[0], [row for path in smk.input for row in read_input_status(path)])
 

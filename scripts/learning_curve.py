@@ -1,7 +1,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
@@ -12,7 +12,7 @@ def main(smk):
 
     torch.set_num_threads(smk.threads)
     rows = learning_curve(smk.params.checkpoints, list(zip(smk.input.x1, smk.input.x2)), smk.params.network,
-                          device=smk.params.device, **smk.params.settings)
+                          device=smk.params.device, normalize=False, **smk.params.settings)
     write_tsv_rows(smk.output[0], rows)
 
 

@@ -1,7 +1,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
@@ -9,7 +9,7 @@ def main(smk):
 
     from lpmnet.workflow.splits import BOTH, OVERLAP_NOTE, read_split_tsv
     from lpmnet.evaluation.tables import write_tables
-    from lpmnet.workflow import pair_failures, read_input_status
+    from lpmnet.workflow.checks import pair_failures, read_input_status
 
     split = read_split_tsv(smk.input.split)
     failed = pair_failures(read_input_status(smk.input.input_status), split, smk.params.modalities)

@@ -1,7 +1,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")
-from lpmnet.workflow import run_job
+from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
@@ -14,7 +14,8 @@ def main(smk):
     card = {**smk.params.card, "split": read_split_tsv(smk.input.split)}
     val_pairs = list(zip(smk.input.get("val_x1", []), smk.input.get("val_x2", [])))
     train(list(zip(smk.input.x1, smk.input.x2)), smk.params.out_dir, TrainConfig(**smk.params.config),
-          val_pairs=val_pairs, device=smk.params.device, model_card=card, progress=False)
+          val_pairs=val_pairs, device=smk.params.device, model_card=card, progress=False,
+          normalize=False)
 
 
 run_job(snakemake, main)

@@ -202,3 +202,29 @@ def read_split_tsv(path) -> dict[str, str]:
             raise InputError(p, f"line {number}: subject {subject} is listed twice")
         split[subject] = role
     return dict(sorted(split.items()))
+
+
+def dataset_splits(subjects_by_dataset, split_config):
+    """Train/test split of every dataset that has subjects (see :func:`lpmnet.workflow.splits.make_split`).
+
+    Explicit ``train``/``test`` lists name subjects across all datasets; each dataset takes the names it
+    has. A name that no dataset has is an error (a typo would otherwise silently change the split), checked
+    once every dataset's subjects are known (an IXI dataset has none before its download).
+    """
+    from lpmnet.workflow.index import subject_label
+
+    train = [subject_label(s, "split") for s in split_config.get("train") or []]
+    test = [subject_label(s, "split") for s in split_config.get("test") or []]
+    known = {s for subjects in subjects_by_dataset.values() for s in subjects}
+    unknown = sorted(set(train + test) - known)
+    if unknown and all(subjects_by_dataset.values()):
+        raise ValueError(f"split: subject(s) {', '.join(unknown)} are in no dataset")
+    splits = {}
+    for name, subjects in subjects_by_dataset.items():
+        if not subjects:
+            continue
+        mine_train = [s for s in train if s in subjects]
+        mine_test = [s for s in test if s in subjects]
+        splits[name] = make_split(subjects, split_config["test_fraction"], split_config["seed"],
+                                  train=mine_train or None, test=mine_test or None, allow_overlap=True)
+    return splits

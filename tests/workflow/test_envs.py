@@ -1,7 +1,7 @@
 """Each rule's conda environment provides what its jobs import, and nothing they do not need.
 
 No conda channel is reachable here, so the environments are not built. Instead, real workflow runs record,
-in every job, the modules it imported (``LPMNET_RECORD_IMPORTS``, :func:`lpmnet.workflow.run_job`): a tiny
+in every job, the modules it imported (``LPMNET_RECORD_IMPORTS``, :func:`lpmnet.workflow.runner.run_job`): a tiny
 demo with every method, N4, the resize and the learning curve; the ``pretrained`` target; an IXI download
 from a local server. A job needs a package when its own code (the rule's script and the lpmnet modules the
 job loaded) imports it and the import ran; what a third-party package imports is that package's business

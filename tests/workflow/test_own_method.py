@@ -4,7 +4,6 @@ import copy
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

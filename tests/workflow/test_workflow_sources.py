@@ -130,13 +130,6 @@ def test_brats_folders_skip_registration_and_carry_the_segmentation(tmp_path):
     assert all((workdir / t).is_file() for t in targets)
 
 
-def test_brats_segmentation_cannot_be_fused(tmp_path):
-    b20 = _brats_folder(tmp_path / "brats20", ["BraTS20_Training_001", "BraTS20_Training_002"])
-    datasets = {"brats": {"source": "brats", "root": str(b20), "fixed": "T1", "pairs": [["T1", "seg"]]}}
-    result = snakemake(workdir_with(tmp_path / "run", config_with(datasets)), "-n", "--cores", "1", check=False)
-    assert result.returncode != 0 and "never fused" in result.stdout + result.stderr
-
-
 def test_generic_paired_folders(tmp_path):
     root = tmp_path / "study"
     for i, name in enumerate(["patient-01", "patient-02", "patient-03"]):

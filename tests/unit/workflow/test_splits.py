@@ -93,7 +93,7 @@ def test_bad_tsv_names_the_file(tmp_path):
 
 
 def test_dataset_splits_wait_for_datasets_without_subjects_before_refusing_names():
-    from lpmnet.workflow import dataset_splits
+    from lpmnet.workflow.splits import dataset_splits
 
     config = {"test_fraction": 0.34, "seed": 0, "train": [], "test": ["IXI002Guys0828"]}
     # An IXI dataset has no subjects before its download: its subject may be named already.
@@ -106,7 +106,7 @@ def test_dataset_splits_wait_for_datasets_without_subjects_before_refusing_names
 
 
 def test_dataset_defaults_and_grid_names():
-    from lpmnet.workflow import pair_label, with_defaults
+    from lpmnet.workflow.index import pair_label, with_defaults
 
     ixi = with_defaults({"source": "ixi", "pairs": [["T2", "T1"]]})
     assert ixi["fixed"] == "T2" and ixi["register"] is True and ixi["target_shape"] == []

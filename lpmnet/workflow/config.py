@@ -1,0 +1,146 @@
+"""The fusion methods of the workflow (config section ``methods``) and the training of the shipped models
+(section ``pretrained``): each entry checked, with its recipe filled in; a bad entry raises one ValueError
+naming its key."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from lpmnet.methods.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, ships_weights
+
+
+#: A method's name: one row of every table and the desc- entity of its files.
+METHOD_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+#: The keys of one entry of ``methods``.
+METHOD_KEYS = ("network", "model", "training", "fusion", "checkpoint")
+#: Engine settings of the ``training`` section shared by every method (not part of a recipe).
+ENGINE_KEYS = ("checkpoint_every",)
+
+
+def resolve_methods(methods_config, training_config, classical=()):
+    """Every method of the config's ``methods`` section, checked and with its recipe filled in.
+
+    Returns {name: {"network", "model", "training" (the full :class:`lpmnet.engine.train.TrainConfig` as a
+    dict; None with ``checkpoint``), "fusion", "checkpoint"}} in the config's order. An entry's
+    ``network`` (default: its name) is a registered method or the dotted name of a module defining
+    METHOD; ``training`` overrides the recipe of the network's original, ``fusion`` gives settings of
+    its fusion, ``checkpoint`` a file to fuse with instead of training. Anything wrong raises one
+    ValueError naming the key, e.g. ``methods.mambadfuse.training.lr: ...``.
+    """
+    import inspect
+    from dataclasses import asdict
+
+    from lpmnet.methods import get_method
+    from lpmnet.engine.train import TrainConfig
+
+    if not methods_config:
+        raise ValueError("methods: list at least one fusion method")
+    resolved = {}
+    for name, entry in methods_config.items():
+        where = f"methods.{name}"
+        if not METHOD_NAME.fullmatch(str(name)):
+            raise ValueError(f"{where}: a method name is lower-case letters and digits, words joined by '-'")
+        if name in classical:
+            raise ValueError(f"{where}: {name} is a classical rule of fusion.classical")
+        entry = dict(entry or {})
+        unknown = sorted(set(entry) - set(METHOD_KEYS))
+        if unknown:
+            raise ValueError(f"{where}.{unknown[0]}: unknown key; an entry has {', '.join(METHOD_KEYS)}")
+        network = entry.get("network", name)
+        try:
+            spec = get_method(network)
+        except ValueError as err:
+            raise ValueError(f"{where}.network: {err}") from None
+        model = dict(entry.get("model") or {})
+        try:
+            inspect.signature(spec.build).bind(**model)
+        except TypeError as err:
+            raise ValueError(f"{where}.model: {err} (of {spec.name}'s network)") from None
+        fusion = dict(entry.get("fusion") or {})
+        unknown = sorted(set(fusion) - set(spec.settings))
+        if unknown:
+            raise ValueError(f"{where}.fusion.{unknown[0]}: {spec.name} has no such fusion setting; its settings: "
+                             f"{', '.join(spec.settings) or 'none'}")
+        checkpoint = entry.get("checkpoint")
+        given = entry.get("training", {}) or {}
+        for key, value in (("checkpoint", checkpoint), ("training.init", given.get("init"))):
+            if value in PRETRAINED_CHOICES and not ships_weights(spec):
+                raise ValueError(f"{where}.{key}: {spec.name} ships no pretrained model; give a checkpoint file")
+        training = None
+        if checkpoint is None:
+            overrides = dict(entry.get("training") or {})
+            allowed = set(TrainConfig.settings()) - {"method", "model", *ENGINE_KEYS}
+            unknown = sorted(set(overrides) - allowed)
+            if unknown:
+                raise ValueError(f"{where}.training.{unknown[0]}: unknown training setting; settings: "
+                                 f"{', '.join(sorted(allowed))}")
+            engine = {k: training_config[k] for k in ENGINE_KEYS if k in training_config}
+            try:
+                training = asdict(TrainConfig(method=network, model=model, **engine, **overrides))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where}.training: {err}") from None
+        else:
+            for key in ("training", "model"):
+                if entry.get(key):
+                    raise ValueError(f"{where}.{key}: a method fused with a given checkpoint is not trained and "
+                                     "takes its network from the checkpoint")
+        resolved[name] = {"network": network, "model": model, "training": training,
+                          "fusion": fusion, "checkpoint": checkpoint}
+    return resolved
+
+
+def resolve_pretraining(section, datasets):
+    """The training settings (a full :class:`lpmnet.engine.train.TrainConfig` dict) of config section
+    ``pretrained``, after checking that its dataset and every pair of its models exist; a bad entry
+    raises ValueError naming the key."""
+    from dataclasses import asdict
+
+    from lpmnet.engine.train import TrainConfig
+
+    dataset = section.get("dataset")
+    if dataset not in datasets:
+        raise ValueError(f"pretrained.dataset: {dataset!r} is not a dataset of section datasets")
+    for kind, entry in section.get("models", {}).items():
+        if kind not in PRETRAINED_KINDS:
+            raise ValueError(f"pretrained.models.{kind}: the shipped kinds are {', '.join(PRETRAINED_KINDS)}")
+        missing = [p for p in entry["pairs"] if list(p) not in [list(q) for q in datasets[dataset]["pairs"]]]
+        if missing:
+            raise ValueError(f"pretrained.models.{kind}.pairs: {missing[0]} is not a pair of datasets.{dataset}")
+    try:
+        return asdict(TrainConfig(method="lpmnet", **section.get("training", {})))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"pretrained.training: {err}") from None
+
+
+class MethodConfigs(Mapping):
+    """The resolved ``methods`` section (:func:`resolve_methods`), resolved on first use of a value.
+
+    The names (and which entries train) are known from the config itself; resolving imports torch and
+    every method's module, about 2 s that a job which reads no method's settings (conversion,
+    registration, metrics) should not pay when it re-reads the workflow. The main process resolves at
+    once (``resolve()``), so that a bad entry stops the run before any job.
+    """
+
+    def __init__(self, methods_config, training_config, classical=()):
+        self._arguments = (methods_config, training_config, classical)
+        self._names = list(methods_config or {})
+        self._resolved = None
+
+    def resolve(self):
+        if self._resolved is None:
+            self._resolved = resolve_methods(*self._arguments)
+        return self._resolved
+
+    def __getitem__(self, name):
+        return self.resolve()[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def trained(self):
+        """The names of the entries that the workflow trains (those without a ``checkpoint``)."""
+        return [name for name in self._names if not (self._arguments[0][name] or {}).get("checkpoint")]
