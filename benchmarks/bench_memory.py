@@ -46,11 +46,13 @@ def write_inputs(folder, shape):
     import torch
 
     from helpers import write_pair
-    from lpmnet.methods.lpmnet.network import LPMNet, save_checkpoint
+    from lpmnet.methods import save_checkpoint
+    from lpmnet.methods.lpmnet.network import LPMNet
 
     x1, x2 = write_pair(folder, shape=shape)
     torch.manual_seed(0)
-    save_checkpoint(folder / "model.pt", LPMNet(**lpmnet_config()[0]), model_card={})
+    model = LPMNet(**lpmnet_config()[0])
+    save_checkpoint(folder / "model.pt", model, "lpmnet", model.config, model_card={})
     return x1, x2
 
 

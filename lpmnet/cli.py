@@ -15,10 +15,9 @@ import sys
 import numpy as np
 
 from lpmnet import __version__
-from lpmnet.methods.classical import CLASSICAL_METHODS
 from lpmnet.errors import LPMNetError
-from lpmnet.methods import MODULES as METHOD_MODULES
-from lpmnet.methods.lpmnet.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS
+from lpmnet.methods import CLASSICAL, MODULES as METHOD_MODULES, is_classical
+from lpmnet.methods.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS
 from lpmnet.memory import DEFAULT_FUSION_BUDGET_MB
 
 EXIT_BAD_INPUT = 2
@@ -49,11 +48,10 @@ def _json_object(text, option):
 
 def _pretrained(method, choice, path1, path2, doing):
     """The shipped checkpoint for ``choice`` (a kind, or ``pretrained``: the files' kind), said on stderr."""
-    from lpmnet.methods.lpmnet.pretrained import resolve
+    from lpmnet.methods import get_method
+    from lpmnet.methods.pretrained import resolve
 
-    if method != "lpmnet":
-        raise ValueError(f"the pretrained models are LPM-Net's; {method} needs --checkpoint")
-    path, kind = resolve(choice, path1, path2)
+    path, kind = resolve(get_method(method), choice, path1, path2)
     how = "" if choice != "pretrained" else " (from the file names; choose with --pretrained mri-mri|mri-pet)"
     print(f"lpmnet: {doing} the pretrained {kind} model {path}{how}", file=sys.stderr)
     return str(path)
@@ -91,7 +89,7 @@ def _cmd_train(args):
     config = TrainConfig(method=args.method, **{k: v for k, v in recipe.items() if v is not None},
                          checkpoint_every=args.checkpoint_every, keep_every=args.keep_every, val_every=args.val_every,
                          amp=not args.no_amp, model=model, init=init)
-    final = train(pairs, args.out_dir, config, val_pairs=val_pairs, device=args.device)
+    final = train(pairs, args.out_dir, config, val_pairs=val_pairs, device=args.device, normalize=True)
     print(final)
 
 
@@ -104,13 +102,14 @@ def _cmd_fuse(args):
     settings = {k: v for k, v in options.items() if v is not None}
     if args.memory_budget_mb is not None:
         settings["memory_budget_mb"] = args.memory_budget_mb or None  # 0: never tile
-    if args.method in CLASSICAL_METHODS:
+    if is_classical(args.method):
         network_options = {**options, "memory_budget_mb": args.memory_budget_mb, "checkpoint": args.checkpoint,
                            "pretrained": args.pretrained, "components": args.components}
         given = [f"--{k.replace('_', '-')}" for k, v in network_options.items() if v not in (None, False)]
         if given:
             raise ValueError(f"{args.method} is a classical rule (no network): it takes no {', '.join(given)}")
-        fuse_classical_files(args.method, args.fixed, args.moving, args.output)
+        # Raw inputs: normalised here, by the one owner of the [0, 1] convention (lpmnet.volumes.normalize).
+        fuse_classical_files(args.method, args.fixed, args.moving, args.output, normalize=True)
         print(args.output)
         return
     from lpmnet.engine.fuse import fuse_files
@@ -121,21 +120,21 @@ def _cmd_fuse(args):
     elif args.pretrained:
         raise ValueError("give --checkpoint or --pretrained, not both")
     fuse_files(args.fixed, args.moving, args.output, checkpoint, device=args.device, method=args.method,
-               components=args.components, **settings)
+               components=args.components, normalize=True, **settings)
     print(args.output)
 
 
 def _cmd_metrics(args):
     from lpmnet.volumes.io import atomic_write_json, dhw, load_volume, require_same_grid
     from lpmnet.metrics import CONVENTIONS, TABLE_CONVENTIONS, compute_all
-    from lpmnet.volumes.normalize import minmax01
+    from lpmnet.volumes.normalize import unit_range
 
     a, b, f = (load_volume(p) for p in (args.a, args.b, args.fused))
     require_same_grid(a, b)
     require_same_grid(a, f)
     # Sources in [0, 1] as the model sees them; the fused volume clipped (not stretched) to [0, 1].
     conventions = {"all": TABLE_CONVENTIONS, "both": CONVENTIONS}.get(args.convention, (args.convention,))
-    results = compute_all(minmax01(dhw(a.data)), minmax01(dhw(b.data)), np.clip(dhw(f.data), 0, 1),
+    results = compute_all(unit_range(dhw(a.data)), unit_range(dhw(b.data)), np.clip(dhw(f.data), 0, 1),
                           conventions=conventions, axis=args.axis)
     table = {name: ms.values for name, ms in results.items()}
     if args.output and args.method:
@@ -214,7 +213,7 @@ def build_parser():
                    help="lpmnet without --checkpoint: fuse with this shipped model whatever the file names say")
     p.add_argument("--method", default="lpmnet",
                    help=f"fusion method: a network ({', '.join(METHOD_MODULES)}, or the dotted name of your own "
-                        f"method's module) or a classical rule ({', '.join(CLASSICAL_METHODS)})")
+                        f"method's module) or a classical rule ({', '.join(CLASSICAL)})")
     p.add_argument("--device", default="auto")
     p.add_argument("--tile", type=int, nargs="+",
                    help="3D methods: sliding-window tile size (lpmnet: multiples of 16, dc2fusion: of 32)")

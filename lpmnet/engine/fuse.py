@@ -20,22 +20,28 @@ from lpmnet import __version__
 from lpmnet.engine.device import resolve_device
 from lpmnet.volumes.io import atomic_write_json, dhw, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.methods import count_parameters
-from lpmnet.volumes.normalize import minmax01
-from lpmnet.ops.scan import cpu_kernel_load
+from lpmnet.volumes.normalize import UNIT_RANGE, unit_range
+from lpmnet.ops.cpu import cpu_kernel_load
 
 log = logging.getLogger(__name__)
 
-NORMALIZATION = "per-volume min-max to [0, 1] of each input; output in [0, 1]"
+NORMALIZATION = f"{UNIT_RANGE}; output in [0, 1]"
+#: The sidecar's Normalization of a fusion of inputs normalised before (``normalize=False``).
+GIVEN_NORMALIZATION = "none here: inputs normalised to [0, 1] before, used as given; output in [0, 1]"
 
 
 def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet", components=False,
-               **settings):
+               normalize=True, **settings):
     """Fuse two NIfTI files with a checkpoint of ``method``; writes ``out_path`` (+ ``.json`` sidecar).
 
     ``settings`` go to the method's fuse (:mod:`lpmnet.methods`); LPM-Net's: ``tile``, ``overlap``,
     ``memory_budget_mb`` (without ``tile``, the volume is tiled automatically when its pass would
     need more; None: never) and ``scan_backend``. ``components=True`` also writes the base and detail
     volumes of a method that has them next to the output (``..._base.nii.gz``, ``..._detail.nii.gz``).
+    ``normalize``: how the inputs reach [0, 1], by :func:`lpmnet.volumes.normalize.unit_range`, the one
+    owner of that convention: True (default), raw volumes, each min-max scaled; False, volumes normalised
+    before (they must lie in [0, 1]), used as they are. The two agree exactly on volumes that span
+    [0, 1]; the workflow keeps the default because its volumes on a resized grid span less.
     The sidecar records the network's constructor arguments and parameter count, and ``Seconds``: the
     fusion from reading the inputs to writing the outputs (no start-up, imports or kernel build), what
     the comparison tables report. Returns the sidecar.
@@ -58,7 +64,8 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
     require_same_grid(v1, v2)
     model, card = spec.load(checkpoint, map_location=device)
     model.to(device)
-    result = spec.fuse(model, minmax01(dhw(v1.data)), minmax01(dhw(v2.data)), device=device, **settings)
+    result = spec.fuse(model, unit_range(dhw(v1.data), normalize), unit_range(dhw(v2.data), normalize), device=device,
+                       **settings)
 
     volumes = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     written = {"fused": out_path}
@@ -78,7 +85,7 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
                        "model_card_method": card.get("method")},
         "ModelKwargs": model.model_kwargs,
         "ParameterCount": count_parameters(model),
-        "Normalization": NORMALIZATION,
+        "Normalization": NORMALIZATION if normalize else GIVEN_NORMALIZATION,
         "Components": {k: str(v) for k, v in written.items()},
         "Settings": settings,
         **{k: v for k, v in result.items() if k not in volumes},  # what the method reports (e.g. LPM-Net's tiles)

@@ -39,8 +39,8 @@ from lpmnet.errors import InputError
 from lpmnet.methods import (RECIPE_KEYS, get_method, is_project_checkpoint, load_checkpoint_of, read_payload,
                             save_checkpoint)
 from lpmnet.metrics._shared import minmax01 as minmax_tensor
-from lpmnet.volumes.normalize import minmax01
-from lpmnet.methods.lpmnet.pretrained import resolve as resolve_pretrained
+from lpmnet.volumes.normalize import minmax01, unit_range
+from lpmnet.methods.pretrained import resolve as resolve_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class TrainConfig:
     metrics can be plotted against iterations; 0 keeps none.
     ``init``: None (random initial weights, seeded), the path of a checkpoint of this method and
     architecture whose weights training starts from (fine-tuning), or a shipped LPM-Net model
-    (:mod:`lpmnet.methods.lpmnet.pretrained`): ``mri-mri``, ``mri-pet`` or ``pretrained`` (the kind of the first
+    (:mod:`lpmnet.methods.pretrained`): ``mri-mri``, ``mri-pet`` or ``pretrained`` (the kind of the first
     pair's file names).
     ``batch_minmax=True`` reproduces ASFE-Fusion's data loader, which min-max scales each modality's
     batch tensor as a whole to [0, 1] (the samples of a batch are not scaled one by one); by default
@@ -161,13 +161,16 @@ class TrainConfig:
         return tuple(f.name for f in fields(cls))
 
 
-def load_pair(path1, path2):
-    """Two co-registered volumes in (D, H, W) layout, min-max normalised to [0, 1] each (the model's input)."""
+def load_pair(path1, path2, normalize=True):
+    """Two co-registered volumes in (D, H, W) layout, in [0, 1] each (the model's input).
+
+    ``normalize`` (:func:`lpmnet.volumes.normalize.unit_range`, the one owner of the convention): True
+    (default), raw volumes, each min-max scaled; False, volumes normalised before, used as they are."""
     v1, v2 = load_volume(path1), load_volume(path2)
     if v1.data.shape != v2.data.shape:
         raise ValueError(f"{path1} and {path2} have different shapes {v1.data.shape} and {v2.data.shape}: "
                          "register them onto one grid first")
-    return minmax01(dhw(v1.data)), minmax01(dhw(v2.data))
+    return unit_range(dhw(v1.data), normalize), unit_range(dhw(v2.data), normalize)
 
 
 class PatchSampler:
@@ -281,13 +284,14 @@ LEARNING_CURVE_METRICS = ("SSIM", "Qabf", "VIF", "MI")
 
 
 def learning_curve(checkpoints, pairs, method="lpmnet", metrics=LEARNING_CURVE_METRICS, device="cpu",
-                   **fusion_settings):
+                   normalize=True, **fusion_settings):
     """Rows ``{iteration, x1, x2, <metric>: value}``: every checkpoint (``keep_every``'s
     ``checkpoints/iteration-<n>.pt``) fuses every pair with the method's fusion (``fusion_settings``), scored in
-    the lpmnet convention, so that the metrics can be plotted against the training iterations."""
+    the lpmnet convention, so that the metrics can be plotted against the training iterations. ``normalize``:
+    how the volumes reach [0, 1] (:func:`load_pair`)."""
     spec = get_method(method)
     device = resolve_device(device)
-    volumes = [load_pair(a, b) for a, b in pairs]
+    volumes = [load_pair(a, b, normalize) for a, b in pairs]
     rows = []
     for path in checkpoints:
         model, card = spec.load(path, map_location=device)
@@ -381,14 +385,14 @@ def _to_batch(arrays, device):
     return torch.from_numpy(np.stack(arrays)[:, None]).to(device)
 
 
-def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=None, progress=None):
+def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=None, progress=None, normalize=True):
     """Train ``config.method`` on ``pairs`` [(x1_path, x2_path), ...]; returns the final checkpoint's path.
 
     ``out_dir`` receives ``last.pt`` (resumable state, rewritten every ``checkpoint_every`` iterations),
     ``best.pt`` (best validation SSIM, when validating), ``model.pt`` (final weights + model card; the
     averaged weights when the recipe keeps an EMA), ``training_log.csv`` and, with ``keep_every``,
     ``checkpoints/iteration-<n>.pt``. If ``last.pt`` exists,
-    training resumes from it.
+    training resumes from it. ``normalize``: how the volumes reach [0, 1] (:func:`load_pair`).
     """
     config = config or TrainConfig()
     spec = get_method(config.method)
@@ -397,8 +401,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     if not pairs:
         raise ValueError("no training pairs given")
 
-    volumes = [load_pair(a, b) for a, b in pairs]
-    val_volumes = [load_pair(a, b) for a, b in val_pairs]
+    volumes = [load_pair(a, b, normalize) for a, b in pairs]
+    val_volumes = [load_pair(a, b, normalize) for a, b in val_pairs]
     if config.patch_size is None and config.batch_size > 1:
         shapes = {v[0].shape if spec.dims == 3 else v[0].shape[:config.slice_axis] + v[0].shape[config.slice_axis + 1:]
                   for v in volumes}
@@ -412,7 +416,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     torch.manual_seed(config.seed)
     model = spec.build(**config.model).to(device)
     if config.init:
-        init_path, _ = resolve_pretrained(config.init, *pairs[0])
+        init_path, _ = resolve_pretrained(spec, config.init, *pairs[0])
         _start_from(model, spec, init_path)
     ema = copy.deepcopy(model).requires_grad_(False) if config.ema_decay else None
     optimizer = _optimizer(config, model.parameters())

@@ -11,8 +11,11 @@ and writes the result on the fixed input's grid), so a method only maps two arra
 
 :func:`get_method` looks a method up by its registered name or, for a method of your own, by the dotted
 name of the module that defines its METHOD (README, "Add your own method"); modules are imported only
-when asked for. Checkpoints of every method share one format (:func:`load_checkpoint_of`): the
-network's constructor arguments, its weights, the method's name and a model card.
+when asked for. :func:`registry` lists every method by kind: the networks of :data:`MODULES` ("learned")
+and the classical rules of :data:`CLASSICAL` (:mod:`lpmnet.methods.classical`, no network). Checkpoints of
+every method share one format (:func:`save_checkpoint`, :func:`read_checkpoint`, :func:`load_checkpoint_of`):
+the network's constructor arguments, its weights, the method's name and a model card; a method's own reader
+(LPM-Net's :func:`lpmnet.methods.lpmnet.network.load_checkpoint`) builds on them.
 """
 
 from __future__ import annotations
@@ -27,13 +30,33 @@ from lpmnet.errors import InputError
 CHECKPOINT_FORMAT = "lpmnet-checkpoint"
 CHECKPOINT_VERSION = 1
 
-#: Method name -> the module that defines its METHOD.
+#: Learned method name -> the module that defines its METHOD.
 MODULES = {
     "lpmnet": "lpmnet.methods.lpmnet",
     "mambadfuse": "lpmnet.methods.mambadfuse",
     "asfe": "lpmnet.methods.asfe",
     "dc2fusion": "lpmnet.methods.dc2fusion",
 }
+
+#: The module of the classical rules (no network): its ``CLASSICAL_METHODS`` maps :data:`CLASSICAL` to functions.
+CLASSICAL_MODULE = "lpmnet.methods.classical"
+#: Names of the classical reference rules (voxel-wise, nothing learnt), fused by
+#: :func:`lpmnet.methods.classical.fuse_classical_files`.
+CLASSICAL = ("mean", "max", "pca", "laplacian")
+
+#: The kinds of fusion method that :func:`registry` tells apart.
+LEARNED, CLASSICAL_KIND = "learned", "classical"
+
+
+def registry():
+    """Every registered method name -> its kind: the networks of :data:`MODULES` ("learned", built and
+    loaded by :func:`get_method`), then the rules of :data:`CLASSICAL` ("classical")."""
+    return {**{name: LEARNED for name in MODULES}, **{name: CLASSICAL_KIND for name in CLASSICAL}}
+
+
+def is_classical(name):
+    """Whether ``name`` is a classical rule (:data:`CLASSICAL`) rather than a network."""
+    return name in CLASSICAL
 
 #: mem_mb of the jobs of a method that does not estimate its own.
 DEFAULT_JOB_MB = 8000
@@ -61,7 +84,8 @@ class FusionMethod:
     :func:`load_checkpoint_of`. ``fusion_mem_mb(fixed_path, model_kwargs, settings)`` and
     ``training_mem_mb(volume_paths, train_config)``: the megabytes a fusion job on the grid of
     ``fixed_path`` or a training job on those volumes needs (the workflow's ``mem_mb``; None:
-    :data:`DEFAULT_JOB_MB`).
+    :data:`DEFAULT_JOB_MB`). ``pretrained(kind)`` -> the path of the checkpoint the method ships for a
+    kind of modality pair (:mod:`lpmnet.methods.pretrained`; None: it ships none).
     """
 
     name: str
@@ -76,6 +100,7 @@ class FusionMethod:
     load_original: Callable | None = None
     fusion_mem_mb: Callable | None = None
     training_mem_mb: Callable | None = None
+    pretrained: Callable | None = None
 
     def __post_init__(self):
         missing = [k for k in RECIPE_KEYS if k not in self.recipe]
@@ -172,6 +197,23 @@ def is_project_checkpoint(payload):
     return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
 
 
+def read_checkpoint(path, name, map_location="cpu"):
+    """(payload, is_project) of the checkpoint file ``path`` for the method named ``name``.
+
+    A project checkpoint (:func:`save_checkpoint`) must be one of ``name`` (files written before
+    checkpoints named their method are LPM-Net's): ``(payload, True)``; another method's raises InputError.
+    Any other readable file is returned as it is, ``(payload, False)``, for the method's reader of
+    original state dicts (:func:`original_state_dict`). An unreadable file raises InputError naming it.
+    """
+    payload = read_payload(path, map_location)
+    if not is_project_checkpoint(payload):
+        return payload, False
+    found = payload.get("method", "lpmnet")
+    if found != name:
+        raise InputError(path, f"a checkpoint of method {found}, not of {name}")
+    return payload, True
+
+
 def load_checkpoint_of(method, path, map_location="cpu"):
     """(network of ``method`` in eval mode on ``map_location``, model card) from ``path``.
 
@@ -182,17 +224,14 @@ def load_checkpoint_of(method, path, map_location="cpu"):
     naming the file and the problem. The network's ``model_kwargs`` attribute holds its constructor
     arguments (an original's: those its ``load_original`` says, else {}, the method's defaults).
     """
-    payload = read_payload(path, map_location)
-    if not is_project_checkpoint(payload):
+    payload, is_project = read_checkpoint(path, method.name, map_location)
+    if not is_project:
         if method.load_original is None:
             raise InputError(path, f"not a checkpoint of method {method.name} (and {method.name} reads no "
                                    "original state dicts)")
         model = method.load_original(path).to(map_location)
         model.__dict__.setdefault("model_kwargs", {})
         return model, {"method": method.name, "source": str(path)}
-    found = payload.get("method", "lpmnet")
-    if found != method.name:
-        raise InputError(path, f"a checkpoint of method {found}, not of {method.name}")
     kwargs = payload["model_kwargs"]
     try:
         model = method.build(**kwargs)

@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpmnet.methods import FusionMethod, load_original_state_dict
+from lpmnet.methods.blocks import ChannelsLastMlp
 
 __all__ = ["ASFEFusion", "VARIANTS"]
 
@@ -387,15 +388,6 @@ class _QKVAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
 
-class _Mlp(nn.Module):
-    """The original's ViT ``Mlp`` (never called; present for the state dict)."""
-
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-
 class _QKVBlock(nn.Module):
     """The original's ``Block``: LayerNorm, then q, k, v of the normalised tokens."""
 
@@ -405,7 +397,7 @@ class _QKVBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = _QKVAttention(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = ChannelsLastMlp(dim, int(dim * mlp_ratio))  # the original's ViT Mlp: never called
 
     def forward(self, tokens):
         """(B, N, dim) -> q, k, v, each (B, heads, N, dim / heads)."""

@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from lpmnet import __version__
 from lpmnet.volumes.io import atomic_write_json, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
-from lpmnet.volumes.normalize import minmax01
+from lpmnet.volumes.normalize import unit_range
 
 __all__ = [
     "CLASSICAL_METHODS",
@@ -58,6 +58,8 @@ LAPLACIAN_SIGMA = 1.0
 
 NORMALIZATION = ("each source min-max scaled to [0, 1] over the whole volume "
                  "(lpmnet.volumes.normalize.minmax01) before fusion; output float32 in [0, 1]")
+#: The sidecar's Normalization of a fusion of sources normalised before (``normalize=False``).
+GIVEN_NORMALIZATION = "none here: sources normalised to [0, 1] before, used as given; output float32 in [0, 1]"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -207,13 +209,16 @@ def fuse_classical(method: str, x1, x2) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- files
-def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
+def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = True) -> dict:
     """Fuse two co-registered NIfTI files with a classical rule; returns the sidecar dict.
 
     Both inputs are loaded with :func:`lpmnet.volumes.io.load_volume` (an :class:`InputError` names a
     missing, unreadable, non-3D, non-finite or constant file) and must be on one voxel grid
     (:func:`lpmnet.volumes.io.require_same_grid`; otherwise an :class:`InputError` names ``path2``).
-    Each is min-max scaled to [0, 1], fused, and written as float32 to ``out_path``
+    Each is brought to [0, 1] by :func:`lpmnet.volumes.normalize.unit_range` (the one owner of that
+    convention): with ``normalize`` (default) a raw volume is min-max scaled; without, a volume normalised
+    before must lie in [0, 1] and is used as it is (both agree exactly on one spanning [0, 1]). It is fused
+    and written as float32 to ``out_path``
     (``.nii.gz`` or ``.nii``) with exactly the first input's affine and header as template.
     A JSON sidecar (:func:`sidecar_path`: same name, ``.json``) records the method, the sources
     (path and sha256), the normalisation, the rule's parameters and, as a network's fusion does
@@ -227,7 +232,7 @@ def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
     tic = time.perf_counter()
     v1, v2 = load_volume(path1), load_volume(path2)
     require_same_grid(v1, v2)
-    x1, x2 = minmax01(v1.data), minmax01(v2.data)
+    x1, x2 = unit_range(v1.data, normalize), unit_range(v2.data, normalize)
     fused = fuse_classical(method, x1, x2)
 
     parameters: dict = {}
@@ -247,7 +252,7 @@ def fuse_classical_files(method: str, path1, path2, out_path) -> dict:
         "Parameters": parameters,
         "Sources": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
         "SpaceOf": str(path1),
-        "Normalization": NORMALIZATION,
+        "Normalization": NORMALIZATION if normalize else GIVEN_NORMALIZATION,
         "OutputRange": [float(fused.min()), float(fused.max())],
         "ParameterCount": 0,
         "Seconds": round(seconds, 3),

@@ -68,39 +68,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpmnet.methods import FusionMethod, load_original_state_dict
+from lpmnet.methods.blocks import ChannelsLastMlp, StochasticDepth
 from lpmnet.volumes.normalize import minmax01
 
 PATCH_SIZE = 4
 VARIANTS = ("faithful", "fixed")
 FUSION_STRATEGIES = ("L1NW", "AL1NW", "FL1N", "FER", "addition", "average")
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (training only), as timm's ``DropPath`` with ``scale_by_keep``."""
-
-    def __init__(self, drop_prob: float):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear, on channels-last tokens."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class ChannelsFirstLayerNorm(nn.Module):
@@ -239,8 +212,8 @@ class CrossTransformerBlock3D(nn.Module):
             PointwiseConv3d(2 * dim, 3, bias=False),
         )
         self.proj_q = PointwiseConv3d(2 * dim, 2 * dim)
-        self.drop_path = DropPath(drop_path)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = StochasticDepth(drop_path)
+        self.mlp = ChannelsLastMlp(dim, int(dim * mlp_ratio))
         self.projection = PointwiseConv3d(dim, dim)
         self.dwconv3x3 = nn.Sequential(  # the original's name; the kernel is 7^3
             PairGroupedConv3d(2 * dim, 7),

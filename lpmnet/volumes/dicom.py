@@ -332,7 +332,7 @@ def dicom_series_to_nifti(
     data, affine, info = read_dicom_series(
         folder, series_uid=series_uid, spacing_rtol=spacing_rtol, spacing_atol=spacing_atol
     )
-    out = save_volume(out_path, data, affine, xform_code="scanner", description="lpmnet.volumes.dicom")
+    out = save_volume(out_path, data, affine, xform_code="scanner", description="lpmnet.dicom")
     if sidecar_path is not None:
         atomic_write_json(sidecar_path, info)
     return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "UNIT_RANGE",
+    "unit_range",
     "minmax01",
     "percentile_window",
     "percentile_clip",
@@ -59,6 +61,36 @@ def minmax01(x, mask=None) -> np.ndarray:
     values = _selected(arr, mask)
     lo, hi = float(values.min()), float(values.max())
     return _rescale(arr, lo, hi)
+
+
+#: The intensity convention of a source volume wherever a fusion method, its training or the metrics
+#: take one (recorded in the fusion sidecars): :func:`unit_range`.
+UNIT_RANGE = "per-volume min-max to [0, 1] of each input"
+
+
+def unit_range(x, normalize: bool = True) -> np.ndarray:
+    """A source volume in [0, 1] (float32) as the fusion methods, their training and the metrics take it;
+    the one owner of that convention, which the file-level functions (:func:`lpmnet.engine.fuse.fuse_files`,
+    :func:`lpmnet.engine.train.load_pair`, :func:`lpmnet.methods.classical.fuse_classical_files`) and the
+    command line's metrics call.
+
+    ``normalize=True``: ``x`` is a raw volume (the command line's inputs), min-max scaled over the whole
+    volume (:func:`minmax01`; a constant volume gives zeros). ``normalize=False``: ``x`` was normalised
+    before (:func:`normalize_intensity`, the workflow's ``normalize`` rule) and is used as it is, as
+    float32, after a check that it lies in [0, 1] (ValueError otherwise) instead of being scaled again.
+
+    Both give the same values for a volume spanning exactly [0, 1] (min-max scaling is then the identity),
+    as the workflow's normalised volumes do: its ``normalize`` rule is the last step before the models, after
+    the optional resize, so the workflow's jobs pass ``normalize=False`` and scale nothing again.
+    """
+    if normalize:
+        return minmax01(x)
+    arr = _as_float(x).astype(np.float32, copy=False)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"expected a volume normalised to [0, 1], its values span [{lo:.6g}, {hi:.6g}]: "
+                         "normalise it first (normalize=True)")
+    return arr
 
 
 def _rescale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:

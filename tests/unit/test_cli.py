@@ -12,7 +12,8 @@ import torch
 from helpers import TEST_AFFINE, write_pair
 from lpmnet.volumes.io import save_volume
 from lpmnet.metrics import METRIC_NAMES
-from lpmnet.methods.lpmnet.network import LPMNet, save_checkpoint
+from lpmnet.methods import save_checkpoint
+from lpmnet.methods.lpmnet.network import LPMNet
 
 
 def run_cli(*args):
@@ -24,7 +25,8 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
     ckpt = folder / "model.pt"
-    save_checkpoint(ckpt, LPMNet(base_c=4, depth_c=1, depth_m=1, reconstruction=False))
+    model = LPMNet(base_c=4, depth_c=1, depth_m=1, reconstruction=False)
+    save_checkpoint(ckpt, model, "lpmnet", model.config)
     a, b = write_pair(folder)
     return folder, a, b, ckpt
 

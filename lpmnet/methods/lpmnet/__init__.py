@@ -9,6 +9,7 @@ from lpmnet.methods.tiling import fuse_arrays
 from lpmnet.methods.lpmnet.network import LPMNet, WINDOW, load_checkpoint
 from lpmnet.methods.lpmnet import resources
 from lpmnet.memory import DEFAULT_FUSION_BUDGET_MB
+from lpmnet.methods.lpmnet.pretrained import pretrained_path
 from lpmnet.methods.lpmnet.resources import fusion_tile, model_dim
 
 __all__ = ["LPMNet", "METHOD"]
@@ -69,4 +70,5 @@ METHOD = FusionMethod(
     load_original=_load_original,
     fusion_mem_mb=_fusion_mem_mb,
     training_mem_mb=_training_mem_mb,
+    pretrained=pretrained_path,
 )

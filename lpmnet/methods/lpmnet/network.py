@@ -29,7 +29,7 @@ from torch import nn
 
 from lpmnet.errors import InputError
 from lpmnet.methods.mamba import Mamba
-from lpmnet.ops.scan import (
+from lpmnet.methods.lpmnet.layers import (
     fused_cfc_head,
     fused_cfc_head_usable,
     fused_window_mamba,
@@ -142,7 +142,7 @@ class WindowMambaLayer(nn.Module):
         self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
 
     def fused_params(self):
-        """The tensors of :func:`lpmnet.ops.scan.fused_window_mamba`, in its order."""
+        """The tensors of :func:`lpmnet.methods.lpmnet.layers.fused_window_mamba`, in its order."""
         m = self.mamba
         return (self.norm.weight, self.norm.bias, m.in_proj.weight, m.in_proj.bias,
                 m.conv1d.weight.squeeze(1), m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias,
@@ -292,7 +292,7 @@ class LPMNet(nn.Module):
         rec: probability that an 8^3 block is dropped in the masked-reconstruction branch.
         reconstruction: build the reconstruction head ``cfc_mask`` (the original ``Ours_mask`` model).
         d_state, d_conv, expand: Mamba parameters.
-        scan_backend: selective-scan backend, see :func:`lpmnet.ops.scan.selective_scan`.
+        scan_backend: selective-scan backend, see :func:`lpmnet.ops.selective_scan.selective_scan`.
     """
 
     VIEWS = ("P1", "P2", "P3")
@@ -458,51 +458,34 @@ def _infer_config(state_dict):
         raise ValueError(f"not an LPM-Net state dict (missing {err})") from None
 
 
-def save_checkpoint(path, model, model_card=None, **training_state):
-    """Write an LPM-Net checkpoint atomically (:func:`lpmnet.methods.save_checkpoint`, method "lpmnet").
-
-    It stores the constructor arguments, the weights, a model card (data, shapes, metrics, versions)
-    and any extra training state (optimizer, scheduler, iteration, RNG) needed to resume.
-    """
-    from lpmnet.methods import save_checkpoint as save_method_checkpoint
-
-    save_method_checkpoint(path, model, "lpmnet", model.config, model_card, **training_state)
-
-
-def read_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint file into a dict with at least ``model_kwargs``, ``state_dict``, ``model_card``.
-
-    Accepts the project's format (of LPM-Net; another method's raises InputError) and the original
-    code's bare state dict (also wrapped in {"model": ...} or {"state_dict": ...}).
-    """
-    from lpmnet.methods import is_project_checkpoint, original_state_dict, read_payload
-
-    payload = read_payload(path, map_location)
-    if is_project_checkpoint(payload):
-        if payload.get("method", "lpmnet") != "lpmnet":
-            raise InputError(path, f"a checkpoint of method {payload['method']}, not of lpmnet")
-        return payload
-    state_dict = original_state_dict(path, payload, "LPM-Net")
-    try:
-        kwargs = _infer_config(state_dict)
-    except ValueError as err:
-        raise InputError(path, str(err)) from None
-    return {"model_kwargs": kwargs, "state_dict": state_dict, "model_card": {"source": "original state dict"}}
-
-
 def load_checkpoint(path, map_location="cpu", **overrides):
     """Build an :class:`LPMNet` from a checkpoint (project format or original bare state dict).
 
-    ``overrides`` replace constructor arguments that a bare state dict cannot tell (e.g. fuse_method).
-    Returns (model in eval mode, model card dict).
+    The LPM-Net reader on top of the methods' one checkpoint API (:mod:`lpmnet.methods`): a project
+    checkpoint (:func:`lpmnet.methods.save_checkpoint`, method "lpmnet"; another method's raises
+    InputError) is read with its constructor arguments; an original code's state dict (bare or wrapped
+    in {"model": ...} or {"state_dict": ...}, :func:`lpmnet.methods.original_state_dict`) with those
+    read off its shapes. ``overrides`` replace constructor arguments that a bare state dict cannot tell
+    (e.g. fuse_method). The weights are loaded strictly. Returns (model in eval mode, model card dict).
     """
-    payload = read_checkpoint(path, map_location=map_location)
-    kwargs = {**payload["model_kwargs"], **overrides}
+    from lpmnet.methods import original_state_dict, read_checkpoint
+
+    payload, is_project = read_checkpoint(path, "lpmnet", map_location)
+    if is_project:
+        kwargs, state_dict, card = payload["model_kwargs"], payload["state_dict"], payload.get("model_card", {})
+    else:
+        state_dict = original_state_dict(path, payload, "LPM-Net")
+        try:
+            kwargs = _infer_config(state_dict)
+        except ValueError as err:
+            raise InputError(path, str(err)) from None
+        card = {"source": "original state dict"}
+    kwargs = {**kwargs, **overrides}
     model = LPMNet(**kwargs)
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0] if str(err) else "state dict does not match"
         raise InputError(path, f"weights do not fit LPM-Net{json.dumps(kwargs)}: {first}") from None
     model.eval()
-    return model, payload.get("model_card", {})
+    return model, card

@@ -8,28 +8,18 @@ pretrained``; recipe and data in ``config/pretrained.yaml``, the model card in
 - ``mri-pet``: an MRI with a PET (or SPECT) volume.
 
 ``lpmnet fuse`` without ``--checkpoint`` fuses with the model of the pair's kind, and the workflow's
-``training: {init: pretrained}`` fine-tunes from it.
+``training: {init: pretrained}`` fine-tunes from it (:mod:`lpmnet.methods.pretrained` resolves those names
+for any method that ships weights; LPM-Net's ``METHOD.pretrained`` is :func:`pretrained_path`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from lpmnet.methods.pretrained import KINDS
 
 PRETRAINED_DIR = Path(__file__).parent / "weights"
 MODEL_CARD = PRETRAINED_DIR / "MODEL_CARD.md"
-
-#: kind -> what its model fuses.
-KINDS = {
-    "mri-mri": "a T1-weighted MRI with a T2-weighted, FLAIR or PD MRI",
-    "mri-pet": "an MRI with a PET or SPECT volume",
-}
-#: Modality names (or file-name words) of functional images: a pair with one of them is mri-pet.
-FUNCTIONAL = ("PET", "SPECT", "FDG")
-#: Modalities no shipped model was trained for.
-UNSUPPORTED = ("CT",)
-
-_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 def pretrained_path(kind: str) -> Path:
@@ -41,39 +31,6 @@ def pretrained_path(kind: str) -> Path:
         raise FileNotFoundError(f"{path}: the pretrained {kind} model is missing from this installation; "
                                 "`make pretrained` trains it")
     return path
-
-
-def kind_of_modalities(first: str, second: str) -> str:
-    """The kind of pretrained model for a pair of modality names (``T1``, ``FLAIR``, ``PET``, ...).
-
-    A pair with a PET or SPECT modality is ``mri-pet``, any other MRI pair ``mri-mri``; CT has no
-    pretrained model (ValueError: train one).
-    """
-    words = {w.upper() for name in (first, second) for w in _WORD.findall(str(name))}
-    unsupported = sorted(words.intersection(UNSUPPORTED))
-    if unsupported:
-        raise ValueError(f"no pretrained model fuses {unsupported[0]} ({first}, {second}): the shipped models are "
-                         f"{', '.join(KINDS)}; train one with `lpmnet train`")
-    return "mri-pet" if words.intersection(FUNCTIONAL) else "mri-mri"
-
-
-def kind_of_files(path1, path2) -> str:
-    """The kind for two files, from the words of their names (``sub-01_pet.nii.gz`` -> mri-pet)."""
-    name = lambda p: Path(p).name.split(".")[0]  # noqa: E731 - the stem without .nii.gz
-    return kind_of_modalities(name(path1), name(path2))
-
-
-#: Names of shipped models where a checkpoint is asked for: a kind, or the kind of the pair at hand.
-CHOICES = ("pretrained", *KINDS)
-
-
-def resolve(value, path1, path2):
-    """(checkpoint path, kind) of ``value``: a kind, ``pretrained`` (the kind of the two files' names), or
-    the path of any checkpoint (kind None)."""
-    if value not in CHOICES:
-        return Path(value), None
-    kind = kind_of_files(path1, path2) if value == "pretrained" else value
-    return pretrained_path(kind), kind
 
 
 def model_card(checkpoints: dict, training_logs: dict, dataset_config: dict) -> str:

@@ -11,7 +11,8 @@ from lpmnet.engine.fuse import fuse_files
 from lpmnet.methods.lpmnet.network import WINDOW
 from lpmnet.methods.tiling import fuse_arrays
 from lpmnet.volumes.io import save_volume
-from lpmnet.methods.lpmnet.network import FusionOutput, LPMNet, load_checkpoint, save_checkpoint
+from lpmnet.methods import save_checkpoint
+from lpmnet.methods.lpmnet.network import FusionOutput, LPMNet, load_checkpoint
 from lpmnet.volumes.normalize import minmax01
 
 
@@ -19,7 +20,9 @@ from lpmnet.volumes.normalize import minmax01
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, LPMNet(), model_card={"method": "LPM-Net", "note": "untrained, for tests"})
+    model = LPMNet()
+    save_checkpoint(path, model, "lpmnet", model.config,
+                    model_card={"method": "LPM-Net", "note": "untrained, for tests"})
     return path
 
 

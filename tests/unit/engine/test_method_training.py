@@ -11,7 +11,7 @@ from lpmnet.errors import InputError
 from lpmnet.engine.losses import ASFE_TERMS, LOSSES, MIF_TERMS, ASFELoss, make_loss, structure_tensor
 from lpmnet.methods import get_method, load_checkpoint_of, save_checkpoint
 from lpmnet.engine.train import PatchSampler, TrainConfig, train
-from lpmnet.workflow import resolve_methods
+from lpmnet.workflow.config import resolve_methods
 
 TINY_MAMBA = dict(embed_dim=8)
 

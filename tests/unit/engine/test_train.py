@@ -13,7 +13,8 @@ from helpers import write_pair
 from lpmnet.evaluation import curves
 from lpmnet.errors import InputError
 from lpmnet.engine.losses import LOSS_TERMS
-from lpmnet.methods.lpmnet.network import load_checkpoint, read_checkpoint
+from lpmnet.methods import read_payload
+from lpmnet.methods.lpmnet.network import load_checkpoint
 from lpmnet.engine.train import TrainConfig, learning_curve, train
 
 SMALL = dict(iterations=3, patch_size=(16, 16, 16), checkpoint_every=1, val_every=2,
@@ -27,7 +28,7 @@ def pairs(tmp_path_factory):
 
 
 def _weights(path):
-    return read_checkpoint(path)["state_dict"]
+    return read_payload(path)["state_dict"]
 
 
 def test_training_writes_log_checkpoints_and_model_card(pairs, tmp_path):
@@ -115,12 +116,12 @@ def test_killed_training_resumes_to_the_same_weights(pairs, tmp_path):
     proc = subprocess.Popen(_cli_train(pairs, out, iterations), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if (out / "last.pt").exists() and read_checkpoint(out / "last.pt")["iteration"] >= 3:
+        if (out / "last.pt").exists() and read_payload(out / "last.pt")["iteration"] >= 3:
             break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    resumed_from = read_checkpoint(out / "last.pt")["iteration"]
+    resumed_from = read_payload(out / "last.pt")["iteration"]
     assert 3 <= resumed_from < iterations, "the run finished before it could be killed"
     assert not (out / "model.pt").exists()
     # Snakemake deletes a killed job's declared outputs (the CSV), not last.pt: the rows come back from it.
@@ -133,7 +134,7 @@ def test_killed_training_resumes_to_the_same_weights(pairs, tmp_path):
     assert [int(r["iteration"]) for r in rows] == list(range(1, iterations + 1))
     expected = list(csv.DictReader(open(tmp_path / "straight" / "training_log.csv")))
     assert [r["total"] for r in rows] == [r["total"] for r in expected]
-    card = read_checkpoint(out / "model.pt")["model_card"]
+    card = read_payload(out / "model.pt")["model_card"]
     assert card["final_loss"]["total"] == pytest.approx(float(rows[-1]["total"]))
 
 

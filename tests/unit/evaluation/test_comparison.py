@@ -8,8 +8,8 @@ from matplotlib.image import imread
 from scipy.stats import wilcoxon
 from statsmodels.stats.multitest import multipletests
 
-from lpmnet.evaluation.comparison import (COMPARISON_COLUMNS, METRIC_DIRECTIONS, compare, cost_from_runs, holm,
-                               render_comparison_html, write_comparison)
+from lpmnet.evaluation.comparison import COMPARISON_COLUMNS, METRIC_DIRECTIONS, compare, cost_from_runs, holm
+from lpmnet.evaluation.comparison_report import render_comparison_html, write_comparison
 from lpmnet.errors import InputError
 from lpmnet.metrics import ARTEFACT_NAMES, METRIC_NAMES
 from lpmnet.evaluation.tables import LONG_COLUMNS
@@ -298,3 +298,12 @@ def test_figure_is_optional_and_tsv_without_costs(tmp_path):
     assert not (tmp_path / "c.png").exists()
     assert t["parameters"].isna().all() and t["fusion_seconds"].isna().all()
     assert "<td class='lbl'>mean</td><td>–</td><td>–</td><td>–</td>" in (tmp_path / "c.html").read_text()
+
+
+def test_the_statistics_do_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, lpmnet.evaluation.comparison; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -112,3 +112,22 @@ def test_files_on_different_grids_are_refused(tmp_path):
     assert not out.exists()
     with pytest.raises(ValueError, match="unknown classical"):
         fuse_classical_files("median", a, a, out)
+
+
+def test_files_normalised_before_are_used_as_given(tmp_path):
+    from lpmnet.volumes.io import load_volume
+    from lpmnet.volumes.normalize import minmax01
+
+    a, b = write_pair(tmp_path, shape=(12, 10, 9))
+    normed = []
+    for path, name in ((a, "a_norm.nii.gz"), (b, "b_norm.nii.gz")):
+        volume = load_volume(path)
+        save_volume(tmp_path / name, minmax01(volume.data), volume.affine, header=volume.header)
+        normed.append(tmp_path / name)
+    raw = fuse_classical_files("laplacian", a, b, tmp_path / "raw.nii.gz")
+    given = fuse_classical_files("laplacian", *normed, tmp_path / "given.nii.gz", normalize=False)
+    assert "min-max" in raw["Normalization"] and "used as given" in given["Normalization"]
+    assert np.asarray(nib.load(tmp_path / "raw.nii.gz").dataobj).tobytes() == \
+        np.asarray(nib.load(tmp_path / "given.nii.gz").dataobj).tobytes()
+    with pytest.raises(ValueError, match="normalise it first"):
+        fuse_classical_files("mean", a, b, tmp_path / "bad.nii.gz", normalize=False)

@@ -27,6 +27,17 @@ def test_methods_are_found_by_name_and_lpmnet_keeps_its_old_home():
         get_method("mambadfus")
 
 
+def test_the_registry_lists_the_networks_and_the_classical_rules():
+    from lpmnet.methods import CLASSICAL, is_classical, registry
+    from lpmnet.methods.classical import CLASSICAL_METHODS
+
+    assert tuple(CLASSICAL_METHODS) == CLASSICAL
+    kinds = registry()
+    assert [n for n, k in kinds.items() if k == "learned"] == list(MODULES)
+    assert [n for n, k in kinds.items() if k == "classical"] == list(CLASSICAL)
+    assert is_classical("pca") and not is_classical("lpmnet")
+
+
 @pytest.fixture(scope="module")
 def released_mambadfuse(tmp_path_factory):
     """A file laid out as the authors' released 10000_E.pth (a bare state dict of the default network)."""
@@ -64,7 +75,8 @@ def test_cli_fuses_with_released_mambadfuse_weights_onto_the_fixed_grid(tmp_path
 
 
 def test_cli_refuses_a_setting_of_another_method_and_a_checkpoint_of_another_network(tmp_path, released_mambadfuse):
-    from lpmnet.methods.lpmnet.network import LPMNet, save_checkpoint
+    from lpmnet.methods import save_checkpoint
+    from lpmnet.methods.lpmnet.network import LPMNet
 
     a, b = write_pair(tmp_path)
     out = tmp_path / "fused.nii.gz"
@@ -72,7 +84,8 @@ def test_cli_refuses_a_setting_of_another_method_and_a_checkpoint_of_another_net
                       "--tile", "32"])
     assert result.returncode == 2 and "method mambadfuse has no setting tile" in result.stderr
     lpm = tmp_path / "lpmnet.pt"
-    save_checkpoint(lpm, LPMNet(), model_card={})
+    network = LPMNet()
+    save_checkpoint(lpm, network, "lpmnet", network.config, model_card={})
     result = _lpmnet(["fuse", a, b, "-o", out, "--method", "mambadfuse", "--checkpoint", lpm])
     assert result.returncode == 2 and "lpmnet.pt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))

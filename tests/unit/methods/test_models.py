@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from lpmnet.errors import InputError
-from lpmnet.methods import count_parameters
+from lpmnet.methods import count_parameters, save_checkpoint
 from lpmnet.methods.lpmnet.network import (
     LPMNet,
     conv3d_by_planes,
     load_checkpoint,
     random_block_mask,
-    save_checkpoint,
 )
 
 # The original code's state-dict keys and shapes (docs/lpmnet.md, "Checkpoint compatibility").
@@ -297,7 +296,7 @@ def test_fused_cfc_head_equals_the_composed_head(out_channels, with_components, 
 def test_merged_views_route_the_gradient_to_the_chosen_view(maximum):
     """The one-pass merge of the three views equals torch.maximum/minimum and its gradient, ties go to
     the first view, and the merged volume is contiguous (the head reads it without a copy)."""
-    from lpmnet.ops.scan import merge_views
+    from lpmnet.methods.lpmnet.layers import merge_views
 
     torch.manual_seed(8)
     views = [torch.randn(1, 4, 6, 3, 5, dtype=torch.float64).transpose(3, 4), torch.randn(1, 4, 5, 6, 3, dtype=torch.float64).transpose(2, 3),
@@ -405,7 +404,7 @@ def test_load_checkpoint_accepts_original_and_project_formats(tmp_path):
         assert torch.equal(load_checkpoint(tmp_path / "wrapped.pth")[0](x1, x2).fused, expected)
         assert torch.equal(load_checkpoint(tmp_path / "both.pth")[0](x1, x2).fused, expected)
 
-    save_checkpoint(tmp_path / "project.pt", model, model_card={"data": "unit test"})
+    save_checkpoint(tmp_path / "project.pt", model, "lpmnet", model.config, model_card={"data": "unit test"})
     loaded, card = load_checkpoint(tmp_path / "project.pt")
     assert card == {"data": "unit test"}
     with torch.no_grad():

@@ -16,7 +16,8 @@ from lpmnet.methods import get_method, load_checkpoint_of, read_payload
 from lpmnet.metrics.artefacts import background_level, lattice_ratio
 from lpmnet.methods.lpmnet.network import LPMNet
 from lpmnet.volumes.normalize import normalize_intensity
-from lpmnet.methods.lpmnet.pretrained import KINDS, MODEL_CARD, kind_of_files, kind_of_modalities, pretrained_path, resolve
+from lpmnet.methods.lpmnet.pretrained import MODEL_CARD, pretrained_path
+from lpmnet.methods.pretrained import KINDS, kind_of_files, kind_of_modalities, resolve
 from lpmnet.engine.train import TrainConfig, train
 
 LPMNET = get_method("lpmnet")
@@ -65,8 +66,10 @@ def test_ct_has_no_pretrained_model_and_file_names_tell_the_kind():
         kind_of_modalities("CT", "T1")
     assert kind_of_files("sub-01_T1w.nii.gz", "sub-01_pet.nii.gz") == "mri-pet"
     assert kind_of_files("sub-01_space-T1_desc-norm_T1.nii.gz", "sub-01_space-T1_desc-norm_FLAIR.nii.gz") == "mri-mri"
-    assert resolve("mri-pet", "a.nii.gz", "b.nii.gz") == (pretrained_path("mri-pet"), "mri-pet")
-    assert resolve("my/model.pt", "a.nii.gz", "b.nii.gz")[1] is None
+    assert resolve(LPMNET, "mri-pet", "a.nii.gz", "b.nii.gz") == (pretrained_path("mri-pet"), "mri-pet")
+    assert resolve(LPMNET, "my/model.pt", "a.nii.gz", "b.nii.gz")[1] is None
+    with pytest.raises(ValueError, match="mambadfuse ships no pretrained model"):
+        resolve(get_method("mambadfuse"), "pretrained", "a_T1.nii.gz", "b_PET.nii.gz")
     with pytest.raises(ValueError, match="no pretrained model 'mri-ct'"):
         pretrained_path("mri-ct")
 
@@ -140,7 +143,7 @@ def test_fuse_without_checkpoint_uses_the_pretrained_model_of_the_file_names(tmp
     assert cli(["fuse", str(t1), str(pet), "-o", str(tmp_path / "f2.nii.gz"), "--pretrained", "mri-mri"]) == 0
     assert "pretrained mri-mri model" in capsys.readouterr().err
     assert cli(["fuse", str(t1), str(pet), "-o", str(tmp_path / "f3.nii.gz"), "--method", "mambadfuse"]) == 2
-    assert "pretrained models are LPM-Net's" in capsys.readouterr().err
+    assert "mambadfuse ships no pretrained model" in capsys.readouterr().err
 
 
 def test_training_starts_from_the_pretrained_weights(tmp_path, single_thread):

@@ -81,3 +81,17 @@ def test_invalid_arguments():
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         minmax01(bad)
+
+
+def test_unit_range_owns_the_convention_and_leaves_normalised_volumes_alone():
+    from lpmnet.volumes.normalize import unit_range
+
+    raw = _zscored_head()
+    np.testing.assert_array_equal(unit_range(raw), minmax01(raw))
+    normalised = normalize_intensity(raw)
+    assert normalised.min() == 0 and normalised.max() == 1
+    # min-max of a volume spanning [0, 1] is the identity: the two ways agree to the byte
+    assert unit_range(normalised).tobytes() == unit_range(normalised, normalize=False).tobytes()
+    assert unit_range(normalised, normalize=False).dtype == np.float32
+    with pytest.raises(ValueError, match="normalise it first"):
+        unit_range(raw, normalize=False)

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import tarfile
-from pathlib import Path
 
 import pytest
 
