@@ -28,9 +28,9 @@ rule register:
         fixed=lambda w: registration_source(w, w.fixed),
         moving=lambda w: registration_source(w, w.modality),
     output:
-        registered=temp(
-            paths.registered()
-        ),
+        # Kept (not temp): the resize of a dataset with a target_shape starts from it, so switching the
+        # grid never reruns a registration.
+        registered=paths.registered(),
         transform=paths.transform(),
         report=paths.registration_report(),
         qc=report(

@@ -38,8 +38,6 @@ MODULES = {
     "dc2fusion": "lpmnet.methods.dc2fusion",
 }
 
-#: The module of the classical rules (no network): its ``CLASSICAL_METHODS`` maps :data:`CLASSICAL` to functions.
-CLASSICAL_MODULE = "lpmnet.methods.classical"
 #: Names of the classical reference rules (voxel-wise, nothing learnt), fused by
 #: :func:`lpmnet.methods.classical.fuse_classical_files`.
 CLASSICAL = ("mean", "max", "pca", "laplacian")

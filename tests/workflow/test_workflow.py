@@ -68,8 +68,10 @@ def test_end_to_end_tiny_demo(finished_run):
         assert 0 <= fused.get_fdata().min() and fused.get_fdata().max() <= 1
     registration = (results / f"sub-{subject}" / "qc" / f"sub-{subject}_from-FLAIR_to-T1_registration.json")
     assert '"improved": true' in registration.read_text()
-    for s in split.subject:  # registered intermediates are temporary
-        assert not list((results / f"sub-{s}").glob("*desc-registered*"))
+    for s in split.subject:  # registered volumes are kept (a resize starts from them), on the fixed grid
+        registered = nib.load(results / f"sub-{s}" / f"sub-{s}_space-T1_desc-registered_FLAIR.nii.gz")
+        fixed = nib.load(results / f"sub-{s}" / f"sub-{s}_space-T1_desc-norm_T1.nii.gz")
+        assert registered.shape == fixed.shape and np.allclose(registered.affine, fixed.affine, atol=1e-4)
     for method in ("lpmnet", "mambadfuse"):
         assert (results / "T1-FLAIR" / "model" / method / "training_curves.png").stat().st_size > 10_000
     curve = pd.read_csv(results / "T1-FLAIR" / "model" / "lpmnet" / "learning_curve.tsv", sep="\t")
