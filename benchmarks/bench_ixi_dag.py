@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from lpmnet.volumes.sources import write_manifest  # noqa: E402
 from lpmnet.workflow.checks import write_input_status  # noqa: E402
+from lpmnet.workflow.paths import Paths  # noqa: E402
 
 SITES = ("Guys", "HH", "IOP")
 
@@ -63,7 +64,7 @@ def prepare(workdir: Path, n_subjects: int, methods=None) -> Path:
     # Every subject's sources checked and found good (the checkpoint input_status done).
     subjects = sorted({r[0] for r in rows})
     for subject in subjects:
-        write_input_status(results / f"sub-{subject}" / f"sub-{subject}_inputs.tsv",
+        write_input_status(workdir / Paths().input_check("ixi", subject),
                            [{"subject": subject, "modality": m, "status": "ok", "problem": ""} for m in ("T1", "T2", "PD")])
     time.sleep(0.05)
     write_input_status(results / "input_status.tsv",

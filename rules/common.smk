@@ -14,12 +14,15 @@ from snakemake.logging import logger
 
 from lpmnet import memory
 from lpmnet.methods import DEFAULT_JOB_MB, get_method
+from lpmnet.volumes.io import sidecar_path
 from lpmnet.methods.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities, shipped_checkpoint
 from lpmnet.workflow.checks import failed_inputs, read_input_status
 from lpmnet.workflow.config import MethodConfigs, resolve_pretraining
-from lpmnet.workflow.index import (check_dataset_config, check_dataset_modalities, dataset_sources, grid_entity,
-                                   ignored_table_rows, ixi_modalities, needed_modalities, pair_label, with_defaults)
-from lpmnet.workflow.paths import RESULTS, Paths
+from lpmnet.workflow.derivatives import bidsignore_lines, describe_derivatives
+from lpmnet.workflow.index import (bids_dataset_index, check_dataset_config, check_dataset_modalities,
+                                   dataset_sources, grid_entity, ignored_table_rows, ixi_modalities,
+                                   modality_of_suffix, needed_modalities, pair_label, with_defaults)
+from lpmnet.workflow.paths import RESULTS, Paths, split_unit
 from lpmnet.workflow.runner import importable_working_directory
 from lpmnet.workflow.splits import BOTH, OVERLAP_NOTE, dataset_splits, subjects_in
 
@@ -56,9 +59,23 @@ def manifest_version(name):
 
 
 @functools.cache
+def bids_index(name):
+    """The index of a bids dataset (lpmnet.volumes.bids.index_bids), built once per run; the subjects and
+    sessions that lack a modality (or have it ambiguously) are named in the manifest's log."""
+    index = bids_dataset_index(DATASETS[name])
+    lacking = sorted({(i.subject, i.session or "") for i in index.issues if i.kind != "chosen"})
+    if lacking:
+        warn_once(f"datasets.{name}: {len(lacking)} subject(s) or session(s) of {DATASETS[name]['root']} lack a "
+                  f"modality (or have it ambiguously) and are left out of the pairs that need it; "
+                  f"{paths.manifest_log(name)} says which and why")
+    return index
+
+
+@functools.cache
 def indexed_sources(name, version):
     """(subject, modality) -> Source of one dataset at one ``version`` of its manifest (manifest_version)."""
-    sources = dataset_sources(name, DATASETS[name], RESULTS)
+    bids = bids_index(name) if DATASETS[name]["source"] == "bids" else None
+    sources = dataset_sources(name, DATASETS[name], RESULTS, bids_index=bids)
     check_dataset_modalities(name, DATASETS[name], sources)
     ignored = ignored_table_rows(DATASETS[name], sources)
     if ignored:
@@ -134,7 +151,8 @@ RESIZED = f"(_res-{SHAPE})?"
 
 wildcard_constraints:
     dataset="[A-Za-z0-9]+",
-    subject="[A-Za-z0-9]+",
+    subject="[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?",
+    scan_dir="sub-[A-Za-z0-9]+(?:/ses-[A-Za-z0-9]+)?/(?:anat|pet)",
     modality="[A-Za-z0-9]+",
     fixed="[A-Za-z0-9]+",
     pair=f"[A-Za-z0-9]+-[A-Za-z0-9]+{RESIZED}",
@@ -147,9 +165,59 @@ def pair_modalities(wildcards):
     return PAIRS[wildcards.dataset][wildcards.pair]
 
 
+def sidecar(image):
+    """The JSON sidecar of a NIfTI output (template or path)."""
+    return str(sidecar_path(image))
+
+
+def source_root(dataset):
+    """The folder a dataset's inputs lie in, where that is outside its results (linked from the derivatives'
+    description as their source dataset): a BIDS, BraTS or folders root, a user's table's folder."""
+    cfg = DATASETS[dataset]
+    if cfg["source"] == "table":
+        return os.path.dirname(os.path.abspath(cfg["table"]))
+    return cfg.get("root")
+
+
+def derivative_params(wildcards):
+    """What a subject-level job writes into its volume's sidecar besides its own description: the
+    derivatives dataset's root, the input dataset's, whether the volumes are skull-stripped, and whether its
+    source has BIDS sidecars to carry (TracerName of a PET, ...)."""
+    cfg = DATASETS[wildcards.dataset]
+    return {"dataset_root": paths.dataset(wildcards.dataset), "source_root": source_root(wildcards.dataset),
+            "skull_stripped": cfg["skull_stripped"], "bids_source": cfg["source"] == "bids"}
+
+
+def derivatives_description(wildcards):
+    """The dataset_description.json of a dataset's results (lpmnet.workflow.derivatives)."""
+    from lpmnet import __version__
+
+    dataset = wildcards.dataset
+    methods = {m: METHOD_CONFIGS[m]["network"] for m in METHOD_CONFIGS}
+    methods.update({m: "classical" for m in config["fusion"]["classical"]})
+    raw = bids_index(dataset).description if DATASETS[dataset]["source"] == "bids" else None
+    return describe_derivatives(dataset, version=__version__, methods=methods, source_description=raw,
+                                source_root=source_root(dataset))
+
+
+def modality_named(dataset, suffix):
+    """The dataset's modality whose files end in ``suffix`` (the {modality} wildcard of a subject's files,
+    lpmnet.workflow.paths.file_suffix: "T1w" for T1)."""
+    return modality_of_suffix(DATASETS[dataset])[suffix]
+
+
 def space_label(dataset):
     """The fixed modality's space, with the resized grid where the dataset asks for one: "T1_res-128x192x192"."""
     return DATASETS[dataset]["fixed"] + grid_entity(DATASETS[dataset])
+
+
+def space_reference(dataset, subject):
+    """The volume that defines a subject's fixed space (the SpatialReference of the volumes in it): the fixed
+    modality as converted, or resized where the dataset resizes."""
+    fixed = DATASETS[dataset]["fixed"]
+    if grid_entity(DATASETS[dataset]):
+        return paths.resized(dataset, subject, space_label(dataset), fixed)
+    return paths.converted(dataset, subject, fixed)
 
 
 def normalized(dataset, subject, modality):
@@ -190,17 +258,18 @@ def gpu_resources(section):
 
 
 @functools.cache
-def versioned_failures(path, version):
-    """{subject: {modality: problem}} of the failed sources in the input status ``path`` at ``version`` (its
-    modification time): read once per version of the file, though every training, table and target
-    function asks for it."""
-    return failed_inputs(read_input_status(path))
+def versioned_failures(path, version, statuses):
+    """{subject: {modality: problem}} of the sources with one of ``statuses`` in the input status ``path`` at
+    ``version`` (its modification time): read once per version of the file, though every training, table
+    and target function asks for it."""
+    return failed_inputs(read_input_status(path), statuses)
 
 
-def input_failures(dataset):
-    """{subject: {modality: problem}} of the dataset's sources that failed their check (a checkpoint)."""
+def input_failures(dataset, statuses=("failed", "absent")):
+    """{subject: {modality: problem}} of the dataset's sources that a pair cannot use (a checkpoint): those
+    that failed their check and those a BIDS session does not have; ``("failed",)``: the failed only."""
     path = checkpoints.input_status.get(dataset=dataset).output[0]
-    return versioned_failures(path, os.stat(path).st_mtime_ns)
+    return versioned_failures(path, os.stat(path).st_mtime_ns, statuses)
 
 
 def usable_subjects(dataset, role, modalities):
@@ -220,7 +289,8 @@ def all_targets(wildcards):
         if cfg["source"] == "ixi":
             # Waits for the checkpoint on the first run; the index then reads the manifest it (re)wrote.
             checkpoints.manifest.get(dataset=name)
-    targets = [paths.manifest(name) for name in DATASETS]
+    targets = [path for name in DATASETS
+               for path in (paths.manifest(name), paths.description(name), paths.bidsignore(name))]
     for name in splits():
         failures = input_failures(name)
         for pair, modalities in PAIRS[name].items():
@@ -238,7 +308,7 @@ def all_targets(wildcards):
             targets += [paths.registration_qc(name, s, fixed, m)
                         for s in dataset_subjects(name) for m in sorted(moving)
                         if not {fixed, m} & set(failures.get(s, {}))]
-        targets += [paths.converted(name, s, m) for s, bad in failures.items() for m in bad]
+        targets += [paths.converted(name, s, m) for s, bad in input_failures(name, ("failed",)).items() for m in bad]
     return targets
 
 
@@ -254,13 +324,15 @@ def source_input(dataset, subject, modality):
         return ancient(paths.manifest(dataset))
     if source.kind == "missing":  # the folder or table that lacks it (the conversion job reports it)
         return DATASETS[dataset].get("table") or DATASETS[dataset]["root"]
+    if source.kind == "absent":  # a BIDS session without it: nothing to read
+        return None
     return source.path
 
 
 def subject_source_inputs(wildcards):
     # dict, not set: keeps the ancient() flag of an IXI manifest
-    return list(dict.fromkeys(source_input(wildcards.dataset, wildcards.subject, m)
-                              for m in needed_modalities(DATASETS[wildcards.dataset])))
+    inputs = (source_input(wildcards.dataset, wildcards.subject, m) for m in needed_modalities(DATASETS[wildcards.dataset]))
+    return list(dict.fromkeys(path for path in inputs if path is not None))
 
 
 def subject_sources(wildcards):
@@ -270,10 +342,14 @@ def subject_sources(wildcards):
     return {m: (s.kind, s.path, s.problem) for m, s in sources.items()}
 
 
+def conversion_source(wildcards):
+    return source_of(wildcards.dataset, wildcards.subject, modality_named(wildcards.dataset, wildcards.modality))
+
+
 def conversion_input(wildcards):
-    """The conversion's input (see source_input). brats and folders datasets are indexed while the job
+    """The conversion's input (see source_input). brats, folders and bids datasets are indexed while the job
     graph is built (the same rows their manifest records), so a conversion depends on its file only."""
-    return source_input(wildcards.dataset, wildcards.subject, wildcards.modality)
+    return source_input(wildcards.dataset, wildcards.subject, modality_named(wildcards.dataset, wildcards.modality))
 
 
 def registration_source(wildcards, modality):
@@ -291,14 +367,15 @@ def native_grid_volume(dataset, subject, modality):
 
 
 def resize_input(wildcards):
-    return native_grid_volume(wildcards.dataset, wildcards.subject, wildcards.modality)
+    dataset = wildcards.dataset
+    return native_grid_volume(dataset, wildcards.subject, modality_named(dataset, wildcards.modality))
 
 
 def normalization_input(wildcards):
     """The volume to normalise, on the native grid or resized (a space with a grid entity), and the fixed
     modality on that same grid, whose affine the output takes."""
-    dataset, subject, modality, space = wildcards.dataset, wildcards.subject, wildcards.modality, wildcards.space
-    fixed = DATASETS[dataset]["fixed"]
+    dataset, subject, space = wildcards.dataset, wildcards.subject, wildcards.space
+    modality, fixed = modality_named(dataset, wildcards.modality), DATASETS[dataset]["fixed"]
     if space == fixed:
         return {"fixed": native_grid_volume(dataset, subject, fixed),
                 "volume": native_grid_volume(dataset, subject, modality)}
@@ -435,9 +512,20 @@ def ignored_rows(wildcards):
     return [(s.where, s.subject, s.modality) for s in ignored_table_rows(DATASETS[wildcards.dataset], sources)]
 
 
+def bids_manifest(wildcards):
+    """What a bids dataset's manifest adds: each subject key's participant and session, the participants.tsv
+    columns, and the index's issues (runs chosen, sessions left out) for its log; None for other sources."""
+    if DATASETS[wildcards.dataset]["source"] != "bids":
+        return None
+    index = bids_index(wildcards.dataset)
+    units = {s.subject: split_unit(s.subject) for s in dataset_index(wildcards.dataset).values()}
+    return {"units": units, "participants": index.participants,
+            "issues": [(i.kind, i.message) for i in index.issues]}
+
+
 def manifest_rows(wildcards):
     """(subject, modality, path) of every existing source of a dataset indexed while the graph is built."""
     if DATASETS[wildcards.dataset]["source"] == "ixi":
         return []
     return sorted((s.subject, s.modality, s.path) for s in dataset_index(wildcards.dataset).values()
-                  if s.kind != "missing")
+                  if s.kind not in ("missing", "absent"))

@@ -27,14 +27,16 @@ rule convert:
         conversion_input,
     output:
         paths.converted(),
+        sidecar=sidecar(paths.converted()),
     params:
-        source=lambda w: source_of(w.dataset, w.subject, w.modality).path,
-        kind=lambda w: source_of(w.dataset, w.subject, w.modality).kind,
-        problem=lambda w: source_of(w.dataset, w.subject, w.modality).problem,
+        source=lambda w: conversion_source(w).path,
+        kind=lambda w: conversion_source(w).kind,
+        problem=lambda w: conversion_source(w).problem,
+        bids=derivative_params,
     log:
-        paths.log("convert/sub-{subject}_{modality}"),
+        paths.log("convert/{scan_dir}/sub-{subject}_{modality}"),
     benchmark:
-        paths.benchmark("convert/sub-{subject}_{modality}")
+        paths.benchmark("convert/{scan_dir}/sub-{subject}_{modality}")
     group:
         "subject_preprocessing"
     conda:

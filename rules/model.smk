@@ -43,6 +43,8 @@ rule fuse:
         network=lambda w: METHOD_CONFIGS[w.method]["network"],
         settings=lambda w: METHOD_CONFIGS[w.method]["fusion"],
         device=config["fusion"]["device"],
+        reference=lambda w: space_reference(w.dataset, w.subject),
+        bids=derivative_params,
     threads: config["fusion"]["threads"]
     resources:
         gpu=gpu_resources("fusion"),
@@ -66,6 +68,9 @@ rule fuse_classical:
         sidecar=paths.fused_sidecar(),
     wildcard_constraints:
         method=alternatives(config["fusion"]["classical"]),
+    params:
+        reference=lambda w: space_reference(w.dataset, w.subject),
+        bids=derivative_params,
     log:
         paths.log("fuse/{pair}/sub-{subject}_space-{space}_{method}"),
     benchmark:

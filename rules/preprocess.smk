@@ -8,13 +8,15 @@ rule n4_bias_correction:
         paths.converted(),
     output:
         temp(paths.n4()),
+        sidecar=temp(sidecar(paths.n4())),
     params:
         seed=config["registration"]["seed"],
+        bids=derivative_params,
     threads: config["registration"]["threads"]
     log:
-        paths.log("n4/sub-{subject}_{modality}"),
+        paths.log("n4/{scan_dir}/sub-{subject}_{modality}"),
     benchmark:
-        paths.benchmark("n4/sub-{subject}_{modality}")
+        paths.benchmark("n4/{scan_dir}/sub-{subject}_{modality}")
     group:
         "subject_preprocessing"
     conda:
@@ -31,6 +33,7 @@ rule register:
         # Kept (not temp): the resize of a dataset with a target_shape starts from it, so switching the
         # grid never reruns a registration.
         registered=paths.registered(),
+        sidecar=sidecar(paths.registered()),
         transform=paths.transform(),
         report=paths.registration_report(),
         qc=report(
@@ -44,13 +47,15 @@ rule register:
         transform=config["registration"]["transform"],
         seed=config["registration"]["seed"],
         prefix=lambda w, output: output.transform.removesuffix("_mode-image_xfm.mat"),
+        reference=lambda w: paths.converted(w.dataset, w.subject, w.fixed),
+        bids=derivative_params,
     threads: config["registration"]["threads"]
     resources:
         mem_mb=registration_mem_mb,
     log:
-        paths.log("register/sub-{subject}_from-{modality}_to-{fixed}"),
+        paths.log("register/{scan_dir}/sub-{subject}_from-{modality}_to-{fixed}"),
     benchmark:
-        paths.benchmark("register/sub-{subject}_from-{modality}_to-{fixed}")
+        paths.benchmark("register/{scan_dir}/sub-{subject}_from-{modality}_to-{fixed}")
     group:
         "subject_preprocessing"
     conda:
@@ -64,14 +69,16 @@ rule normalize:
         unpack(normalization_input),
     output:
         paths.normalized(),
+        sidecar=sidecar(paths.normalized()),
     params:
+        bids=derivative_params,
         low=config["normalization"]["low_percentile"],
         high=config["normalization"]["high_percentile"],
         mask=config["normalization"]["mask"],
     log:
-        paths.log("normalize/sub-{subject}_space-{space}_{modality}"),
+        paths.log("normalize/{scan_dir}/sub-{subject}_space-{space}_{modality}"),
     benchmark:
-        paths.benchmark("normalize/sub-{subject}_space-{space}_{modality}")
+        paths.benchmark("normalize/{scan_dir}/sub-{subject}_space-{space}_{modality}")
     group:
         "subject_preprocessing"
     conda:
@@ -85,12 +92,15 @@ rule resize:
         resize_input,
     output:
         paths.resized(space="{fixed}_res-{shape}"),
+        sidecar=sidecar(paths.resized(space="{fixed}_res-{shape}")),
     params:
+        reference=lambda w: paths.resized(w.dataset, w.subject, f"{w.fixed}_res-{w.shape}", w.fixed),
+        bids=derivative_params,
         dhw_shape=lambda w: [int(n) for n in w.shape.split("x")],
     log:
-        paths.log("resize/sub-{subject}_space-{fixed}_res-{shape}_{modality}"),
+        paths.log("resize/{scan_dir}/sub-{subject}_space-{fixed}_res-{shape}_{modality}"),
     benchmark:
-        paths.benchmark("resize/sub-{subject}_space-{fixed}_res-{shape}_{modality}")
+        paths.benchmark("resize/{scan_dir}/sub-{subject}_space-{fixed}_res-{shape}_{modality}")
     group:
         "subject_preprocessing"
     conda:

@@ -50,6 +50,7 @@ checkpoint manifest:
         modalities=lambda w: ixi_modalities(DATASETS[w.dataset]),
         max_subjects=lambda w: DATASETS[w.dataset].get("max_subjects"),
         ignored=ignored_rows,
+        bids=bids_manifest,
     log:
         paths.manifest_log(),
     benchmark:
@@ -58,3 +59,25 @@ checkpoint manifest:
         "../envs/registration.yaml"
     script:
         "../scripts/manifest.py"
+
+
+localrules:
+    derivatives_description,
+
+
+# The dataset's results as a BIDS derivatives dataset: its description and what the BIDS validator skips.
+rule derivatives_description:
+    output:
+        description=paths.description(),
+        bidsignore=paths.bidsignore(),
+    params:
+        description=derivatives_description,
+        ignore=lambda w: bidsignore_lines(DATASETS[w.dataset]["pairs"], needed_modalities(DATASETS[w.dataset])),
+    log:
+        paths.log("derivatives_description"),
+    benchmark:
+        paths.benchmark("derivatives_description")
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/derivatives_description.py"

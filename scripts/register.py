@@ -8,6 +8,7 @@ def main(smk):
     from lpmnet.volumes.io import atomic_write_json
     from lpmnet.evaluation.figures import registration_qc_figure
     from lpmnet.volumes.registration import register
+    from lpmnet.workflow.derivatives import write_job_sidecar
 
     result = register(smk.input.fixed, smk.input.moving, smk.output.registered, smk.params.prefix,
                       transform=smk.params.transform, seed=smk.params.seed, threads=smk.threads)
@@ -15,6 +16,10 @@ def main(smk):
           f"(improved: {result['improved']})", file=sys.stderr)
     atomic_write_json(smk.output.report, result)
     w = smk.wildcards
+    write_job_sidecar(smk.output.registered, smk.params.bids,
+                      f"Registered onto {w.fixed} (ANTs {smk.params.transform}, Mattes mutual information) and "
+                      f"resampled on its grid", [smk.input.moving, smk.params.reference],
+                      space_reference=smk.params.reference)
     registration_qc_figure(smk.input.fixed, smk.output.registered, smk.output.qc,
                            title=f"sub-{w.subject}: {w.modality} registered to {w.fixed} ({smk.params.transform})")
 

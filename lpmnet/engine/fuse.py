@@ -79,7 +79,7 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
     sidecar = {
         "Description": f"{spec.name} fusion in the grid of the fixed (first) input",
         "Method": spec.name,
-        "Sources": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
+        "SourceFiles": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
         "SpaceOf": str(path1),
         "Checkpoint": {"path": str(checkpoint), "sha256": file_digest(checkpoint),
                        "model_card_method": card.get("method")},

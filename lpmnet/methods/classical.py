@@ -250,7 +250,7 @@ def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = 
         "Method": method,
         "MethodDescription": METHOD_DESCRIPTIONS[method],
         "Parameters": parameters,
-        "Sources": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
+        "SourceFiles": [{"path": str(p), "sha256": file_digest(p)} for p in (path1, path2)],
         "SpaceOf": str(path1),
         "Normalization": NORMALIZATION if normalize else GIVEN_NORMALIZATION,
         "OutputRange": [float(fused.min()), float(fused.max())],

@@ -247,11 +247,18 @@ def folder_subjects(root, patterns):
 
 # ---------------------------------------------------------------------------------------------- manifest
 
-def write_manifest(path, dataset, rows, checksums=True):
-    """Write the subjects table (dataset, subject, modality, path, checksum) atomically."""
-    lines = ["\t".join(MANIFEST_COLUMNS)]
-    for subject, modality, p in rows:
-        lines.append("\t".join((dataset, subject, modality, str(p), path_checksum(p) if checksums else "")))
+def write_manifest(path, dataset, rows, checksums=True, extra=None):
+    """Write the subjects table (dataset, subject, modality, path, checksum) atomically.
+
+    ``extra``: per row, a dict of further columns (a BIDS dataset's participant and session, its
+    participants.tsv columns and sidecar fields), written after the standard ones; "n/a" where a row has none.
+    """
+    extra = extra or [{} for _ in rows]
+    columns = list(dict.fromkeys(c for more in extra for c in more if c not in MANIFEST_COLUMNS))
+    lines = ["\t".join((*MANIFEST_COLUMNS, *columns))]
+    for (subject, modality, p), more in zip(rows, extra, strict=True):
+        cells = [" ".join(str("n/a" if more.get(c) is None else more[c]).split()) for c in columns]
+        lines.append("\t".join((dataset, subject, modality, str(p), path_checksum(p) if checksums else "", *cells)))
     atomic_write_text(path, "\n".join(lines) + "\n")
     return Path(path)
 

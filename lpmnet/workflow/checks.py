@@ -16,7 +16,7 @@ def convert_source(kind, path, problem="", out_path=None):
     """
     from lpmnet.volumes.io import load_volume, save_volume
 
-    if kind == "missing":
+    if kind in ("missing", "absent"):
         where, _, reason = problem.partition(": ")
         raise InputError(where, reason)
     if kind == "dicom":
@@ -32,6 +32,8 @@ def convert_source(kind, path, problem="", out_path=None):
         save_volume(out_path, volume.data, volume.affine, header=volume.header)
 
 
+#: Status of a source that a BIDS session does not have (see :func:`check_subject_sources`).
+ABSENT = "absent"
 #: Columns of a subject's input check (``sub-<id>_inputs.tsv``) and of a dataset's ``input_status.tsv``.
 INPUT_STATUS_COLUMNS = ("subject", "modality", "status", "problem")
 
@@ -40,12 +42,17 @@ def check_subject_sources(subject, sources):
     """Status rows of one subject's sources: ``sources`` maps modality -> (kind, path, problem).
 
     A source that its conversion would refuse gets status "failed" and the conversion's one-line
-    message; nothing is raised, so that the other subjects' results can still be tabulated.
+    message; nothing is raised, so that the other subjects' results can still be tabulated. An "absent"
+    source (a session of a BIDS dataset without that modality) gets status "absent": the pairs that need it
+    leave the subject out, and the run does not fail for it.
     """
     from lpmnet.errors import LPMNetError
 
     rows = []
     for modality, (kind, path, problem) in sorted(sources.items()):
+        if kind == "absent":
+            rows.append({"subject": subject, "modality": modality, "status": ABSENT, "problem": " ".join(problem.split())})
+            continue
         try:
             convert_source(kind, path, problem)
             rows.append({"subject": subject, "modality": modality, "status": "ok", "problem": ""})
@@ -70,11 +77,12 @@ def read_input_status(path):
     return read_tsv_rows(path, INPUT_STATUS_COLUMNS)
 
 
-def failed_inputs(status_rows):
-    """{subject: {modality: problem}} of the sources that failed their check."""
+def failed_inputs(status_rows, statuses=("failed", ABSENT)):
+    """{subject: {modality: problem}} of the sources whose check gave one of ``statuses``: by default every
+    source a pair cannot use; ("failed",) the ones the run must report as errors."""
     failed = {}
     for row in status_rows:
-        if row["status"] != "ok":
+        if row["status"] in statuses:
             failed.setdefault(row["subject"], {})[row["modality"]] = row["problem"]
     return failed
 

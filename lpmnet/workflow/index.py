@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lpmnet.errors import InputError
-from lpmnet.workflow.paths import RESULTS, Paths, manifest_path
+from lpmnet.workflow.paths import RESULTS, Paths, file_suffix, manifest_path, unit_key
 
 LABEL = re.compile(r"^[A-Za-z0-9]+$")
 TABLE_COLUMNS = ("dataset", "subject", "modality", "path")
@@ -24,10 +24,13 @@ TABLE_COLUMNS = ("dataset", "subject", "modality", "path")
 
 @dataclass(frozen=True)
 class Source:
-    """One input volume: a NIfTI file or a DICOM series folder (``kind`` "nifti", "dicom" or "missing").
+    """One input volume: a NIfTI file or a DICOM series folder (``kind`` "nifti", "dicom", "missing" or
+    "absent").
 
-    ``problem`` explains a "missing" source; the conversion job reports it. ``where`` is the line of
-    the user's subjects table that lists it ("" for other sources).
+    ``problem`` explains a "missing" source (a file the dataset lists and that is not there: the run
+    reports it and fails) or an "absent" one (a session of a BIDS dataset without that modality: it is
+    left out of the pairs that need it). ``where`` is the line of the user's subjects table that lists it
+    ("" for other sources).
     """
 
     dataset: str
@@ -56,20 +59,26 @@ def _kind(path):
     return "dicom" if not p.suffix else "nifti"
 
 
-#: What a dataset entry means where it leaves a key out, by source: the demo's generator settings; IXI's
-#: T1 lies off the T2/PD grid and is registered onto T2; BraTS volumes are co-registered by the challenge.
+#: What a dataset entry means where it leaves a key out, by source: the demo's generator settings (its
+#: template is skull-stripped); IXI's T1 lies off the T2/PD grid and is registered onto T2; BraTS volumes are
+#: co-registered and skull-stripped by the challenge.
 SOURCE_DEFAULTS = {
     "demo": {"subjects": 6, "seed": 0, "modalities": ["T1", "FLAIR", "PET"], "dicom_modalities": ["T1"],
-             "voxel_mm": 2.0, "rigid_motion": True},
+             "voxel_mm": 2.0, "rigid_motion": True, "skull_stripped": True},
     "ixi": {"fixed": "T2", "retries": 5, "checksums": {}},
-    "brats": {"register": False},
+    "brats": {"register": False, "skull_stripped": True},
 }
 
 
 def with_defaults(dataset_config):
     """A dataset entry completed with the defaults of its source (``target_shape`` [] = native grid)."""
-    return {"register": True, "target_shape": [], **SOURCE_DEFAULTS.get(dataset_config["source"], {}),
-            **dataset_config}
+    return {"register": True, "target_shape": [], "skull_stripped": False,
+            **SOURCE_DEFAULTS.get(dataset_config["source"], {}), **dataset_config}
+
+
+def modality_of_suffix(dataset_config):
+    """{file suffix: modality} of the modalities a dataset uses (lpmnet.workflow.paths.file_suffix)."""
+    return {file_suffix(m): m for m in needed_modalities(dataset_config)}
 
 
 def grid_entity(dataset_config):
@@ -165,7 +174,26 @@ def folder_sources(name, dataset_config):
     return [Source(name, s, m, p, _kind(p)) for s, m, p in rows]
 
 
-def dataset_sources(name, dataset_config, results=RESULTS):
+def bids_dataset_index(dataset_config):
+    """The :class:`lpmnet.volumes.bids.BidsIndex` of a ``bids`` dataset: the images of the modalities it uses."""
+    from lpmnet.volumes.bids import index_bids, modality_filters
+
+    modalities = dataset_config.get("modalities") or {}
+    filters = modality_filters(needed_modalities(dataset_config), modalities)
+    return index_bids(dataset_config["root"], filters, dataset_config.get("subjects"), dataset_config.get("sessions"))
+
+
+def bids_sources(name, index):
+    """Sources of a ``bids`` dataset: one subject key per BIDS subject, or per session where it has sessions;
+    a modality that a session lacks (or has ambiguously) is an "absent" source that says why."""
+    sources = [Source(name, unit_key(image.subject, image.session), image.modality, image.path, "nifti")
+               for image in index.images]
+    sources += [Source(name, unit_key(issue.subject, issue.session), issue.modality, "", "absent", issue.message)
+                for issue in index.issues if issue.kind != "chosen"]
+    return sources
+
+
+def dataset_sources(name, dataset_config, results=RESULTS, bids_index=None):
     """All sources of one dataset, completed with "missing" rows for modalities that a subject lacks.
 
     An ``ixi`` dataset has no sources until its manifest exists: the workflow writes it after download
@@ -182,6 +210,10 @@ def dataset_sources(name, dataset_config, results=RESULTS):
         manifest = Path(manifest_path(name, results))
         sources = manifest_sources(name, manifest) if manifest.is_file() else []
         where = str(manifest)
+    elif kind == "bids":
+        # only complete subjects (sessions): the index reports the others, nothing is "missing" here
+        sources = bids_sources(name, bids_index or bids_dataset_index(dataset_config))
+        where = dataset_config["root"]
     else:
         sources = folder_sources(name, dataset_config)
         where = dataset_config["root"]
@@ -198,7 +230,7 @@ def check_dataset_modalities(name, dataset_config, sources):
     """A modality that ``fixed`` or ``pairs`` names and no subject has is a mistake: refuse it now, naming the
     key, rather than fail every subject's conversion later. (An IXI dataset has no sources before its
     download: nothing to check yet.)"""
-    have = sorted({s.modality for s in sources if s.kind != "missing"})
+    have = sorted({s.modality for s in sources if s.kind not in ("missing", "absent")})
     if not have:
         return
     for key, names in (("fixed", [dataset_config["fixed"]]), ("pairs", [m for p in dataset_config["pairs"] for m in p])):
@@ -220,6 +252,12 @@ def check_dataset_config(name, dataset_config):
     for pair in dataset_config["pairs"]:
         if pair[0] == pair[1]:
             raise ValueError(f"datasets.{name}.pairs: {pair} fuses a modality with itself")
+    by_suffix = {}
+    for modality in needed_modalities(dataset_config):
+        other = by_suffix.setdefault(file_suffix(modality), modality)
+        if other != modality:
+            raise ValueError(f"datasets.{name}: modalities {other} and {modality} are both written with the BIDS "
+                             f"suffix {file_suffix(modality)}; name them once")
     if "seg" in needed_modalities(dataset_config):
         raise ValueError(f"datasets.{name}: the segmentation (seg) is carried along, never fused or trained on")
     if dataset_config["source"] == "ixi":
@@ -232,6 +270,13 @@ def check_dataset_config(name, dataset_config):
             no_url = [m for m in ixi_modalities(dataset_config) if m not in dataset_config.get("urls", {})]
             if no_url:
                 raise ValueError(f"datasets.{name}.urls: no URL for {', '.join(no_url)} (or set archive_dir)")
+    if dataset_config["source"] == "bids":
+        from lpmnet.volumes.bids import modality_filters
+
+        try:
+            modality_filters(needed_modalities(dataset_config), dataset_config.get("modalities") or {})
+        except ValueError as err:
+            raise ValueError(f"datasets.{name}.modalities: {err}") from err
     if dataset_config["source"] == "folders" and not dataset_config.get("patterns"):
         raise ValueError(f"datasets.{name}.patterns: give a file-name regex per modality")
     if dataset_config["source"] == "demo":

@@ -2,17 +2,73 @@
 the paths that input functions compute are the same functions of :class:`Paths`.
 
 Each argument defaults to its Snakemake wildcard, so that ``paths.normalized()`` is the rule's template
-(``results/{dataset}/sub-{subject}/sub-{subject}_space-{space}_desc-norm_{modality}.nii.gz``) and
-``paths.normalized("demo", "01", "T1", "FLAIR")`` one of its files. A rule whose wildcard has another name
-passes it as a template: ``paths.normalized(space="{fixed}")``.
+(``results/{dataset}/{scan_dir}/sub-{subject}_space-{space}_desc-norm_{modality}.nii.gz``) and
+``paths.normalized("demo", "01", "T1", "FLAIR")`` one of its files
+(``results/demo/sub-01/anat/sub-01_space-T1_desc-norm_FLAIR.nii.gz``). A rule whose wildcard has another
+name passes it as a template: ``paths.normalized(space="{fixed}")``.
+
+A dataset's results are a BIDS derivatives dataset (``lpmnet.workflow.derivatives`` writes its description):
+
+* the workflow's **subject** is a BIDS subject, or one session of it: the key ``01`` or ``01_ses-2``
+  (:func:`unit_key`), whose files lie in ``sub-01/ses-2/<datatype>/`` and begin with ``sub-01_ses-2_``;
+* a modality's files end in its BIDS suffix (:func:`file_suffix`: T1 -> T1w, PET -> pet, FLAIR stays), so the
+  ``{modality}`` wildcard of those templates holds the suffix; a modality that BIDS has no suffix for keeps
+  its name and is listed in the dataset's ``.bidsignore``;
+* tables, models, logs and QC lie in folders that the ``.bidsignore`` lists.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: The folder every output lies under, relative to the working directory.
 RESULTS = "results"
+
+#: Modality names that BIDS spells otherwise; the files of such a modality carry the BIDS suffix.
+BIDS_SUFFIX = {"T1": "T1w", "T2": "T2w", "PD": "PDw", "T2star": "T2starw", "PET": "pet"}
+#: The BIDS suffixes of the volumes this workflow fuses, by datatype (the folder a file lies in).
+DATATYPE_SUFFIXES = {"anat": ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "angio"), "pet": ("pet",)}
+#: A subject key (the ``subject`` wildcard): a BIDS subject label, and the session's where there are sessions.
+UNIT = re.compile(r"^(?P<subject>[A-Za-z0-9]+)(?:_ses-(?P<session>[A-Za-z0-9]+))?$")
+
+
+def file_suffix(modality):
+    """The last part of a modality's file names: its BIDS suffix, or its name where BIDS has none."""
+    return BIDS_SUFFIX.get(modality, modality)
+
+
+def is_bids_suffix(modality):
+    """Whether a modality's files carry a suffix of the BIDS specification."""
+    return any(file_suffix(modality) in suffixes for suffixes in DATATYPE_SUFFIXES.values())
+
+
+def datatype(modality):
+    """The BIDS datatype folder of a modality's files: ``pet`` for PET, ``anat`` for the rest."""
+    return "pet" if file_suffix(modality) in DATATYPE_SUFFIXES["pet"] else "anat"
+
+
+def unit_key(subject, session=None):
+    """The workflow's subject key of a BIDS subject, or of one of its sessions: "01", "01_ses-2"."""
+    return f"{subject}_ses-{session}" if session else subject
+
+
+def split_unit(unit):
+    """(subject, session or None) of a subject key (:func:`unit_key`)."""
+    match = UNIT.match(unit)
+    if not match:
+        raise ValueError(f"{unit!r} is not a subject key (a BIDS label, or label_ses-label)")
+    return match["subject"], match["session"]
+
+
+def unit_folder(unit):
+    """A subject key's folder: "sub-01", or "sub-01/ses-2" for a session."""
+    subject, session = split_unit(unit)
+    return f"sub-{subject}/ses-{session}" if session else f"sub-{subject}"
+
+
+def _is_template(value):
+    return value.startswith("{")
 
 
 @dataclass(frozen=True)
@@ -25,6 +81,13 @@ class Paths:
 
     def dataset(self, dataset="{dataset}"):
         return f"{self.results}/{dataset}"
+
+    def description(self, dataset="{dataset}"):
+        """The ``dataset_description.json`` of the BIDS derivatives dataset a dataset's results are."""
+        return f"{self.dataset(dataset)}/dataset_description.json"
+
+    def bidsignore(self, dataset="{dataset}"):
+        return f"{self.dataset(dataset)}/.bidsignore"
 
     def log(self, name, dataset="{dataset}"):
         """The log file ``name`` (a rule's folder and a job's name, wildcards as templates) of a dataset."""
@@ -61,45 +124,59 @@ class Paths:
     def split(self, dataset="{dataset}"):
         return f"{self.dataset(dataset)}/split.tsv"
 
-    # --- a subject's files --------------------------------------------------------------------------
+    # --- a subject's files (a BIDS subject, or one session of it) ------------------------------------
 
-    def subject_dir(self, dataset="{dataset}", subject="{subject}"):
-        return f"{self.dataset(dataset)}/sub-{subject}"
+    def scan_dir(self, dataset="{dataset}", subject="{subject}", modality="{modality}"):
+        """The datatype folder of a subject's modality: ``sub-01/ses-2/anat``; the ``{scan_dir}`` wildcard in
+        a template (subject and modality both wildcards there)."""
+        templates = [_is_template(v) for v in (subject, modality)]
+        if any(templates):
+            if not all(templates):
+                raise ValueError(f"a subject's file needs subject and modality both given or both wildcards, "
+                                 f"not {subject!r} and {modality!r}")
+            return f"{self.dataset(dataset)}/{{scan_dir}}"
+        return f"{self.dataset(dataset)}/{unit_folder(subject)}/{datatype(modality)}"
 
-    def _subject_file(self, dataset, subject, name):
-        return f"{self.subject_dir(dataset, subject)}/sub-{subject}_{name}"
+    def _scan_file(self, dataset, subject, modality, entities, suffix=None, extension=".nii.gz"):
+        name = "_".join([f"sub-{subject}", *entities, suffix or file_suffix(modality)])
+        return f"{self.scan_dir(dataset, subject, modality)}/{name}{extension}"
 
     def converted(self, dataset="{dataset}", subject="{subject}", modality="{modality}"):
-        """A source as converted to a checked NIfTI."""
-        return self._subject_file(dataset, subject, f"{modality}.nii.gz")
+        """A source as converted to a checked NIfTI, on its own grid."""
+        return self._scan_file(dataset, subject, modality, [])
 
     def input_check(self, dataset="{dataset}", subject="{subject}"):
-        return self._subject_file(dataset, subject, "inputs.tsv")
+        return f"{self.dataset(dataset)}/checks/sub-{subject}_inputs.tsv"
 
     def n4(self, dataset="{dataset}", subject="{subject}", modality="{modality}"):
-        return self._subject_file(dataset, subject, f"desc-n4_{modality}.nii.gz")
+        return self._scan_file(dataset, subject, modality, ["desc-n4"])
 
     def registered(self, dataset="{dataset}", subject="{subject}", fixed="{fixed}", modality="{modality}"):
-        return self._subject_file(dataset, subject, f"space-{fixed}_desc-registered_{modality}.nii.gz")
+        return self._scan_file(dataset, subject, modality, [f"space-{fixed}", "desc-registered"])
+
+    def _registration_file(self, dataset, subject, fixed, modality, suffix, extension):
+        # from-<suffix>: the same value as the {modality} wildcard of the registered volume beside it
+        return self._scan_file(dataset, subject, modality, [f"from-{file_suffix(modality)}", f"to-{fixed}"],
+                               suffix, extension)
 
     def transform(self, dataset="{dataset}", subject="{subject}", fixed="{fixed}", modality="{modality}"):
-        return f"{self.subject_dir(dataset, subject)}/xfm/sub-{subject}_from-{modality}_to-{fixed}_mode-image_xfm.mat"
+        return self._registration_file(dataset, subject, fixed, modality, "mode-image_xfm", ".mat")
 
     def registration_report(self, dataset="{dataset}", subject="{subject}", fixed="{fixed}", modality="{modality}"):
-        return f"{self.subject_dir(dataset, subject)}/qc/sub-{subject}_from-{modality}_to-{fixed}_registration.json"
+        return self._registration_file(dataset, subject, fixed, modality, "registration", ".json")
 
     def registration_qc(self, dataset="{dataset}", subject="{subject}", fixed="{fixed}", modality="{modality}"):
-        return f"{self.subject_dir(dataset, subject)}/qc/sub-{subject}_from-{modality}_to-{fixed}_regqc.png"
+        return self._registration_file(dataset, subject, fixed, modality, "regqc", ".png")
 
     def resized(self, dataset="{dataset}", subject="{subject}", space="{space}", modality="{modality}"):
         """A modality before normalisation, resampled onto a resized grid (``space``: the fixed modality with
         the grid entity, e.g. "T1_res-128x192x192")."""
-        return self._subject_file(dataset, subject, f"space-{space}_desc-resized_{modality}.nii.gz")
+        return self._scan_file(dataset, subject, modality, [f"space-{space}", "desc-resized"])
 
     def normalized(self, dataset="{dataset}", subject="{subject}", space="{space}", modality="{modality}"):
         """A modality as the model sees it: normalised in the fixed space (``space``: the fixed modality,
         with the grid entity of a resized grid, e.g. "T1_res-128x192x192")."""
-        return self._subject_file(dataset, subject, f"space-{space}_desc-norm_{modality}.nii.gz")
+        return self._scan_file(dataset, subject, modality, [f"space-{space}", "desc-norm"])
 
     # --- a pair's files -----------------------------------------------------------------------------
 

@@ -207,24 +207,30 @@ def read_split_tsv(path) -> dict[str, str]:
 def dataset_splits(subjects_by_dataset, split_config):
     """Train/test split of every dataset that has subjects (see :func:`lpmnet.workflow.splits.make_split`).
 
+    The split is drawn over BIDS subjects: a subject's sessions (subject keys "01_ses-1", "01_ses-2",
+    :func:`lpmnet.workflow.paths.unit_key`) all take its side, so that no subject is trained on and tested on.
     Explicit ``train``/``test`` lists name subjects across all datasets; each dataset takes the names it
     has. A name that no dataset has is an error (a typo would otherwise silently change the split), checked
     once every dataset's subjects are known (an IXI dataset has none before its download).
     """
     from lpmnet.workflow.index import subject_label
+    from lpmnet.workflow.paths import split_unit
 
     train = [subject_label(s, "split") for s in split_config.get("train") or []]
     test = [subject_label(s, "split") for s in split_config.get("test") or []]
-    known = {s for subjects in subjects_by_dataset.values() for s in subjects}
+    subject_of = {name: {unit: split_unit(unit)[0] for unit in units} for name, units in subjects_by_dataset.items()}
+    known = {s for subjects in subject_of.values() for s in subjects.values()}
     unknown = sorted(set(train + test) - known)
     if unknown and all(subjects_by_dataset.values()):
         raise ValueError(f"split: subject(s) {', '.join(unknown)} are in no dataset")
     splits = {}
-    for name, subjects in subjects_by_dataset.items():
-        if not subjects:
+    for name, units in subject_of.items():
+        if not units:
             continue
+        subjects = sorted(set(units.values()))
         mine_train = [s for s in train if s in subjects]
         mine_test = [s for s in test if s in subjects]
-        splits[name] = make_split(subjects, split_config["test_fraction"], split_config["seed"],
-                                  train=mine_train or None, test=mine_test or None, allow_overlap=True)
+        by_subject = make_split(subjects, split_config["test_fraction"], split_config["seed"],
+                                train=mine_train or None, test=mine_test or None, allow_overlap=True)
+        splits[name] = {unit: by_subject[subject] for unit, subject in sorted(units.items())}
     return splits

@@ -25,7 +25,10 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from helpers import smooth_pair
 from ixi_server import FileServer, make_ixi_tarballs
+from lpmnet.volumes.io import save_volume
+from lpmnet.workflow.paths import Paths
 from workflow_runs import DEFAULT_CONFIG, REPO, snakemake, workdir_with
 
 pytestmark = pytest.mark.slow
@@ -162,9 +165,20 @@ def tiny_pretraining():
     return config
 
 
+def tiny_bids_dataset(root):
+    """A raw BIDS dataset of one subject (T1w, FLAIR) with a sidecar that the manifest and conversion read."""
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "dataset_description.json").write_text('{"Name": "tiny", "BIDSVersion": "1.10.0"}')
+    (root / "T1w.json").write_text('{"MagneticFieldStrength": 3}')
+    for data, suffix in zip(smooth_pair(seed=4), ("T1w", "FLAIR")):
+        save_volume(root / "sub-01" / "anat" / f"sub-01_{suffix}.nii.gz", data, [[2, 0, 0, 0], [0, 2, 0, 0],
+                                                                              [0, 0, 2, 0], [0, 0, 0, 1]])
+    return root
+
+
 @pytest.fixture(scope="module")
 def recorded_jobs(tmp_path_factory):
-    """The import records of every job of three runs that together run every scripted rule."""
+    """The import records of every job of four runs that together run every scripted rule."""
     records = tmp_path_factory.mktemp("imports")
     env = {"LPMNET_RECORD_IMPORTS": str(records)}
     demo = workdir_with(tmp_path_factory.mktemp("demo"), tiny_demo_with_every_scripted_rule())
@@ -179,6 +193,11 @@ def recorded_jobs(tmp_path_factory):
         config["datasets"] = {"ixi": ixi}
         snakemake(workdir_with(tmp_path_factory.mktemp("ixi"), config), "--cores", "2", "results/ixi/manifest.tsv",
                   env=env)
+    config = copy.deepcopy(DEFAULT_CONFIG)  # a BIDS input: its manifest and conversions read the sidecars
+    config["datasets"] = {"study": {"source": "bids", "root": str(tiny_bids_dataset(tmp_path_factory.mktemp("bids"))),
+                                    "fixed": "T1", "pairs": [["T1", "FLAIR"]], "register": False}}
+    snakemake(workdir_with(tmp_path_factory.mktemp("bids_run"), config), "--cores", "2", "results/study/manifest.tsv",
+              Paths().converted("study", "01", "T1"), env=env)
     return [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
 
 

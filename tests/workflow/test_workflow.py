@@ -20,6 +20,9 @@ from workflow_runs import (DEFAULT_CONFIG, REPO, SNAKEMAKE, planned_jobs, snakem
 from lpmnet.volumes.dicom import write_dicom_series
 from lpmnet.volumes.io import save_volume
 from lpmnet.methods import read_payload
+from lpmnet.workflow.paths import Paths
+
+PATHS = Paths()
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +64,16 @@ def test_end_to_end_tiny_demo(finished_run):
     import nibabel as nib
 
     subject = test_subjects[0]
-    t1 = nib.load(results / f"sub-{subject}" / f"sub-{subject}_T1.nii.gz")  # converted from DICOM
+    t1 = nib.load(finished_run / PATHS.converted("demo", subject, "T1"))  # converted from DICOM
     for method in ("lpmnet", "mambadfuse"):
         fused = nib.load(results / "T1-FLAIR" / "fused" / f"sub-{subject}_space-T1_desc-{method}_fused.nii.gz")
         assert fused.shape == t1.shape and np.allclose(fused.affine, t1.affine, atol=1e-4)
         assert 0 <= fused.get_fdata().min() and fused.get_fdata().max() <= 1
-    registration = (results / f"sub-{subject}" / "qc" / f"sub-{subject}_from-FLAIR_to-T1_registration.json")
+    registration = finished_run / PATHS.registration_report("demo", subject, "T1", "FLAIR")
     assert '"improved": true' in registration.read_text()
     for s in split.subject:  # registered volumes are kept (a resize starts from them), on the fixed grid
-        registered = nib.load(results / f"sub-{s}" / f"sub-{s}_space-T1_desc-registered_FLAIR.nii.gz")
-        fixed = nib.load(results / f"sub-{s}" / f"sub-{s}_space-T1_desc-norm_T1.nii.gz")
+        registered = nib.load(finished_run / PATHS.registered("demo", s, "T1", "FLAIR"))
+        fixed = nib.load(finished_run / PATHS.normalized("demo", s, "T1", "T1"))
         assert registered.shape == fixed.shape and np.allclose(registered.affine, fixed.affine, atol=1e-4)
     for method in ("lpmnet", "mambadfuse"):
         assert (results / "T1-FLAIR" / "model" / method / "training_curves.png").stat().st_size > 10_000
@@ -105,6 +108,27 @@ def test_end_to_end_tiny_demo(finished_run):
     report = finished_run / "report.html"
     snakemake(finished_run, "--report", str(report))
     assert report.stat().st_size > 100_000
+
+
+def test_the_results_are_a_valid_bids_derivatives_dataset(finished_run):
+    import json
+
+    from bids_validator import validator_errors
+
+    results = finished_run / "results" / "demo"
+    description = json.loads((results / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "lpmnet"
+    assert [g["Name"] for g in description["GeneratedBy"][1:]] == ["lpmnet", "lpmnet-pretrained", "mambadfuse",
+                                                                  "mean", "max"]
+    assert "T1-FLAIR" in (results / ".bidsignore").read_text().split()
+    sidecar = json.loads((finished_run / PATHS.normalized("demo", "synth01", "T1", "FLAIR")).with_suffix("")
+                         .with_suffix(".json").read_text())
+    assert sidecar["SpatialReference"] == "bids::sub-synth01/anat/sub-synth01_T1w.nii.gz"
+    assert sidecar["Sources"] == ["bids::sub-synth01/anat/sub-synth01_space-T1_desc-registered_FLAIR.nii.gz"]
+    assert sidecar["SkullStripped"] is True  # the demo's template is skull-stripped
+    fused = json.loads(next((results / "T1-FLAIR" / "fused").glob("*_desc-lpmnet_fused.json")).read_text())
+    assert fused["Sources"][0].startswith("bids::sub-") and fused["SpatialReference"].endswith("_T1w.nii.gz")
+    assert validator_errors(results) == []
 
 
 @pytest.mark.parametrize("method, section, key, value", [
@@ -180,8 +204,8 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
     resized = results / "T1-FLAIR_res-32x48x40"
     assert len(pd.read_csv(resized / "metrics.tsv", sep="\t")) == 5 * 3  # methods x (2 conventions, artefacts)
     fused = next((resized / "fused").glob("sub-*_space-T1_res-32x48x40_desc-lpmnet_fused.nii.gz"))
-    subject = fused.name.split("_")[0]
-    t1 = nib.load(results / subject / f"{subject}_space-T1_desc-norm_T1.nii.gz")
+    subject = fused.name.split("_")[0].removeprefix("sub-")
+    t1 = nib.load(finished_run / PATHS.normalized("demo", subject, "T1", "T1"))
     image = nib.load(fused)
     assert image.shape == (40, 48, 32)  # (D, H, W) = the files' (k, j, i)
     np.testing.assert_allclose(image.affine, resized_affine(t1.affine, t1.shape, (40, 48, 32)), atol=1e-4)
@@ -223,7 +247,7 @@ def test_bad_inputs_stop_only_the_affected_jobs(tmp_path):
     config["datasets"] = {"mine": {"source": "table", "table": str(table), "fixed": "T1",
                                    "pairs": [["T1", "FLAIR"]], "register": False}}
     workdir = workdir_with(tmp_path / "run", config)
-    targets = [f"results/mine/sub-s{i}/sub-s{i}_space-T1_desc-norm_{m}.nii.gz" for i in range(6) for m in ("T1", "FLAIR")]
+    targets = [PATHS.normalized("mine", f"s{i}", "T1", m) for i in range(6) for m in ("T1", "FLAIR")]
     result = snakemake(workdir, "--cores", "2", "--keep-going", *targets, check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -231,9 +255,9 @@ def test_bad_inputs_stop_only_the_affected_jobs(tmp_path):
                    "subject s4 has no FLAIR", "s5_dicom"):
         assert needle in output, needle
     produced = {t for t in targets if (workdir / t).exists()}
-    assert {f"results/mine/sub-s0/sub-s0_space-T1_desc-norm_{m}.nii.gz" for m in ("T1", "FLAIR")} <= produced
-    assert "results/mine/sub-s1/sub-s1_space-T1_desc-norm_T1.nii.gz" in produced  # its good modality is kept
-    assert not any(f"sub-s{i}_space-T1_desc-norm_FLAIR" in p for i in range(1, 5) for p in produced)
+    assert {PATHS.normalized("mine", "s0", "T1", m) for m in ("T1", "FLAIR")} <= produced
+    assert PATHS.normalized("mine", "s1", "T1", "T1") in produced  # its good modality is kept
+    assert not any(PATHS.normalized("mine", f"s{i}", "T1", "FLAIR") in produced for i in range(1, 5))
 
 
 def test_real_data_scenario(shared_data):

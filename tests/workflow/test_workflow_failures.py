@@ -78,8 +78,8 @@ def test_bad_subjects_are_tabulated_as_failed_and_the_run_fails(tmp_path):
         "undefined: the 2D VIF needs slices of at least 41x41 voxels, the slices along D are 28x24",
         "undefined: no axis of at least 64 voxels where the mean of the sources has a spectrum"}
     card = read_payload(pair / "model" / "lpmnet" / "model.pt")["model_card"]
-    assert [d["x1"].split("/")[-1] for d in card["data"]] == ["sub-s0_space-T1_desc-norm_T1.nii.gz",
-                                                              "sub-s1_space-T1_desc-norm_T1.nii.gz"]
+    assert [d["x1"].split("/")[-1] for d in card["data"]] == ["sub-s0_space-T1_desc-norm_T1w.nii.gz",
+                                                              "sub-s1_space-T1_desc-norm_T1w.nii.gz"]
     assert not (pair / "qc" / "sub-s5_montage.png").exists() and (pair / "qc" / "sub-s3_montage.png").exists()
 
 

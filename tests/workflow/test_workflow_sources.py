@@ -15,6 +15,9 @@ from ixi_server import FileServer, make_ixi_tarballs
 from lpmnet.volumes.io import save_volume
 from lpmnet.volumes.sources import read_manifest
 from workflow_runs import DEFAULT_CONFIG, planned_jobs, quick_lpmnet, snakemake, workdir_with
+from lpmnet.workflow.paths import Paths
+
+PATHS = Paths()
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +66,12 @@ def test_ixi_download_resume_pairing_and_first_stages(tmp_path, ixi_tars):
 
     # the same run went on with the paired subjects (the manifest is a checkpoint): T1 and PD on T2's grid
     subject = "IXI002Guys0828"
-    targets = [f"results/ixi/sub-{subject}/sub-{subject}_space-T2_desc-norm_{m}.nii.gz" for m in ("T1", "T2", "PD")]
+    targets = [PATHS.normalized("ixi", subject, "T2", m) for m in ("T1", "T2", "PD")]
     t2 = nib.load(workdir / targets[1])
     for t in targets:
         img = nib.load(workdir / t)
         assert img.shape == t2.shape and np.allclose(img.affine, t2.affine, atol=1e-4)
-    raw_t1 = nib.load(results / f"sub-{subject}" / f"sub-{subject}_T1.nii.gz")
+    raw_t1 = nib.load(workdir / PATHS.converted("ixi", subject, "T1"))
     assert raw_t1.shape != t2.shape  # T1 came on its own grid
     for pair in ("T2-T1", "T2-PD"):
         assert (results / pair / "metrics.tsv").is_file()
@@ -120,8 +123,7 @@ def test_brats_folders_skip_registration_and_carry_the_segmentation(tmp_path):
     jobs = planned_jobs(workdir)
     assert "register" not in jobs and jobs["manifest"] == 2 and jobs["convert"] == 3 * 4 + 2 * 2
     subject = "BraTS20Training001"
-    targets = [f"results/brats/sub-{subject}/sub-{subject}_space-T1_desc-norm_{m}.nii.gz"
-               for m in ("T1", "T1CE", "T2", "FLAIR")]
+    targets = [PATHS.normalized("brats", subject, "T1", m) for m in ("T1", "T1CE", "T2", "FLAIR")]
     snakemake(workdir, "--cores", "2", "results/brats/manifest.tsv", "results/brats21/manifest.tsv", *targets)
     manifest = read_manifest(workdir / "results" / "brats" / "manifest.tsv")
     assert len(manifest) == 15 and {r["modality"] for r in manifest} == {"T1", "T1CE", "T2", "FLAIR", "seg"}
@@ -142,7 +144,7 @@ def test_generic_paired_folders(tmp_path):
     snakemake(workdir, "--cores", "2", "results/study/input_status.tsv")
     jobs = planned_jobs(workdir)
     assert jobs["convert"] == 6 and "register" not in jobs and jobs["manifest"] == 1
-    target = "results/study/sub-patient01/sub-patient01_space-T1_desc-norm_FLAIR.nii.gz"
+    target = PATHS.normalized("study", "patient01", "T1", "FLAIR")
     snakemake(workdir, "--cores", "2", target, "results/study/manifest.tsv")
     assert (workdir / target).is_file()
     assert {r["subject"] for r in read_manifest(workdir / "results" / "study" / "manifest.tsv")} == {
@@ -182,13 +184,13 @@ def test_a_new_subject_in_a_folder_dataset_converts_only_that_subject(tmp_path):
     datasets = {"study": {"source": "folders", "root": str(root), "patterns": {"T1": "t1", "FLAIR": "flair"},
                           "fixed": "T1", "pairs": [["T1", "FLAIR"]], "register": False}}
     workdir = workdir_with(tmp_path / "run", config_with(datasets))
-    converted = [f"results/study/sub-s{i}/sub-s{i}_{m}.nii.gz" for i in range(2) for m in ("T1", "FLAIR")]
+    converted = [PATHS.converted("study", f"s{i}", m) for i in range(2) for m in ("T1", "FLAIR")]
     snakemake(workdir, "--cores", "2", *converted, "results/study/manifest.tsv")
     add("s2", 2)
-    converted += [f"results/study/sub-s2/sub-s2_{m}.nii.gz" for m in ("T1", "FLAIR")]
+    converted += [PATHS.converted("study", "s2", m) for m in ("T1", "FLAIR")]
     out = snakemake(workdir, "-n", "--cores", "1", *converted, "results/study/manifest.tsv").stdout
     table = out.split("Job stats:")[1].split("Reasons:")[0]
     assert re.search(r"^convert\s+2\s*$", table, flags=re.M) and re.search(r"^manifest\s+1\s*$", table, flags=re.M)
     assert "sub-s0" not in table and "sub-s1_" not in out.split("Job stats:")[1]
-    result = snakemake(workdir, "--cores", "1", "results/study/sub-s9/sub-s9_FLAIR.nii.gz", check=False)
+    result = snakemake(workdir, "--cores", "1", PATHS.converted("study", "s9", "FLAIR"), check=False)
     assert result.returncode != 0 and "subject s9 has no FLAIR" in result.stdout + result.stderr

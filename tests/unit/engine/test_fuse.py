@@ -37,7 +37,7 @@ def test_fused_nifti_has_fixed_geometry_and_sidecar(tmp_path, checkpoint):
     assert 0 <= data.min() and data.max() <= 1 and data.std() > 0
     on_disk = json.loads((tmp_path / "fused" / "sub-01_space-T1_desc-lpmnet_fused.json").read_text())
     assert on_disk == json.loads(json.dumps(sidecar))
-    assert on_disk["Sources"][0]["path"] == str(a) and len(on_disk["Sources"][0]["sha256"]) == 64
+    assert on_disk["SourceFiles"][0]["path"] == str(a) and len(on_disk["SourceFiles"][0]["sha256"]) == 64
     assert "min-max" in on_disk["Normalization"] and on_disk["Checkpoint"]["sha256"]
     for name in ("base", "detail"):
         assert nib.load(tmp_path / "fused" / f"sub-01_space-T1_desc-lpmnet_fused_{name}.nii.gz").shape == fixed.shape

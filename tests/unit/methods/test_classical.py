@@ -85,7 +85,7 @@ def test_files_keep_the_affine_and_write_a_sidecar(tmp_path):
     on_disk = json.loads((tmp_path / "fused" / "sub-01_desc-pca_fused.json").read_text())
     assert on_disk == json.loads(json.dumps(sidecar))
     assert on_disk["Method"] == "pca" and sum(on_disk["Parameters"]["weights"]) == pytest.approx(1)
-    assert [s["path"] for s in on_disk["Sources"]] == [str(a), str(b)]
+    assert [s["path"] for s in on_disk["SourceFiles"]] == [str(a), str(b)]
     assert "min-max" in on_disk["Normalization"]
     assert sorted(p.name for p in (tmp_path / "fused").iterdir()) == [
         "sub-01_desc-pca_fused.json", "sub-01_desc-pca_fused.nii.gz"]

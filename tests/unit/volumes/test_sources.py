@@ -159,3 +159,41 @@ def test_manifest_round_trip(tmp_path):
     assert rows[0] == {"dataset": "ds", "subject": "s1", "modality": "T1", "path": str(f),
                        "checksum": "md5:" + hashlib.md5(b"abc").hexdigest()}
     assert rows[1]["checksum"] == ""
+
+
+def test_manifest_extra_columns(tmp_path):
+    """A BIDS dataset's rows carry more columns (participant, session, participants.tsv, sidecar fields)."""
+    files = []
+    for name in ("a", "b", "c"):
+        files.append(tmp_path / f"{name}.nii.gz")
+        files[-1].write_bytes(name.encode())
+    rows = [("01_ses-1", "T1", files[0]), ("01_ses-1", "PET", files[1]), ("02", "T1", files[2])]
+    extra = [{"participant_id": "sub-01", "session": "1", "age": "30"},
+             {"participant_id": "sub-01", "session": "1", "age": "30", "TracerName": "H2O",
+              "Manufacturer": "Siemens\tBiograph\nmMR"},
+             {"participant_id": "sub-02", "session": "n/a", "SkullStripped": True,
+              "path": "/elsewhere", "subject": "x"}]  # a standard column's name is not repeated
+    out = write_manifest(tmp_path / "manifest.tsv", "ds", rows, extra=extra)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 and all(len(line.split("\t")) == 11 for line in lines)
+    assert lines[0].split("\t") == ["dataset", "subject", "modality", "path", "checksum", "participant_id", "session",
+                                    "age", "TracerName", "Manufacturer", "SkullStripped"]
+    got = read_manifest(out)
+    assert [(r["subject"], r["modality"], r["path"]) for r in got] == [(s, m, str(p)) for s, m, p in rows]
+    assert got[0]["checksum"] == "md5:" + hashlib.md5(b"a").hexdigest()
+    assert {k: got[0][k] for k in ("participant_id", "session", "age", "TracerName", "Manufacturer",
+                                   "SkullStripped")} == {
+        "participant_id": "sub-01", "session": "1", "age": "30", "TracerName": "n/a", "Manufacturer": "n/a",
+        "SkullStripped": "n/a"}
+    assert got[1]["TracerName"] == "H2O" and got[1]["Manufacturer"] == "Siemens Biograph mMR"  # one line
+    assert got[2]["age"] == "n/a" and got[2]["session"] == "n/a" and got[2]["SkullStripped"] == "True"
+    assert got[2]["path"] == str(files[2]) and got[2]["subject"] == "02"
+
+
+def test_a_manifest_without_extra_columns_is_as_before(tmp_path):
+    f = tmp_path / "a.nii.gz"
+    f.write_bytes(b"abc")
+    rows = [("s1", "T1", f)]
+    for extra in (None, [{}]):
+        out = write_manifest(tmp_path / "manifest.tsv", "ds", rows, checksums=False, extra=extra)
+        assert out.read_text() == f"dataset\tsubject\tmodality\tpath\tchecksum\nds\ts1\tT1\t{f}\t\n"

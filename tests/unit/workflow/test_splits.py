@@ -1,7 +1,8 @@
 import pytest
 
 from lpmnet.errors import InputError
-from lpmnet.workflow.splits import OVERLAP_NOTE, make_split, read_split_tsv, subjects_in, write_split_tsv
+from lpmnet.workflow.splits import (OVERLAP_NOTE, dataset_splits, make_split, read_split_tsv, subjects_in,
+                                    write_split_tsv)
 
 SUBJECTS = [f"sub-{i:02d}" for i in range(1, 11)]
 
@@ -114,3 +115,73 @@ def test_dataset_defaults_and_grid_names():
     assert with_defaults({"source": "brats", "fixed": "T1", "pairs": [], "register": True})["register"] is True
     assert pair_label(["T2", "T1"], ixi) == "T2-T1"
     assert pair_label(["T2", "T1"], {**ixi, "target_shape": [128, 160, 160]}) == "T2-T1_res-128x160x160"
+
+
+# --- dataset_splits over BIDS subjects and their sessions ---------------------------------------------------
+
+#: Subject keys of a BIDS dataset: subjects with one to three sessions, and two without sessions.
+UNITS = ([f"{s:02d}_ses-{n}" for s in range(1, 9) for n in range(1, 1 + s % 3 + 1)]
+         + ["09", "10"])
+
+
+def subject_of(unit):
+    return unit.partition("_ses-")[0]
+
+
+def test_the_sessions_of_a_subject_share_its_role_whatever_the_seed():
+    subjects = sorted({subject_of(u) for u in UNITS})
+    assert len(subjects) == 10 and len(UNITS) == 19
+    seen_roles = set()
+    for seed in range(40):
+        split = dataset_splits({"ds": list(reversed(UNITS))}, {"test_fraction": 0.34, "seed": seed})["ds"]
+        assert list(split) == sorted(UNITS)  # every subject key, sorted
+        by_subject = {}
+        for unit, role in split.items():
+            by_subject.setdefault(subject_of(unit), set()).add(role)
+        assert all(len(roles) == 1 for roles in by_subject.values()), (seed, split)
+        roles = {s: r.pop() for s, r in by_subject.items()}
+        # drawn over the subjects, as make_split draws them: 3 test subjects of 10, whatever their sessions
+        assert roles == make_split(subjects, 0.34, seed, allow_overlap=True)
+        assert sum(r == "test" for r in roles.values()) == 3
+        seen_roles.add(tuple(sorted(roles.items())))
+    assert len(seen_roles) > 5  # the seed matters
+
+
+def test_explicit_lists_name_subjects_and_carry_their_sessions():
+    units = ["01_ses-1", "01_ses-2", "02_ses-1", "02_ses-2", "02_ses-3", "03"]
+    split = dataset_splits({"ds": units}, {"test_fraction": 0.34, "seed": 0, "test": ["sub-02"]})["ds"]
+    assert split == {"01_ses-1": "train", "01_ses-2": "train", "02_ses-1": "test", "02_ses-2": "test",
+                     "02_ses-3": "test", "03": "train"}
+    split = dataset_splits({"ds": units}, {"test_fraction": 0.34, "seed": 0, "train": ["01"]})["ds"]
+    assert split == {"01_ses-1": "train", "01_ses-2": "train", "02_ses-1": "test", "02_ses-2": "test",
+                     "02_ses-3": "test", "03": "test"}
+    # a list names each dataset's subjects it has; the others are split by their own
+    split = dataset_splits({"a": units, "b": ["02_ses-1", "04_ses-1"]},
+                           {"test_fraction": 0.34, "seed": 0, "train": ["01", "03", "04"], "test": ["02"]})
+    assert split["b"] == {"02_ses-1": "test", "04_ses-1": "train"}
+    assert {u for u, r in split["a"].items() if r == "test"} == {"02_ses-1", "02_ses-2", "02_ses-3"}
+    # a session is no subject: a list naming one is refused, as is a subject no dataset has
+    with pytest.raises(InputError, match="not a BIDS label"):
+        dataset_splits({"ds": units}, {"test_fraction": 0.34, "seed": 0, "test": ["02_ses-1"]})
+    with pytest.raises(ValueError, match="subject\\(s\\) 05 are in no dataset"):
+        dataset_splits({"ds": units}, {"test_fraction": 0.34, "seed": 0, "test": ["sub-05"]})
+
+
+def test_a_single_subject_with_sessions_is_trained_and_tested_on():
+    split = dataset_splits({"ds": ["01_ses-1", "01_ses-2"]}, {"test_fraction": 0.34, "seed": 0})["ds"]
+    assert split == {"01_ses-1": "train+test", "01_ses-2": "train+test"}
+
+
+@pytest.mark.parametrize("subjects", [[f"{i:02d}" for i in range(1, 12)],
+                                      ["IXI002Guys0828", "IXI012HH1211", "IXI013HH1212", "IXI014HH1691"],
+                                      ["a", "b"], ["solo"]])
+def test_a_dataset_without_sessions_is_split_as_before(subjects):
+    for seed in range(20):
+        for fraction in (0.2, 0.34, 0.5):
+            config = {"test_fraction": fraction, "seed": seed}
+            split = dataset_splits({"ds": list(reversed(subjects))}, config)["ds"]
+            assert split == make_split(subjects, fraction, seed, allow_overlap=True)
+            assert list(split) == sorted(subjects)
+    config = {"test_fraction": 0.34, "seed": 0, "test": [subjects[0]]}
+    if len(subjects) > 1:
+        assert dataset_splits({"ds": subjects}, config)["ds"] == make_split(subjects, test=[subjects[0]])
