@@ -18,6 +18,7 @@ from lpmnet import __version__
 from lpmnet.errors import LPMNetError
 from lpmnet.methods import CLASSICAL, MODULES as METHOD_MODULES, is_classical
 from lpmnet.methods.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS
+from lpmnet.volumes.colour import DEFAULT_COLOUR_MAP
 from lpmnet.memory import DEFAULT_FUSION_BUDGET_MB
 
 EXIT_BAD_INPUT = 2
@@ -109,7 +110,7 @@ def _cmd_fuse(args):
         if given:
             raise ValueError(f"{args.method} is a classical rule (no network): it takes no {', '.join(given)}")
         # Raw inputs: normalised here, by the one owner of the [0, 1] convention (lpmnet.volumes.normalize).
-        fuse_classical_files(args.method, args.fixed, args.moving, args.output, normalize=True)
+        fuse_classical_files(args.method, args.fixed, args.moving, args.output, normalize=True, colour=args.colour)
         print(args.output)
         return
     from lpmnet.engine.fuse import fuse_files
@@ -120,7 +121,7 @@ def _cmd_fuse(args):
     elif args.pretrained:
         raise ValueError("give --checkpoint or --pretrained, not both")
     fuse_files(args.fixed, args.moving, args.output, checkpoint, device=args.device, method=args.method,
-               components=args.components, normalize=True, **settings)
+               components=args.components, normalize=True, colour=args.colour, **settings)
     print(args.output)
 
 
@@ -229,6 +230,10 @@ def build_parser():
     p.add_argument("--scan-backend", choices=("auto", "cuda", "cpu", "torch"),
                    help="methods with Mamba layers (lpmnet, mambadfuse): the selective-scan backend (default auto)")
     p.add_argument("--components", action="store_true", help="also write the base and detail volumes")
+    p.add_argument("--colour", nargs="?", const=DEFAULT_COLOUR_MAP, metavar="MAP",
+                   help=f"the second input is functional (PET, SPECT): fuse in colour through this matplotlib colour "
+                        f"map (default {DEFAULT_COLOUR_MAP}): the output is the fused luminance, <output>_rgb.nii.gz "
+                        f"the RGB colour fusion")
     p.set_defaults(func=_cmd_fuse)
 
     p = sub.add_parser("metrics", help="fusion quality metrics of F against sources A and B")

@@ -19,7 +19,7 @@ from lpmnet.methods.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PR
 from lpmnet.workflow.checks import failed_inputs, read_input_status
 from lpmnet.workflow.config import MethodConfigs, resolve_pretraining
 from lpmnet.workflow.derivatives import bidsignore_lines, describe_derivatives
-from lpmnet.workflow.index import (bids_dataset_index, check_dataset_config, check_dataset_modalities,
+from lpmnet.workflow.index import (bids_dataset_index, check_dataset_config, check_dataset_modalities, colour_pair,
                                    dataset_sources, grid_entity, ignored_table_rows, ixi_modalities,
                                    modality_of_suffix, needed_modalities, pair_label, with_defaults)
 from lpmnet.workflow.paths import RESULTS, Paths, split_unit
@@ -391,14 +391,30 @@ def initial_weights(dataset, pair, method, value):
     return value
 
 
+def is_colour_pair(dataset, pair):
+    """Whether a pair (its folder name) is fused in colour: its second modality is functional."""
+    return colour_pair(PAIRS[dataset][pair], DATASETS[dataset])
+
+
+def pair_inputs(dataset, pair, subject):
+    """(first, second) volume a method reads for a pair: the normalised volumes, and in place of a colour
+    pair's functional one its luminance through the dataset's colour map, which the method fuses, trains on
+    and is scored with."""
+    first, second = PAIRS[dataset][pair]
+    luminance = paths.luminance(dataset, subject, space_label(dataset), second)
+    return normalized(dataset, subject, first), luminance if is_colour_pair(dataset, pair) else normalized(
+        dataset, subject, second)
+
+
+def pair_input_lists(dataset, pair, subjects):
+    """{"x1": [...], "x2": [...]} of :func:`pair_inputs` over ``subjects``."""
+    inputs = [pair_inputs(dataset, pair, s) for s in subjects]
+    return {"x1": [x1 for x1, _ in inputs], "x2": [x2 for _, x2 in inputs]}
+
+
 def training_input(wildcards):
-    first, second = pair_modalities(wildcards)
-    subjects = usable_subjects(wildcards.dataset, "train", (first, second))
-    inputs = {
-        "split": paths.split(wildcards.dataset),
-        "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
-        "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
-    }
+    subjects = usable_subjects(wildcards.dataset, "train", pair_modalities(wildcards))
+    inputs = {"split": paths.split(wildcards.dataset), **pair_input_lists(wildcards.dataset, wildcards.pair, subjects)}
     init = METHOD_CONFIGS[wildcards.method]["training"]["init"]
     if init:
         inputs["init"] = initial_weights(wildcards.dataset, wildcards.pair, wildcards.method, init)
@@ -423,13 +439,9 @@ def kept_checkpoints(wildcards):
 
 def learning_curve_input(wildcards):
     """The trained model (its job kept the checkpoints) and the test subjects' pairs."""
-    first, second = pair_modalities(wildcards)
-    subjects = usable_subjects(wildcards.dataset, "test", (first, second))
-    return {
-        "model": paths.model(wildcards.dataset, wildcards.pair, wildcards.method),
-        "x1": [normalized(wildcards.dataset, s, first) for s in subjects],
-        "x2": [normalized(wildcards.dataset, s, second) for s in subjects],
-    }
+    subjects = usable_subjects(wildcards.dataset, "test", pair_modalities(wildcards))
+    return {"model": paths.model(wildcards.dataset, wildcards.pair, wildcards.method),
+            **pair_input_lists(wildcards.dataset, wildcards.pair, subjects)}
 
 
 def pretraining_input(wildcards):
@@ -452,11 +464,25 @@ def method_checkpoint(dataset, pair, method):
 
 
 def fusion_sources(wildcards):
-    first, second = pair_modalities(wildcards)
-    return {
-        "x1": normalized(wildcards.dataset, wildcards.subject, first),
-        "x2": normalized(wildcards.dataset, wildcards.subject, second),
-    }
+    x1, x2 = pair_inputs(wildcards.dataset, wildcards.pair, wildcards.subject)
+    return {"x1": x1, "x2": x2}
+
+
+def colour_fusion_input(wildcards):
+    """A colour pair's fused luminance and the normalised functional volume whose chrominance it takes."""
+    dataset, subject = wildcards.dataset, wildcards.subject
+    return {"fused": fused_path(dataset, wildcards.pair, subject, wildcards.method),
+            "functional": normalized(dataset, subject, PAIRS[dataset][wildcards.pair][1])}
+
+
+def montage_colour(wildcards):
+    """What the montage shows in colour: the functional source through the colour map and every method's
+    colour fusion (RGB files); nothing for a grey pair."""
+    dataset, pair, subject = wildcards.dataset, wildcards.pair, wildcards.subject
+    if not is_colour_pair(dataset, pair):
+        return {}
+    return {"functional": normalized(dataset, subject, PAIRS[dataset][pair][1]),
+            "rgb": [paths.fused_colour(dataset, pair, subject, space_label(dataset), m) for m in METHODS]}
 
 
 def metric_table_inputs(wildcards):

@@ -44,6 +44,7 @@ rule metric_tables:
         ),
     params:
         modalities=lambda w: [DATASETS[w.dataset]["fixed"], *pair_modalities(w)],
+        colour_map=lambda w: DATASETS[w.dataset]["colour_map"] if is_colour_pair(w.dataset, w.pair) else None,
     log:
         paths.log("metric_tables/{pair}"),
     benchmark:
@@ -90,6 +91,7 @@ rule comparison:
 rule fusion_montage:
     input:
         unpack(fusion_sources),
+        unpack(montage_colour),
         fused=lambda w: [fused_path(w.dataset, w.pair, w.subject, m) for m in METHODS],
     output:
         report(
@@ -101,6 +103,7 @@ rule fusion_montage:
         ),
     params:
         labels=lambda w: [*pair_modalities(w), *METHODS],
+        colour_map=lambda w: DATASETS[w.dataset]["colour_map"],
     log:
         paths.log("montage/{pair}/sub-{subject}"),
     benchmark:

@@ -79,3 +79,24 @@ rule fuse_classical:
         "../envs/registration.yaml"
     script:
         "../scripts/fuse_classical.py"
+
+
+# The colour fusion of a colour pair: every method's fused luminance with the functional volume's chrominance.
+rule colour_fusion:
+    input:
+        unpack(colour_fusion_input),
+    output:
+        rgb=paths.fused_colour(),
+        sidecar=sidecar(paths.fused_colour()),
+    params:
+        colour_map=lambda w: DATASETS[w.dataset]["colour_map"],
+        reference=lambda w: space_reference(w.dataset, w.subject),
+        bids=derivative_params,
+    log:
+        paths.log("colour_fusion/{pair}/sub-{subject}_space-{space}_{method}"),
+    benchmark:
+        paths.benchmark("colour_fusion/{pair}/sub-{subject}_space-{space}_{method}")
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/colour_fusion.py"

@@ -122,3 +122,26 @@ rule split:
         "../envs/registration.yaml"
     script:
         "../scripts/split.py"
+
+
+# A functional modality of a colour pair (README: "Colour fusion of PET and SPECT"), as the methods read it:
+# its luminance through the dataset's colour map.
+rule luminance:
+    input:
+        paths.normalized(),
+    output:
+        paths.luminance(),
+        sidecar=sidecar(paths.luminance()),
+    params:
+        colour_map=lambda w: DATASETS[w.dataset]["colour_map"],
+        bids=derivative_params,
+    log:
+        paths.log("luminance/{scan_dir}/sub-{subject}_space-{space}_{modality}"),
+    benchmark:
+        paths.benchmark("luminance/{scan_dir}/sub-{subject}_space-{space}_{modality}")
+    group:
+        "subject_preprocessing"
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/luminance.py"

@@ -8,10 +8,15 @@ def main(smk):
     from lpmnet.evaluation.figures import fusion_montage
 
     labels = smk.params.labels
-    sources = dict(zip(labels[:2], (smk.input.x1, smk.input.x2)))
     fused = dict(zip(labels[2:], smk.input.fused))
     w = smk.wildcards
-    fusion_montage(sources, fused, smk.output[0], title=f"{w.dataset} sub-{w.subject}: {w.pair}")
+    title = f"{w.dataset} sub-{w.subject}: {w.pair}"
+    if "rgb" in smk.input.keys():  # a colour pair: the functional source and the fusions in colour
+        sources = dict(zip(labels[:2], (smk.input.x1, smk.input.functional)))
+        fusion_montage(sources, fused, smk.output[0], title, colour_map=smk.params.colour_map, functional=labels[1],
+                       rgb=dict(zip(labels[2:], smk.input.rgb)))
+    else:
+        fusion_montage(dict(zip(labels[:2], (smk.input.x1, smk.input.x2))), fused, smk.output[0], title)
 
 
 run_job(snakemake, main)

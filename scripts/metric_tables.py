@@ -15,6 +15,12 @@ def main(smk):
     failed = pair_failures(read_input_status(smk.input.input_status), split, smk.params.modalities)
     overlap = [s for s, role in split.items() if role == BOTH]
     warnings = [f"sub-{', sub-'.join(overlap)}: {OVERLAP_NOTE}."] if overlap else []
+    if smk.params.colour_map:
+        functional = smk.params.modalities[-1]
+        warnings.append(f"{functional} is functional and fused in colour (colour map {smk.params.colour_map}): every "
+                        f"method fuses {smk.params.modalities[1]} with {functional}'s luminance, and these metrics score "
+                        f"the fused luminance against it, as the 2D toolboxes score colour fusions on Y; the colour "
+                        f"fusions are fused/*_rgb.nii.gz.")
     for row in failed:
         logging.getLogger("metric_tables").warning("sub-%s (%s) left out: %s", row["subject"], row["split"],
                                                    row["problem"])

@@ -20,6 +20,7 @@ from lpmnet import __version__
 from lpmnet.engine.device import resolve_device
 from lpmnet.volumes.io import atomic_write_json, dhw, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.methods import count_parameters
+from lpmnet.volumes.colour import colour_luminance, write_colour_fusion
 from lpmnet.volumes.normalize import UNIT_RANGE, unit_range
 from lpmnet.ops.cpu import cpu_kernel_load
 
@@ -31,7 +32,7 @@ GIVEN_NORMALIZATION = "none here: inputs normalised to [0, 1] before, used as gi
 
 
 def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet", components=False,
-               normalize=True, **settings):
+               normalize=True, colour=None, **settings):
     """Fuse two NIfTI files with a checkpoint of ``method``; writes ``out_path`` (+ ``.json`` sidecar).
 
     ``settings`` go to the method's fuse (:mod:`lpmnet.methods`); LPM-Net's: ``tile``, ``overlap``,
@@ -42,6 +43,9 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
     owner of that convention: True (default), raw volumes, each min-max scaled; False, volumes normalised
     before (they must lie in [0, 1]), used as they are. The two agree exactly on volumes that span
     [0, 1]; the workflow keeps the default because its volumes on a resized grid span less.
+    ``colour``: the second input is functional (PET, SPECT) and fused in colour through this colour map
+    (:mod:`lpmnet.volumes.colour`): the method fuses the first input with its luminance, ``out_path`` is the
+    fused luminance and ``<name>_rgb.nii.gz`` beside it the RGB24 colour fusion.
     The sidecar records the network's constructor arguments and parameter count, and ``Seconds``: the
     fusion from reading the inputs to writing the outputs (no start-up, imports or kernel build), what
     the comparison tables report. Returns the sidecar.
@@ -64,8 +68,10 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
     require_same_grid(v1, v2)
     model, card = spec.load(checkpoint, map_location=device)
     model.to(device)
-    result = spec.fuse(model, unit_range(dhw(v1.data), normalize), unit_range(dhw(v2.data), normalize), device=device,
-                       **settings)
+    x2 = unit_range(dhw(v2.data), normalize)
+    if colour:
+        x2, cb, cr = colour_luminance(x2, colour)
+    result = spec.fuse(model, unit_range(dhw(v1.data), normalize), x2, device=device, **settings)
 
     volumes = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     written = {"fused": out_path}
@@ -74,6 +80,8 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
         written.update({name: out_path.with_name(f"{stem}_{name}.nii.gz") for name in volumes if name != "fused"})
     for name, path in written.items():
         save_volume(path, dhw(volumes[name]), v1.affine, header=v1.header)
+    coloured = (write_colour_fusion(out_path, dhw(volumes["fused"]), dhw(cb), dhw(cr), v1.affine, v1.header, colour)
+                if colour else None)
     kernel = cpu_kernel_load() if kernel_before is None else None
     seconds = time.perf_counter() - tic - (kernel["seconds"] if kernel else 0.0)
     sidecar = {
@@ -92,6 +100,7 @@ def fuse_files(path1, path2, out_path, checkpoint, device="auto", method="lpmnet
         "Device": str(device),
         "Seconds": round(seconds, 3),
         **({"KernelLoad": {**kernel, "seconds": round(kernel["seconds"], 3)}} if kernel else {}),
+        **({"Colour": coloured} if coloured else {}),
         "lpmnet_version": __version__,
     }
     atomic_write_json(sidecar_path(out_path), sidecar)

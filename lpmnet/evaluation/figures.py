@@ -119,19 +119,32 @@ def _row_label_width_in(fig, labels) -> float:
     return max(widths) + (ROW_LABEL_PAD_PT + 8) / 72
 
 
-def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
+def fusion_montage(sources: dict, fused: dict, out_png, title: str, *, colour_map=None, functional=None,
+                   rgb=None) -> Path:
     """Montage of source and fused volumes; writes ``out_png`` and returns its path.
 
     ``sources`` / ``fused``: label -> NIfTI path (rows in this order: sources first, then
     fusions).  All volumes must be on one voxel grid (shape and affine), otherwise an
     :class:`InputError` names the first file that differs.  Columns: axial, coronal and
     sagittal slices through the grid centre (see the module docstring for the orientation).
+    A colour pair (:mod:`lpmnet.volumes.colour`) shows its ``functional`` source (a label of ``sources``)
+    through ``colour_map`` and, for each label of ``rgb`` (label -> RGB24 NIfTI), that colour fusion in
+    place of the grey fused luminance.
     """
+    from lpmnet.volumes.io import load_rgb_volume
+
+    rgb = {str(k): Path(v) for k, v in (rgb or {}).items()}
     rows = [(str(k), Path(v), "source") for k, v in sources.items()]
-    rows += [(str(k), Path(v), "fused") for k, v in fused.items()]
+    rows += [(str(k), rgb.get(str(k), Path(v)), "fused") for k, v in fused.items()]
     if not rows:
         raise ValueError("fusion_montage needs at least one volume")
-    volumes = [load_volume(path, allow_constant=True) for _, path, _ in rows]
+    volumes = []
+    for label, path, _ in rows:
+        if label in rgb:
+            data, affine = load_rgb_volume(path)
+            volumes.append(_ColourVolume(data, affine, path))
+        else:
+            volumes.append(load_volume(path, allow_constant=True))
     for vol in volumes[1:]:
         require_same_grid(volumes[0], vol)
 
@@ -161,11 +174,10 @@ def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
         top=1 - header_in / fig_h, bottom=footer_in / fig_h)
 
     for r, ((label, path, kind), vol) in enumerate(zip(rows, volumes)):
-        lo, hi = _window(vol.data)
-        slices = orthogonal_slices(vol.data, vol.affine)
+        slices = _display_slices(vol, colour_map if label == functional else None)
         for c, (view, w_mm, h_mm, col_title) in enumerate(views):
             ax = fig.add_subplot(grid[r, c])
-            ax.imshow(slices[view], cmap="gray", vmin=lo, vmax=hi, origin="lower",
+            ax.imshow(slices[view], cmap="gray", vmin=0, vmax=1, origin="lower",
                       extent=(0, w_mm, 0, h_mm), interpolation="nearest", aspect="equal")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -182,6 +194,28 @@ def fusion_montage(sources: dict, fused: dict, out_png, title: str) -> Path:
     fig.text(0.5, 1 - 0.42 / fig_h, ORIENTATION_NOTE, ha="center", va="top", fontsize=8.5, color="#444")
     fig.text(0.5, 0.1 / fig_h, grid_caption(volumes[0]), ha="center", va="bottom", fontsize=8, color="#666")
     return save_figure(fig, out_png)
+
+
+class _ColourVolume:
+    """An RGB24 volume (bytes, last axis R, G, B) where the montage takes a grey volume: shape and affine."""
+
+    def __init__(self, data, affine, path):
+        self.data, self.affine, self.shape, self.path = data, affine, data.shape[:3], path
+
+
+def _display_slices(vol, colour_map=None) -> dict[str, np.ndarray]:
+    """The three slices of a montage row in [0, 1]: grey (windowed at the 1st and 99th percentiles), through
+    ``colour_map`` (windowed the same way, then RGB), or an RGB volume's own colours."""
+    if isinstance(vol, _ColourVolume):
+        channels = [orthogonal_slices(vol.data[..., c].astype(np.float32) / 255.0, vol.affine) for c in range(3)]
+        return {view: np.stack([ch[view] for ch in channels], axis=-1) for view in channels[0]}
+    lo, hi = _window(vol.data)
+    slices = {view: np.clip((s - lo) / (hi - lo), 0.0, 1.0) for view, s in orthogonal_slices(vol.data, vol.affine).items()}
+    if colour_map:
+        from lpmnet.volumes.colour import colour_map as apply
+
+        return {view: apply(s, colour_map) for view, s in slices.items()}
+    return slices
 
 
 # --------------------------------------------------------------------------- registration QC

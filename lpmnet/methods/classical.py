@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from lpmnet import __version__
+from lpmnet.volumes.colour import colour_luminance, write_colour_fusion
 from lpmnet.volumes.io import atomic_write_json, file_digest, load_volume, require_same_grid, save_volume, sidecar_path
 from lpmnet.volumes.normalize import unit_range
 
@@ -209,7 +210,7 @@ def fuse_classical(method: str, x1, x2) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- files
-def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = True) -> dict:
+def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = True, colour=None) -> dict:
     """Fuse two co-registered NIfTI files with a classical rule; returns the sidecar dict.
 
     Both inputs are loaded with :func:`lpmnet.volumes.io.load_volume` (an :class:`InputError` names a
@@ -223,7 +224,8 @@ def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = 
     A JSON sidecar (:func:`sidecar_path`: same name, ``.json``) records the method, the sources
     (path and sha256), the normalisation, the rule's parameters and, as a network's fusion does
     (:func:`lpmnet.engine.fuse.fuse_files`), its ``Seconds`` from reading to writing and its ``ParameterCount``
-    (0: nothing learnt).  Both writes are atomic.
+    (0: nothing learnt).  Both writes are atomic. ``colour``: the second input is functional and fused in
+    colour through this colour map, as :func:`lpmnet.engine.fuse.fuse_files` does it.
     """
     _check_method(method)
     out_path = Path(out_path)
@@ -233,6 +235,8 @@ def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = 
     v1, v2 = load_volume(path1), load_volume(path2)
     require_same_grid(v1, v2)
     x1, x2 = unit_range(v1.data, normalize), unit_range(v2.data, normalize)
+    if colour:
+        x2, cb, cr = colour_luminance(x2, colour)
     fused = fuse_classical(method, x1, x2)
 
     parameters: dict = {}
@@ -244,6 +248,7 @@ def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = 
 
     save_volume(out_path, fused, v1.affine, header=v1.header,
                 description=f"lpmnet classical fusion: {method}")
+    coloured = write_colour_fusion(out_path, fused, cb, cr, v1.affine, v1.header, colour) if colour else None
     seconds = time.perf_counter() - tic
     sidecar = {
         "Description": f"classical reference fusion ({method}) in the grid of the first input",
@@ -256,6 +261,7 @@ def fuse_classical_files(method: str, path1, path2, out_path, normalize: bool = 
         "OutputRange": [float(fused.min()), float(fused.max())],
         "ParameterCount": 0,
         "Seconds": round(seconds, 3),
+        **({"Colour": coloured} if coloured else {}),
         "lpmnet_version": __version__,
     }
     atomic_write_json(sidecar_path(out_path), sidecar)

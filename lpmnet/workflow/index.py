@@ -70,10 +70,25 @@ SOURCE_DEFAULTS = {
 }
 
 
+#: Modality names read as functional images (fused in colour) unless a dataset says otherwise.
+FUNCTIONAL = ("PET", "SPECT")
+
+
 def with_defaults(dataset_config):
-    """A dataset entry completed with the defaults of its source (``target_shape`` [] = native grid)."""
-    return {"register": True, "target_shape": [], "skull_stripped": False,
-            **SOURCE_DEFAULTS.get(dataset_config["source"], {}), **dataset_config}
+    """A dataset entry completed with the defaults of its source (``target_shape`` [] = native grid; the
+    modalities named PET or SPECT functional, shown through the colour map ``hot``)."""
+    from lpmnet.volumes.colour import DEFAULT_COLOUR_MAP
+
+    completed = {"register": True, "target_shape": [], "skull_stripped": False, "colour_map": DEFAULT_COLOUR_MAP,
+                 **SOURCE_DEFAULTS.get(dataset_config["source"], {}), **dataset_config}
+    if "functional" not in completed:
+        completed["functional"] = [m for m in needed_modalities(completed) if m.upper() in FUNCTIONAL]
+    return completed
+
+
+def colour_pair(pair, dataset_config):
+    """Whether a pair is fused in colour: its second modality is functional (see :func:`with_defaults`)."""
+    return pair[1] in dataset_config["functional"]
 
 
 def modality_of_suffix(dataset_config):
@@ -252,6 +267,20 @@ def check_dataset_config(name, dataset_config):
     for pair in dataset_config["pairs"]:
         if pair[0] == pair[1]:
             raise ValueError(f"datasets.{name}.pairs: {pair} fuses a modality with itself")
+    for pair in dataset_config["pairs"]:
+        if pair[0] in dataset_config.get("functional", ()):
+            raise ValueError(f"datasets.{name}.pairs: {pair} puts the functional {pair[0]} first; the anatomical "
+                             f"modality comes first, the functional one (fused in colour) second")
+    unknown = sorted(set(dataset_config.get("functional", ())) - set(needed_modalities(dataset_config)))
+    if unknown:
+        raise ValueError(f"datasets.{name}.functional: no pair uses {', '.join(unknown)}")
+    if "colour_map" in dataset_config:
+        from lpmnet.volumes.colour import colour_map
+
+        try:
+            colour_map([0.0], dataset_config["colour_map"])
+        except ValueError as err:
+            raise ValueError(f"datasets.{name}.colour_map: {err}") from None
     by_suffix = {}
     for modality in needed_modalities(dataset_config):
         other = by_suffix.setdefault(file_suffix(modality), modality)

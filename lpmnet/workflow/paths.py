@@ -178,6 +178,11 @@ class Paths:
         with the grid entity of a resized grid, e.g. "T1_res-128x192x192")."""
         return self._scan_file(dataset, subject, modality, [f"space-{space}", "desc-norm"])
 
+    def luminance(self, dataset="{dataset}", subject="{subject}", space="{space}", modality="{modality}"):
+        """A functional modality's luminance through the dataset's colour map (lpmnet.volumes.colour): what a
+        colour pair fuses, trains on and is scored with in its place."""
+        return self._scan_file(dataset, subject, modality, [f"space-{space}", "desc-luminance"])
+
     # --- a pair's files -----------------------------------------------------------------------------
 
     def pair_dir(self, dataset="{dataset}", pair="{pair}"):
@@ -211,6 +216,11 @@ class Paths:
 
     def fused(self, dataset="{dataset}", pair="{pair}", subject="{subject}", space="{space}", method="{method}"):
         return self._fused(dataset, pair, subject, space, method, ".nii.gz")
+
+    def fused_colour(self, dataset="{dataset}", pair="{pair}", subject="{subject}", space="{space}",
+                     method="{method}"):
+        """The RGB colour fusion of a colour pair beside its fused luminance (lpmnet.volumes.colour.rgb_path)."""
+        return self._fused(dataset, pair, subject, space, method, "_rgb.nii.gz")
 
     def fused_sidecar(self, dataset="{dataset}", pair="{pair}", subject="{subject}", space="{space}",
                       method="{method}"):

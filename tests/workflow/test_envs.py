@@ -166,13 +166,16 @@ def tiny_pretraining():
 
 
 def tiny_bids_dataset(root):
-    """A raw BIDS dataset of one subject (T1w, FLAIR) with a sidecar that the manifest and conversion read."""
+    """A raw BIDS dataset of one subject (T1w, FLAIR, pet) with a sidecar that the manifest and conversion
+    read."""
     (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "sub-01" / "pet").mkdir(parents=True)
     (root / "dataset_description.json").write_text('{"Name": "tiny", "BIDSVersion": "1.10.0"}')
     (root / "T1w.json").write_text('{"MagneticFieldStrength": 3}')
-    for data, suffix in zip(smooth_pair(seed=4), ("T1w", "FLAIR")):
-        save_volume(root / "sub-01" / "anat" / f"sub-01_{suffix}.nii.gz", data, [[2, 0, 0, 0], [0, 2, 0, 0],
-                                                                              [0, 0, 2, 0], [0, 0, 0, 1]])
+    affine = [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]]
+    for data, name in zip((*smooth_pair(seed=4), smooth_pair(seed=5)[1]),
+                          ("anat/sub-01_T1w", "anat/sub-01_FLAIR", "pet/sub-01_pet")):
+        save_volume(root / "sub-01" / f"{name}.nii.gz", data, affine)
     return root
 
 
@@ -193,11 +196,12 @@ def recorded_jobs(tmp_path_factory):
         config["datasets"] = {"ixi": ixi}
         snakemake(workdir_with(tmp_path_factory.mktemp("ixi"), config), "--cores", "2", "results/ixi/manifest.tsv",
                   env=env)
-    config = copy.deepcopy(DEFAULT_CONFIG)  # a BIDS input: its manifest and conversions read the sidecars
+    # A BIDS input (its manifest and conversions read the sidecars) with a PET pair, fused in colour.
+    config = copy.deepcopy(DEFAULT_CONFIG)
     config["datasets"] = {"study": {"source": "bids", "root": str(tiny_bids_dataset(tmp_path_factory.mktemp("bids"))),
-                                    "fixed": "T1", "pairs": [["T1", "FLAIR"]], "register": False}}
+                                    "fixed": "T1", "pairs": [["T1", "FLAIR"], ["T1", "PET"]], "register": False}}
     snakemake(workdir_with(tmp_path_factory.mktemp("bids_run"), config), "--cores", "2", "results/study/manifest.tsv",
-              Paths().converted("study", "01", "T1"), env=env)
+              Paths().fused_colour("study", "T1-PET", "01", "T1", "mean"), env=env)
     return [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
 
 

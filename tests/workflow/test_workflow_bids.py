@@ -83,6 +83,31 @@ def test_no_subject_is_on_both_sides_of_the_split_and_pairs_take_the_sessions_th
     assert planned_jobs(workdir) == {}
 
 
+def test_the_pet_pairs_are_fused_in_colour(bids_run):
+    from lpmnet.volumes.colour import fused_luminance_y, rgb_to_ycbcr
+    from lpmnet.volumes.io import load_rgb_volume, load_volume
+
+    workdir, _, _ = bids_run
+    results = workdir / "results" / "study"
+    luminance = workdir / PATHS.luminance("study", "02", "T1", "PET")
+    assert luminance.name == "sub-02_space-T1_desc-luminance_pet.nii.gz"
+    colour = sorted((results / "T1-PET" / "fused").glob("*_fused_rgb.nii.gz"))
+    fused = sorted((results / "T1-PET" / "fused").glob("*_fused.nii.gz"))
+    assert [c.name.replace("_rgb", "") for c in colour] == [f.name for f in fused] and len(fused) == 3
+    for grey, rgb_file in zip(fused, colour):
+        rgb, affine = load_rgb_volume(rgb_file)  # RGB24, on the fixed grid
+        image = nib.load(rgb_file)
+        assert image.header["datatype"] == 128 and image.header.get_intent()[0] == "rgb vector"
+        np.testing.assert_allclose(affine, nib.load(grey).affine, atol=1e-5)
+        np.testing.assert_allclose(rgb_to_ycbcr(rgb / 255.0)[0], fused_luminance_y(load_volume(grey).data),
+                                   atol=0.5 / 255 + 1e-6)
+        sidecar = json.loads(rgb_file.with_suffix("").with_suffix(".json").read_text())
+        assert sidecar["Colour"]["ColourMap"] == "hot" and sidecar["Sources"][0].startswith("bids::T1-PET/fused/")
+    html = (results / "T1-PET" / "metrics.html").read_text()
+    assert "PET is functional and fused in colour (colour map hot)" in html
+    assert "fused in colour" not in (results / "T1-FLAIR" / "metrics.html").read_text()
+
+
 def test_the_results_are_a_valid_bids_derivatives_dataset(bids_run):
     from bids_validator import validator_errors
 

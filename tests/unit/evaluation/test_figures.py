@@ -35,6 +35,27 @@ def test_montage_row_labels_are_never_cut(tmp_path):
     assert img[:, :4, :3].min() > 0.9  # the left edge is white: no label runs off it
 
 
+def test_a_colour_pair_montage_shows_the_functional_source_and_the_fusions_in_colour(tmp_path):
+    from lpmnet.volumes.colour import rgb_path
+
+    a, b = write_pair(tmp_path, shape=(20, 24, 16))
+    grey = tmp_path / "grey.png"
+    fusion_montage({"T1": a, "PET": b}, {"mean": b}, grey, "x")
+    fused = tmp_path / "mean.nii.gz"
+    fuse_classical_files("mean", a, b, fused, colour="hot")
+    out = fusion_montage({"T1": a, "PET": b}, {"mean": fused}, tmp_path / "colour.png", "x", colour_map="hot",
+                         functional="PET", rgb={"mean": rgb_path(fused)})
+
+    def colourfulness(png):
+        pixels = imread(png)[..., :3]
+        return float(np.abs(pixels[..., 0] - pixels[..., 2]).mean())
+
+    assert colourfulness(grey) < 0.01 < colourfulness(out)  # the grey montage has no colour, this one has
+    with pytest.raises(InputError, match="not an RGB24 colour volume"):  # a grey file given as a colour fusion
+        fusion_montage({"T1": a, "PET": b}, {"mean": fused}, tmp_path / "bad.png", "x", colour_map="hot",
+                       functional="PET", rgb={"mean": fused})
+
+
 def test_montage_refuses_different_grids(tmp_path):
     a, b = write_pair(tmp_path, shape=(20, 24, 16))
     other = save_volume(tmp_path / "other.nii.gz", smooth_pair((20, 24, 18))[0], TEST_AFFINE)

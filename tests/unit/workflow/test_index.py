@@ -10,7 +10,8 @@ import pytest
 
 from lpmnet.volumes.bids import index_bids, modality_filters
 from lpmnet.workflow.index import (Source, bids_dataset_index, bids_sources, check_dataset_config,
-                                   check_dataset_modalities, dataset_sources, modality_of_suffix, with_defaults)
+                                   check_dataset_modalities, colour_pair, dataset_sources, modality_of_suffix,
+                                   with_defaults)
 
 #: The files of the raw dataset (relative to its root).
 FILES = (
@@ -193,3 +194,22 @@ def test_skull_stripped_defaults_by_source(source, expected):
 def test_modality_of_suffix():
     cfg = {"fixed": "T1", "pairs": [["T1", "FLAIR"], ["T1", "PET"], ["T2", "T1CE"]]}
     assert modality_of_suffix(cfg) == {"T1w": "T1", "FLAIR": "FLAIR", "pet": "PET", "T2w": "T2", "T1CE": "T1CE"}
+
+
+def test_pet_and_spect_are_functional_and_fused_in_colour_by_default():
+    cfg = with_defaults({"source": "table", "fixed": "T1", "pairs": [["T1", "PET"], ["T1", "SPECT"], ["T1", "FLAIR"]]})
+    assert cfg["functional"] == ["PET", "SPECT"] and cfg["colour_map"] == "hot"
+    assert [colour_pair(p, cfg) for p in cfg["pairs"]] == [True, True, False]
+    grey = with_defaults({"source": "table", "fixed": "T1", "pairs": [["T1", "PET"]], "functional": []})
+    assert not colour_pair(["T1", "PET"], grey)
+    check_dataset_config("d", cfg)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"pairs": [["PET", "T1"]]}, r"datasets.d.pairs: \['PET', 'T1'\] puts the functional PET first"),
+    ({"pairs": [["T1", "FLAIR"]], "functional": ["PET"]}, r"datasets.d.functional: no pair uses PET"),
+    ({"pairs": [["T1", "PET"]], "colour_map": "pet-please"}, r"datasets.d.colour_map: unknown colour map"),
+])
+def test_colour_settings_are_checked(entry, message):
+    with pytest.raises(ValueError, match=message):
+        check_dataset_config("d", with_defaults({"source": "table", "fixed": "T1", **entry}))
