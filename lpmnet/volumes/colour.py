@@ -105,9 +105,16 @@ def _in_gamut(y, cb, cr):
     return y, chroma, np.clip(room.min(axis=-1, initial=1.0), 0.0, 1.0)
 
 
+#: How far outside the RGB cube a colour must lie to count as desaturated (far below a byte step, 1/255): the
+#: colour map's own colours lie on the cube's surface, a float32 rounding error inside or outside it.
+DESATURATION_TOLERANCE = 1e-4
+
+
 def desaturated(fused_luminance, cb, cr, name=DEFAULT_COLOUR_MAP):
     """Where :func:`colour_fused` had to scale the chrominance towards grey (a boolean volume)."""
-    return _in_gamut(fused_luminance_y(fused_luminance, name), cb, cr)[2] < 1.0
+    y, chroma, _ = _in_gamut(fused_luminance_y(fused_luminance, name), cb, cr)
+    full = y[..., None] + chroma
+    return np.maximum(full - 1.0, -full).max(axis=-1) > DESATURATION_TOLERANCE
 
 
 def rgb_path(out_path):

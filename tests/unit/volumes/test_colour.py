@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lpmnet.errors import InputError
-from lpmnet.volumes.colour import (colour_fused, colour_luminance, colour_map, desaturated, fused_luminance_y,
-                                   luminance_range, rgb_path, rgb_to_ycbcr, ycbcr_to_rgb)
+from lpmnet.volumes.colour import (DESATURATION_TOLERANCE, colour_fused, colour_luminance, colour_map, desaturated,
+                                   fused_luminance_y, luminance_range, rgb_path, rgb_to_ycbcr, ycbcr_to_rgb)
 from lpmnet.volumes.io import load_rgb_volume, load_volume, save_rgb_volume, save_volume
 from lpmnet.volumes.normalize import unit_range
 
@@ -56,6 +56,8 @@ def test_the_fused_luminance_is_kept_exactly_and_colours_stay_in_the_cube():
     np.testing.assert_allclose(rgb_to_ycbcr(rgb)[0], fused_luminance_y(fused), atol=1e-6)  # never clipped
     # where the fused luminance is the functional one, the colour fusion is the colour-mapped volume
     np.testing.assert_allclose(colour_fused(y, cb, cr), colour_map(pet), atol=1e-6)
+    assert not desaturated(y, cb, cr).any()  # the map's own colours fit, its darkest red included
+    assert not desaturated(np.zeros_like(y), *colour_luminance(np.zeros_like(pet))[1:]).any()
     # a saturated hue only loses saturation: the hue angle in the CbCr plane is kept
     out = rgb_to_ycbcr(rgb)
     kept = np.hypot(out[1] - 0.5, out[2] - 0.5) > 1e-3
@@ -100,8 +102,8 @@ def test_colour_fusion_of_a_real_mri_pet_pair_round_trips(tmp_path, shared_data,
     _, pet_cb, pet_cr = colour_luminance(unit_range(load_volume(pet).data, True))
     kept = ~desaturated(fused.data, pet_cb, pet_cr)  # the voxels whose colour fits in the RGB cube
     assert kept.mean() > 0.2
-    np.testing.assert_allclose(cb[kept], pet_cb[kept], atol=ROUNDING + 1e-6)
-    np.testing.assert_allclose(cr[kept], pet_cr[kept], atol=ROUNDING + 1e-6)
+    np.testing.assert_allclose(cb[kept], pet_cb[kept], atol=ROUNDING + DESATURATION_TOLERANCE)
+    np.testing.assert_allclose(cr[kept], pet_cr[kept], atol=ROUNDING + DESATURATION_TOLERANCE)
     sidecar = json.loads(out.with_suffix("").with_suffix(".json").read_text())
     assert sidecar["Colour"]["ColourMap"] == "hot" and sidecar["Colour"]["RGB"] == str(rgb_path(out))
     assert sidecar["Colour"]["DesaturatedFraction"] == pytest.approx(1 - kept.mean(), abs=1e-5)
