@@ -226,7 +226,7 @@ def dataset_sources(name, dataset_config, results=RESULTS, bids_index=None):
         sources = manifest_sources(name, manifest) if manifest.is_file() else []
         where = str(manifest)
     elif kind == "bids":
-        # only complete subjects (sessions): the index reports the others, nothing is "missing" here
+        # a modality a session lacks is an "absent" source (left out of its pairs), never "missing"
         sources = bids_sources(name, bids_index or bids_dataset_index(dataset_config))
         where = dataset_config["root"]
     else:
