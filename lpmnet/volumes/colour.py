@@ -19,6 +19,8 @@ way PET viewers show it:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 #: The colour map of a functional volume unless one is asked for: the one most PET viewers use.
@@ -119,8 +121,6 @@ def desaturated(fused_luminance, cb, cr, name=DEFAULT_COLOUR_MAP):
 
 def rgb_path(out_path):
     """The colour volume written beside a fused luminance volume: ``<name>_rgb.nii.gz``."""
-    from pathlib import Path
-
     out_path = Path(out_path)
     stem = out_path.name.removesuffix(".gz").removesuffix(".nii")
     return out_path.with_name(f"{stem}_rgb.nii.gz")

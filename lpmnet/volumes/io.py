@@ -118,15 +118,9 @@ def _nifti_suffix(path: Path) -> str:
     return ""
 
 
-def load_volume(path, *, allow_constant: bool = False) -> Volume:
-    """Read a 3D NIfTI volume as float32 (scaling applied) and validate it.
-
-    A 4D (or higher) file whose extra dimensions are all 1 is squeezed to 3D; a real
-    4D series is refused.  Raises :class:`InputError` naming ``path`` when the file is
-    missing, is not a readable NIfTI-1/NIfTI-2 image, is not 3D, contains NaN/inf
-    values, or (unless ``allow_constant``) holds the same value in every voxel.
-    """
-    p = Path(path)
+def _open_nifti(p: Path):
+    """The NIfTI image at ``p`` (header read, data not yet); InputError naming it when it is missing, a folder,
+    or not a NIfTI file."""
     if not p.exists():
         raise InputError(p, "file not found")
     if p.is_dir():
@@ -137,7 +131,19 @@ def load_volume(path, *, allow_constant: bool = False) -> Volume:
         raise InputError(p, f"not readable as NIfTI ({type(exc).__name__}: {exc})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(p, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    return img
 
+
+def load_volume(path, *, allow_constant: bool = False) -> Volume:
+    """Read a 3D NIfTI volume as float32 (scaling applied) and validate it.
+
+    A 4D (or higher) file whose extra dimensions are all 1 is squeezed to 3D; a real
+    4D series is refused.  Raises :class:`InputError` naming ``path`` when the file is
+    missing, is not a readable NIfTI-1/NIfTI-2 image, is not 3D, contains NaN/inf
+    values, or (unless ``allow_constant``) holds the same value in every voxel.
+    """
+    p = Path(path)
+    img = _open_nifti(p)
     shape = tuple(int(n) for n in img.shape)
     if len(shape) < 3:
         raise InputError(p, f"is {len(shape)}D with shape {shape}; expected a 3D volume")
@@ -363,13 +369,11 @@ def load_rgb_volume(path) -> tuple[np.ndarray, np.ndarray]:
     """(colour data of shape (X, Y, Z, 3), uint8; affine) of an RGB24 NIfTI; InputError naming the file
     when it is missing, unreadable or not an RGB24 volume."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(p, "file not found")
+    img = _open_nifti(p)
     try:
-        img = nib.load(p)
         data = np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for damaged files
-        raise InputError(p, f"not a readable NIfTI image ({type(err).__name__}: {err})") from None
+    except Exception as exc:  # truncated/corrupt compressed data and the like
+        raise InputError(p, f"image data could not be read ({type(exc).__name__}: {exc})") from exc
     if data.dtype != RGB24 or data.ndim != 3:
         raise InputError(p, f"not an RGB24 colour volume (data type {data.dtype}, shape {data.shape})")
     return np.stack([data[c] for c in RGB24.names], axis=-1), np.asarray(img.affine, dtype=float)
