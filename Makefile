@@ -20,6 +20,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
+	@echo "Done: open results/report.html in a browser."
 
 test: install
 	$(BIN)/python -m pytest -q -ra

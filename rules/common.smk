@@ -279,18 +279,24 @@ def usable_subjects(dataset, role, modalities):
     return [s for s in subjects_in(splits()[dataset], role) if not needed & set(failures.get(s, {}))]
 
 
+def wait_for_manifests():
+    """Wait for the manifest checkpoint of every IXI dataset on the first run; the index then reads the
+    manifest it (re)wrote."""
+    for name, cfg in DATASETS.items():
+        if cfg["source"] == "ixi":
+            checkpoints.manifest.get(dataset=name)
+
+
 def all_targets(wildcards):
     """Everything of every dataset; an IXI dataset's subjects once it is downloaded and paired.
 
     Subjects whose sources failed their check are left out of the training sets, tables and figures;
     their failing conversions are requested so that the run reports them and exits non-zero.
     """
-    for name, cfg in DATASETS.items():
-        if cfg["source"] == "ixi":
-            # Waits for the checkpoint on the first run; the index then reads the manifest it (re)wrote.
-            checkpoints.manifest.get(dataset=name)
-    targets = [path for name in DATASETS
-               for path in (paths.manifest(name), paths.description(name), paths.bidsignore(name))]
+    wait_for_manifests()
+    targets = [paths.report()]
+    targets += [path for name in DATASETS
+                for path in (paths.manifest(name), paths.description(name), paths.bidsignore(name))]
     for name in splits():
         failures = input_failures(name)
         for pair, modalities in PAIRS[name].items():
@@ -302,6 +308,7 @@ def all_targets(wildcards):
             targets += [paths.learning_curve_figure(name, pair, m) for m in TRAINED
                         if METHOD_CONFIGS[m]["training"]["keep_every"]]
             targets += [paths.montage(name, pair, s) for s in usable_subjects(name, "test", modalities)]
+            targets += [paths.viewer(name, pair, s) for s in usable_subjects(name, "test", modalities)]
         if DATASETS[name]["register"]:
             fixed = DATASETS[name]["fixed"]
             moving = {m for p in DATASETS[name]["pairs"] for m in p if m != fixed}
@@ -483,6 +490,32 @@ def montage_colour(wildcards):
         return {}
     return {"functional": normalized(dataset, subject, PAIRS[dataset][pair][1]),
             "rgb": [paths.fused_colour(dataset, pair, subject, space_label(dataset), m) for m in METHODS]}
+
+
+def viewer_inputs(wildcards):
+    """A viewer page's volumes: the normalised sources (a colour pair's functional one is shown through the
+    colour map), every method's fused volume (in colour for a colour pair) and its metrics."""
+    dataset, pair, subject = wildcards.dataset, wildcards.pair, wildcards.subject
+    fused = paths.fused_colour if is_colour_pair(dataset, pair) else paths.fused
+    return {"sources": [normalized(dataset, subject, m) for m in PAIRS[dataset][pair]],
+            "fused": [fused(dataset, pair, subject, space_label(dataset), m) for m in METHODS],
+            "metrics": [paths.subject_metrics(dataset, pair, subject, m) for m in METHODS]}
+
+
+def report_inputs(wildcards):
+    """What the report shows and links: per pair of every dataset its comparison, tables and box plots, and
+    its test subjects' viewer pages and montages."""
+    wait_for_manifests()
+    inputs = {"comparison": [], "pages": [], "viewers": [], "montages": []}
+    for name in splits():
+        for pair, modalities in PAIRS[name].items():
+            inputs["comparison"].append(paths.comparison(name, pair, "tsv"))
+            inputs["pages"] += [paths.comparison(name, pair, "html"), paths.comparison(name, pair, "png"),
+                                paths.metrics_html(name, pair)]
+            subjects = usable_subjects(name, "test", modalities)
+            inputs["viewers"] += [paths.viewer(name, pair, s) for s in subjects]
+            inputs["montages"] += [paths.montage(name, pair, s) for s in subjects]
+    return inputs
 
 
 def metric_table_inputs(wildcards):

@@ -1,4 +1,8 @@
-# Metrics in both conventions, aggregate tables, and the figures of the report.
+# Metrics in both conventions, aggregate tables, the figures and viewer pages, and the report.
+
+
+localrules:
+    report,
 
 
 rule metrics:
@@ -112,6 +116,42 @@ rule fusion_montage:
         "../envs/report.yaml"
     script:
         "../scripts/fusion_montage.py"
+
+
+rule viewer:
+    input:
+        unpack(viewer_inputs),
+    output:
+        paths.viewer(),
+    params:
+        labels=lambda w: [*pair_modalities(w), *METHODS],
+        colour_map=lambda w: DATASETS[w.dataset]["colour_map"] if is_colour_pair(w.dataset, w.pair) else None,
+    log:
+        paths.log("viewer/{pair}/sub-{subject}"),
+    benchmark:
+        paths.benchmark("viewer/{pair}/sub-{subject}")
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/viewer.py"
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        paths.report(),
+    params:
+        reference=REFERENCE,
+        colour=[f"{name}/{pair}" for name in DATASETS for pair in PAIRS[name] if is_colour_pair(name, pair)],
+    log:
+        paths.report_log(),
+    benchmark:
+        paths.report_benchmark()
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
 
 
 rule learning_curve:

@@ -19,16 +19,35 @@ from lpmnet.volumes.io import atomic_output, atomic_write_text
 from lpmnet.metrics import METRIC_NAMES, TABLE_CONVENTIONS
 from lpmnet.evaluation.comparison import (CLOSER_TO_ZERO, COST_KEYS, HIGHER, LOWER, METRIC_DIRECTIONS, MIN_PAIRED,
                                           check_long_table, is_missing, ordered_names, compare, write_comparison_tsv)
-from lpmnet.evaluation.tables import CONVENTION_NOTE, format_number, method_order
+from lpmnet.evaluation.tables import CONVENTION_NOTE, format_number, html_page, method_order
 
 __all__ = [
     "render_comparison_html",
+    "convention_section",
+    "read_comparison_tsv",
+    "TABLE_STYLE",
     "comparison_figure",
     "write_comparison",
 ]
 
 _ARROWS = {HIGHER: "\u2191", LOWER: "\u2193", CLOSER_TO_ZERO: "\u21920"}
 _REFERENCE_COLOUR, _OTHER_COLOUR = "#1f4e9c", "#8a8f98"
+#: The style sheet of the comparison tables (also the report's, which shows them).
+TABLE_STYLE = """\
+  body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
+  table { border-collapse: collapse; font-size: 0.9em; margin-bottom: 0.5em; }
+  th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+  th { background: #f0f3f7; border-bottom: 2px solid #99a; }
+  td.lbl { text-align: left; font-weight: 600; }
+  td.mr { background: #f6f8fb; }
+  tr.prow td { font-size: 0.8em; color: #666; border-bottom: 1px solid #bbb; }
+  tr.prow td.lbl { font-weight: normal; padding-left: 1.5em; }
+  sup.rank { color: #1f4e9c; padding-left: 0.15em; }
+  sup.fn, .n { color: #888; }
+  .n { font-size: 0.85em; }
+  .note, ol { font-size: 0.85em; color: #555; max-width: 60em; }
+  h2 { font-size: 1.1em; margin-top: 1.6em; }
+"""
 
 
 # --------------------------------------------------------------------------- HTML
@@ -76,7 +95,11 @@ def _p_cell(row) -> str:
     return f"<td class='p'>{text}</td>"
 
 
-def _convention_section(table: pd.DataFrame, convention: str, reference: str, footnotes: list[str]) -> str:
+def convention_section(table: pd.DataFrame, convention: str, reference: str, footnotes: list[str], *,
+                       tests: bool = True) -> str:
+    """The section of one convention: its verdict and its table (rows: methods, columns: metrics and the mean
+    rank); with ``tests``, a row of p-values against ``reference`` below each other method.  Footnote texts
+    are appended to ``footnotes`` (cells point to them by number)."""
     part = table[table["convention"] == convention]
     metrics = list(dict.fromkeys(part["metric"]))
     methods = list(dict.fromkeys(part["method"]))
@@ -99,7 +122,7 @@ def _convention_section(table: pd.DataFrame, convention: str, reference: str, fo
             rank_text = f"<b>{rank_text}</b>"
         cells.append(f"<td class='mr'>{rank_text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-        if method != reference:
+        if tests and method != reference:
             p_cells = "".join(_p_cell(rows.loc[m]) for m in metrics)
             body.append(f"<tr class='prow'><td class='lbl p'>vs {html.escape(reference)}</td>{p_cells}<td></td></tr>")
     best = [m for m in methods if mean_ranks[m] == best_mean]
@@ -147,31 +170,9 @@ def render_comparison_html(table: pd.DataFrame, reference: str = "lpmnet",
     (parameters, fusion seconds per volume, training time) closes the page.
     """
     footnotes: list[str] = []
-    sections = [_convention_section(table, c, reference, footnotes) for c in dict.fromkeys(table["convention"])]
+    sections = [convention_section(table, c, reference, footnotes) for c in dict.fromkeys(table["convention"])]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in footnotes)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(title)}</title>
-<style>
-  body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }}
-  table {{ border-collapse: collapse; font-size: 0.9em; margin-bottom: 0.5em; }}
-  th, td {{ padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
-  th {{ background: #f0f3f7; border-bottom: 2px solid #99a; }}
-  td.lbl {{ text-align: left; font-weight: 600; }}
-  td.mr {{ background: #f6f8fb; }}
-  tr.prow td {{ font-size: 0.8em; color: #666; border-bottom: 1px solid #bbb; }}
-  tr.prow td.lbl {{ font-weight: normal; padding-left: 1.5em; }}
-  sup.rank {{ color: #1f4e9c; padding-left: 0.15em; }}
-  sup.fn, .n {{ color: #888; }}
-  .n {{ font-size: 0.85em; }}
-  .note, ol {{ font-size: 0.85em; color: #555; max-width: 60em; }}
-  h2 {{ font-size: 1.1em; margin-top: 1.6em; }}
-</style>
-</head>
-<body>
-<h1>{html.escape(title)}</h1>
+    page = f"""<h1>{html.escape(title)}</h1>
 <p class='note'>Cells: mean ± sample SD over subjects, superscript = rank among the methods (1 = best, ties share
 the average rank), bold = best. Direction: ↑ higher is better, ↓ lower is better, →0 closer to 0 is better
 (ranked and tested on the absolute value). Mean rank: over the ranked metrics of the convention.
@@ -182,9 +183,17 @@ Holm-adjusted across the metrics of the convention (bold: adjusted p &lt; 0.05);
 {chr(10).join(sections)}
 {"<ol>" + notes + "</ol>" if notes else ""}
 {_cost_section(table)}
-</body>
-</html>
 """
+    return html_page(title, TABLE_STYLE, page)
+
+
+def read_comparison_tsv(path) -> pd.DataFrame:
+    """A comparison table written by :func:`lpmnet.evaluation.comparison.write_comparison_tsv`, with empty
+    notes as empty strings (as :func:`compare` gives them) and ``NaN`` as missing."""
+    table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["NaN"])
+    for column in ("test_note", "note"):
+        table[column] = table[column].astype(str)
+    return table
 
 
 # --------------------------------------------------------------------------- figure

@@ -32,6 +32,7 @@ __all__ = [
     "summary_columns",
     "write_tables",
     "render_summary_html",
+    "html_page",
 ]
 
 #: Columns of the long table (and keys of :func:`metrics_record` rows).
@@ -150,6 +151,23 @@ def format_number(v) -> str:
     return f"{v:.4g}"
 
 
+def html_page(title: str, style: str, body: str) -> str:
+    """A standalone HTML page titled ``title``, with the style sheet ``style`` and the markup ``body``."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>
+{style}</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
 def _undefined_notes(long_df: pd.DataFrame | None) -> dict:
     """(method, convention, metric) -> the distinct reasons why some of its values are undefined."""
     if long_df is None or "note" not in long_df:
@@ -169,6 +187,22 @@ def _failed_section(failed) -> str:
             "<p class='note'>Their inputs failed the check before processing (also in failed_subjects.tsv); "
             "training subjects among them were left out of the training set.</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+
+
+_SUMMARY_STYLE = """\
+  body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
+  table { border-collapse: collapse; font-size: 0.9em; }
+  caption { caption-side: top; text-align: left; font-weight: 600; font-size: 1.05em; padding-bottom: 0.5em; }
+  caption .note { font-weight: normal; font-size: 0.85em; color: #555; }
+  th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+  th { background: #f0f3f7; border-bottom: 2px solid #99a; }
+  td.lbl { text-align: left; font-weight: 600; }
+  tr:nth-child(even) td { background: #fafbfc; }
+  .n { color: #888; font-size: 0.85em; }
+  .note, ol { font-size: 0.85em; color: #555; }
+  h3 { font-size: 1em; margin-top: 1.5em; }
+  .warning { background: #fff3cd; border-left: 4px solid #d39e00; padding: 0.5em 0.8em; }
+"""
 
 
 def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None = None,
@@ -211,28 +245,7 @@ def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None =
     caption = (f"{html.escape(title)}<br><span class='note'>Mean ± sample SD over subjects; "
                "undefined values are skipped (–: no value). Conventions: "
                f"{html.escape(CONVENTION_NOTE)}.</span>")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(title)}</title>
-<style>
-  body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }}
-  table {{ border-collapse: collapse; font-size: 0.9em; }}
-  caption {{ caption-side: top; text-align: left; font-weight: 600; font-size: 1.05em; padding-bottom: 0.5em; }}
-  caption .note {{ font-weight: normal; font-size: 0.85em; color: #555; }}
-  th, td {{ padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
-  th {{ background: #f0f3f7; border-bottom: 2px solid #99a; }}
-  td.lbl {{ text-align: left; font-weight: 600; }}
-  tr:nth-child(even) td {{ background: #fafbfc; }}
-  .n {{ color: #888; font-size: 0.85em; }}
-  .note, ol {{ font-size: 0.85em; color: #555; }}
-  h3 {{ font-size: 1em; margin-top: 1.5em; }}
-  .warning {{ background: #fff3cd; border-left: 4px solid #d39e00; padding: 0.5em 0.8em; }}
-</style>
-</head>
-<body>
-{"".join(f"<p class='warning'>{html.escape(w)}</p>" for w in warnings)}
+    page = f"""{"".join(f"<p class='warning'>{html.escape(w)}</p>" for w in warnings)}
 <table>
 <caption>{caption}</caption>
 <thead><tr><th style="text-align:left">method</th><th style="text-align:left">convention</th><th>n</th>{head}</tr></thead>
@@ -242,9 +255,8 @@ def render_summary_html(summary_df: pd.DataFrame, long_df: pd.DataFrame | None =
 </table>
 {"<ol>" + "".join(f"<li>{html.escape(n)}</li>" for n in footnotes) + "</ol>" if footnotes else ""}
 {_failed_section(failed)}
-</body>
-</html>
 """
+    return html_page(title, _SUMMARY_STYLE, page)
 
 
 def _write_tsv(df: pd.DataFrame, path) -> Path:

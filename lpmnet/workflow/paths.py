@@ -249,6 +249,22 @@ class Paths:
     def montage(self, dataset="{dataset}", pair="{pair}", subject="{subject}"):
         return f"{self.pair_dir(dataset, pair)}/qc/sub-{subject}_montage.png"
 
+    def viewer(self, dataset="{dataset}", pair="{pair}", subject="{subject}"):
+        """A test subject's viewer page: the sources and every method's fusion on one voxel."""
+        return f"{self.pair_dir(dataset, pair)}/viewer/sub-{subject}_viewer.html"
+
+    # --- the report of every dataset ---------------------------------------------------------------
+
+    def report(self):
+        """The page a run ends with: every pair's headline comparison and its viewer pages."""
+        return f"{self.results}/report.html"
+
+    def report_log(self):
+        return f"{self.results}/logs/report.log"
+
+    def report_benchmark(self):
+        return f"{self.results}/benchmarks/report.tsv"
+
     # --- the shipped models (target ``pretrained``) -------------------------------------------------
 
     def pretrained_dir(self):

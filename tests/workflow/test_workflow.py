@@ -110,6 +110,21 @@ def test_end_to_end_tiny_demo(finished_run):
     assert report.stat().st_size > 100_000
 
 
+def test_the_run_ends_with_its_report_and_a_viewer_page_per_test_subject(finished_run):
+    from browser import check_viewer_page
+
+    report = finished_run / PATHS.report()
+    page = report.read_text()
+    assert "<h2>demo: T1-FLAIR</h2>" in page and "Convention lpmnet" in page
+    links = re.findall(r"href='([^'#]+)'", page)
+    assert all((report.parent / link).is_file() for link in links)
+    viewers = [link for link in links if link.endswith("_viewer.html")]
+    assert viewers == [f"demo/T1-FLAIR/viewer/sub-{s}_viewer.html"
+                       for s in pd.read_csv(report.parent / "demo" / "split.tsv", sep="\t").query("split == 'test'").subject]
+    figures = check_viewer_page(report.parent / viewers[0])
+    assert figures["views"] == 2 + 5  # T1, FLAIR and every method
+
+
 def test_the_results_are_a_valid_bids_derivatives_dataset(finished_run):
     import json
 
@@ -147,8 +162,8 @@ def test_changing_one_methods_setting_reruns_only_that_method(finished_run, meth
     finally:
         workdir_with(finished_run, tiny_config())
     curve = {"learning_curve": 1, "learning_curve_figure": 1} if method == "lpmnet" else {}
-    assert jobs == {"train": 1, "fuse": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1,
-                    "training_curves": 1, "comparison": 1, "all": 1, **curve}
+    assert jobs == {"train": 1, "fuse": 1, "metrics": 1, "metric_tables": 1, "fusion_montage": 1, "viewer": 1,
+                    "training_curves": 1, "comparison": 1, "report": 1, "all": 1, **curve}
     assert f"model/{method}/model.pt" in outputs and f"desc-{method}_fused" in outputs
     other = ({"lpmnet", "mambadfuse"} - {method}).pop()
     assert f"model/{other}/" not in outputs and f"desc-{other}_" not in outputs
@@ -193,12 +208,14 @@ def test_paper_style_resize_coexists_with_the_native_grid(finished_run):
         # Only the resize and normalisation of the kept registered volumes and the pair's work on the new grid.
         assert planned_jobs(finished_run) == {
             "resize": 6, "normalize": 6, "train": 2, "fuse": 3, "fuse_classical": 2, "metrics": 5, "metric_tables": 1,
-            "fusion_montage": 1, "training_curves": 2, "learning_curve": 1, "learning_curve_figure": 1,
-            "comparison": 1, "all": 1}
+            "fusion_montage": 1, "viewer": 1, "training_curves": 2, "learning_curve": 1, "learning_curve_figure": 1,
+            "comparison": 1, "report": 1, "all": 1}
         snakemake(finished_run, "--cores", "2")
     finally:
         workdir_with(finished_run, tiny_config())
-    assert planned_jobs(finished_run) == {}  # back on the native grid: nothing to redo
+    # back on the native grid: nothing to redo but the report, which shows the pairs of the grid configured
+    assert planned_jobs(finished_run) == {"report": 1, "all": 1}
+    snakemake(finished_run, "--cores", "1")
     assert {p: p.stat().st_mtime_ns for p in native} == native
 
     resized = results / "T1-FLAIR_res-32x48x40"
