@@ -23,7 +23,7 @@ demo: install
 	@echo "Done: open results/report.html in a browser."
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 # The unit tests (tests/unit) without the slow ones (a kernel build, real-data registrations): what a
 # developer runs while working (3 minutes on 2 cores). The workflow runs are in tests/workflow, SLURM's

@@ -103,14 +103,14 @@ def _nifti_base64(data: np.ndarray, affine: np.ndarray, *, slope: float = 1.0, i
 
 
 def _grey_range(volumes: list[np.ndarray]) -> tuple[float, float, float, float]:
-    """(lowest, highest) value of the grey volumes, and the initial window within them."""
-    finite = [v[np.isfinite(v)] for v in volumes]
-    lo = min(float(v.min()) for v in finite if v.size) if any(v.size for v in finite) else 0.0
-    hi = max(float(v.max()) for v in finite if v.size) if any(v.size for v in finite) else 1.0
+    """(lowest, highest) finite value of the grey volumes, and the initial window within them."""
+    values = np.concatenate([v[np.isfinite(v)] for v in volumes]) if volumes else np.empty(0)
+    if values.size == 0:
+        return 0.0, 1.0, 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
     if not hi > lo:
         hi = lo + 1.0
-    stacked = np.concatenate([v.ravel() for v in finite]) if finite else np.array([lo, hi])
-    w_lo, w_hi = (float(p) for p in np.percentile(stacked, WINDOW_PERCENTILES)) if stacked.size else (lo, hi)
+    w_lo, w_hi = (float(p) for p in np.percentile(values, WINDOW_PERCENTILES))
     if not w_hi > w_lo:
         w_lo, w_hi = lo, hi
     return lo, hi, w_lo, w_hi

@@ -59,8 +59,9 @@
     const mm = Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3);
     locationLine.dataset.voxel = voxel.join(",");
     locationLine.dataset.mm = mm.map((x) => fixed(x, 2)).join(",");
-    locationLine.textContent = `voxel (i, j, k) = (${voxel.join(", ")}) \u00b7 scanner coordinates x = ` +
-      `${fixed(mm[0], 1)} mm, y = ${fixed(mm[1], 1)} mm, z = ${fixed(mm[2], 1)} mm`;
+    locationLine.textContent = `crosshair at voxel (i, j, k) = (${voxel.join(", ")}) \u00b7 scanner coordinates ` +
+      `x = ${fixed(mm[0], 1)} mm (sagittal plane), y = ${fixed(mm[1], 1)} mm (coronal), ` +
+      `z = ${fixed(mm[2], 1)} mm (axial)`;
     for (const view of views) {
       const [i, j, k] = voxelOf(view.nv);
       view.readout.dataset.voxel = [i, j, k].join(",");
