@@ -82,8 +82,9 @@ def _click_off_centre(page, canvas, dx, dy):
 def check_viewer_page(path, screenshot=None) -> dict:
     """Open a viewer page (:mod:`lpmnet.evaluation.viewer`) and check what a user sees; returns its figures.
 
-    Asserts that it loads with no console error, that every view draws an image, and that a click in the
-    first view and one in the last move every view to the clicked voxel (the voxel the page reports).
+    Asserts that it loads with no console error, that every view draws an image, that a click in the first
+    view and one in the last move every view to the clicked voxel (the voxel the page reports), and that the
+    mouse wheel over a view scrolls every view's slices.
     ``screenshot``: a PNG of the whole page is written there.
     """
     path = Path(path).resolve()
@@ -111,6 +112,15 @@ def check_viewer_page(path, screenshot=None) -> dict:
             assert reported == ",".join(map(str, voxels[0]))
             moved.append(voxels[0])
         assert moved[0] != start_voxels[0] and moved[1] != moved[0]
+        # the mouse wheel over a view scrolls the slices of every view
+        before = page.evaluate("JSON.stringify(lpmnetViewer.voxels())")
+        box = canvases[0].bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 6, box["y"] + box["height"] / 2)
+        page.mouse.wheel(0, 300)
+        page.wait_for_function("(before) => JSON.stringify(lpmnetViewer.voxels()) !== before", arg=before,
+                               timeout=10_000)
+        voxels = page.evaluate("lpmnetViewer.voxels()")
+        assert all(v == voxels[0] for v in voxels), f"{path.name}: the views disagree after a scroll: {voxels}"
         if screenshot:
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(screenshot), full_page=True)

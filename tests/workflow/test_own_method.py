@@ -69,7 +69,7 @@ def test_the_readme_method_runs_in_the_workflow_with_its_config_entry(own_method
     snakemake(workdir_with(own_method_dir, config), "--cores", "2")
     results = own_method_dir / "results" / "mine" / "T1-FLAIR"
     summary = pd.read_csv(results / "metrics.tsv", sep="\t")
-    assert set(summary.method) == {"weighted", "mean", "max"}
+    assert set(summary.method) == {"weighted", *DEFAULT_CONFIG["fusion"]["classical"]}
     comparison = pd.read_csv(results / "comparison.tsv", sep="\t")
     assert comparison[comparison.method == "weighted"].parameters.iloc[0] == 2 * 8 * 9 + 8 + 8 * 9 + 1
     assert (results / "model" / "weighted" / "training_curves.png").exists()

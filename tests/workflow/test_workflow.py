@@ -42,9 +42,9 @@ def test_dry_run_of_the_default_demo(tmp_path):
     jobs = planned_jobs(workdir)
     assert jobs["convert"] == 18 and jobs["register"] == 12
     # lpmnet, mambadfuse, dc2fusion, asfe trained per pair; lpmnet-pretrained (the shipped model) only fuses;
-    # and the classical mean and max
+    # and the classical mean, max, pca and laplacian
     assert jobs["train"] == 2 * 4 and jobs["metric_tables"] == 2
-    assert jobs["fuse"] == 5 * jobs["fuse_classical"] / 2 and jobs["metrics"] == 7 * jobs["fuse_classical"] / 2
+    assert jobs["fuse"] == 5 * jobs["fuse_classical"] / 4 and jobs["metrics"] == 9 * jobs["fuse_classical"] / 4
 
 
 def test_end_to_end_tiny_demo(finished_run):
