@@ -248,6 +248,10 @@ def metrics_mem_mb(wildcards, input):
     return memory.metrics_mem_mb(input.x1)
 
 
+def viewer_mem_mb(wildcards, input):
+    return memory.viewer_mem_mb(input.sources[0], len(input.sources) + len(input.fused))
+
+
 def registration_mem_mb(wildcards, input):
     return memory.registration_mem_mb(input.fixed, input.moving)
 

@@ -126,6 +126,8 @@ rule viewer:
     params:
         labels=lambda w: [*pair_modalities(w), *METHODS],
         colour_map=lambda w: DATASETS[w.dataset]["colour_map"] if is_colour_pair(w.dataset, w.pair) else None,
+    resources:
+        mem_mb=viewer_mem_mb,
     log:
         paths.log("viewer/{pair}/sub-{subject}"),
     benchmark:

@@ -44,6 +44,7 @@ __all__ = [
     "LOWER",
     "CLOSER_TO_ZERO",
     "METRIC_DIRECTIONS",
+    "METRIC_ARROWS",
     "MIN_PAIRED",
     "COST_KEYS",
     "COMPARISON_COLUMNS",
@@ -75,6 +76,9 @@ METRIC_DIRECTIONS = {
     "background": LOWER,    # fused level where both sources are empty
     "lattice": LOWER,       # the 16-voxel window period over the mean fusion's
 }
+
+#: How the tables mark each direction: higher, lower, closer to zero is better.
+METRIC_ARROWS = {HIGHER: "\u2191", LOWER: "\u2193", CLOSER_TO_ZERO: "\u21920"}
 
 #: Fewest paired subjects for a Wilcoxon test.  With 5 pairs the smallest possible exact
 #: two-sided p-value is 2 / 2**5 = 0.0625, so a test of fewer pairs can never reach p < 0.05.

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 
 from lpmnet.volumes.io import atomic_output, atomic_write_text
 from lpmnet.metrics import METRIC_NAMES, TABLE_CONVENTIONS
-from lpmnet.evaluation.comparison import (CLOSER_TO_ZERO, COST_KEYS, HIGHER, LOWER, METRIC_DIRECTIONS, MIN_PAIRED,
-                                          check_long_table, is_missing, ordered_names, compare, write_comparison_tsv)
+from lpmnet.evaluation.comparison import (COST_KEYS, METRIC_ARROWS, METRIC_DIRECTIONS, MIN_PAIRED, check_long_table,
+                                          is_missing, ordered_names, compare, write_comparison_tsv)
 from lpmnet.evaluation.tables import CONVENTION_NOTE, format_number, html_page, method_order
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "write_comparison",
 ]
 
-_ARROWS = {HIGHER: "\u2191", LOWER: "\u2193", CLOSER_TO_ZERO: "\u21920"}
 _REFERENCE_COLOUR, _OTHER_COLOUR = "#1f4e9c", "#8a8f98"
 #: The style sheet of the comparison tables (also the report's, which shows them).
 TABLE_STYLE = """\
@@ -105,7 +104,7 @@ def convention_section(table: pd.DataFrame, convention: str, reference: str, foo
     methods = list(dict.fromkeys(part["method"]))
     n_max = int(part["n"].max())
     n_ranked = sum(1 for m in metrics if METRIC_DIRECTIONS.get(m))
-    head = "".join(f"<th>{html.escape(m)} {_ARROWS.get(METRIC_DIRECTIONS.get(m, ''), '')}</th>" for m in metrics)
+    head = "".join(f"<th>{html.escape(m)} {METRIC_ARROWS.get(METRIC_DIRECTIONS.get(m, ''), '')}</th>" for m in metrics)
     mean_ranks = part.groupby("method")["mean_rank"].first()
     best_mean = mean_ranks.min()
     body = []
@@ -258,7 +257,7 @@ def _box_panel(ax, part: pd.DataFrame, metric: str, methods: list[str], referenc
     ax.grid(True, axis="y", color="#e3e3e3", linewidth=0.7)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    arrow = _ARROWS.get(METRIC_DIRECTIONS.get(metric, ""), "")
+    arrow = METRIC_ARROWS.get(METRIC_DIRECTIONS.get(metric, ""), "")
     ax.set_title(f"{metric} {arrow}", fontsize=10)
     if left_out:
         ax.text(0.98, 0.98, f"{left_out} undefined or infinite not shown", transform=ax.transAxes, ha="right",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,10 @@ class PairResults:
 
 
 def _href(path, base: Path) -> str:
-    return html.escape(Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix(), quote=True)
+    """A link from the folder ``base`` to ``path``: relative (abspath, not resolve: a symbolic link to a
+    dataset folder stays a folder of the results), URL-encoded."""
+    relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(base))).as_posix()
+    return html.escape(quote(relative), quote=True)
 
 
 def _pair_section(pair: PairResults, base: Path, reference: str) -> str:
@@ -101,8 +105,9 @@ def render_report_html(pairs: list[PairResults], base, *, reference: str = "lpmn
     body = sections or "<p>No pair has results yet.</p>"
     page = f"""<h1>{html.escape(title)}</h1>
 <p class='note'>lpmnet {html.escape(__version__)}. For each modality pair: the methods' headline comparison over the
-test subjects in the {HEADLINE_CONVENTION} convention (mean ± SD, superscript = rank, bold = best; mean rank over
-the ranked metrics; ↑ higher is better, ↓ lower is better, →0 closer to 0 is better), then the full comparison
+test subjects in the {HEADLINE_CONVENTION} convention, or the first one the run computed (each table names its
+own; mean ± SD, superscript = rank, bold = best; mean rank over the ranked metrics; ↑ higher is better, ↓ lower
+is better, →0 closer to 0 is better), then the full comparison
 (every convention, Wilcoxon tests against {html.escape(reference)}, costs), the metric tables, the box plots, and
 each test subject's viewer page (every fused volume beside the sources, all on one voxel) and montage.
 Conventions: {html.escape(CONVENTION_NOTE)}.</p>

@@ -34,11 +34,12 @@ import nibabel as nib
 import numpy as np
 
 from lpmnet.errors import InputError
-from lpmnet.evaluation.comparison import CLOSER_TO_ZERO, HIGHER, LOWER, METRIC_DIRECTIONS
+from lpmnet.evaluation.comparison import CLOSER_TO_ZERO, HIGHER, METRIC_ARROWS, METRIC_DIRECTIONS
 from lpmnet.evaluation.tables import format_number
 from lpmnet.volumes.io import RGB24, atomic_write_text, load_rgb_volume, load_volume, require_same_grid
 
-__all__ = ["viewer_page", "render_viewer_html", "ViewerVolume", "PANEL_METRICS", "MAX_VIEWS", "NIIVUE_VERSION"]
+__all__ = ["viewer_page", "render_viewer_html", "read_panel_metrics", "ViewerVolume", "PANEL_METRICS", "MAX_VIEWS",
+           "NIIVUE_VERSION"]
 
 ASSETS = Path(__file__).with_name("assets")
 NIIVUE_VERSION = "0.69.0"
@@ -48,12 +49,12 @@ NIIVUE_SHA256 = "47b896b77ec4a5be3ef1949c33ad393b6f45629921f326c279000bcf51bdb4a
 PANEL_METRICS = ("SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "rSFe")
 #: Views one page can hold: Chromium drops the oldest WebGL context beyond 16 per page.
 MAX_VIEWS = 16
-#: Grey levels of the embedded display copies.
-LEVELS = 255
-#: The percentiles of the grey voxels that bound the initial shared window.
+#: The highest of the embedded display copies' 256 grey levels.
+TOP_LEVEL = 255
+#: The percentiles of the grey voxels that bound the initial shared window ...
 WINDOW_PERCENTILES = (0.5, 99.5)
-
-_ARROWS = {HIGHER: "\u2191", LOWER: "\u2193", CLOSER_TO_ZERO: "\u21920"}
+#: ... taken on every WINDOW_STRIDE-th voxel along each axis (the window needs no more, the memory does).
+WINDOW_STRIDE = 2
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,13 @@ def _asset(name: str) -> str:
 
 
 def _script_safe(text: str) -> str:
-    """Text that can stand inside a ``<script>`` element: a literal ``</`` would end the element early."""
+    """Script text that can stand inside a ``<script>`` element: a literal ``</`` would end the element early."""
     return text.replace("</", "<\\/")
+
+
+def _json_script(data) -> str:
+    """JSON that can stand inside a ``<script>`` element whatever its strings hold (no ``<`` at all)."""
+    return json.dumps(data).replace("<", "\\u003c")
 
 
 def _nifti_base64(data: np.ndarray, affine: np.ndarray, *, slope: float = 1.0, inter: float = 0.0) -> str:
@@ -103,22 +109,23 @@ def _nifti_base64(data: np.ndarray, affine: np.ndarray, *, slope: float = 1.0, i
 
 
 def _grey_range(volumes: list[np.ndarray]) -> tuple[float, float, float, float]:
-    """(lowest, highest) finite value of the grey volumes, and the initial window within them."""
-    values = np.concatenate([v[np.isfinite(v)] for v in volumes]) if volumes else np.empty(0)
-    if values.size == 0:
+    """(lowest, highest) value of the grey volumes (finite: :func:`load_volume` refuses others), and the
+    initial window within them."""
+    if not volumes:
         return 0.0, 1.0, 0.0, 1.0
-    lo, hi = float(values.min()), float(values.max())
+    lo, hi = min(float(v.min()) for v in volumes), max(float(v.max()) for v in volumes)
     if not hi > lo:
         hi = lo + 1.0
-    w_lo, w_hi = (float(p) for p in np.percentile(values, WINDOW_PERCENTILES))
+    step = slice(None, None, WINDOW_STRIDE)
+    sample = np.concatenate([v[step, step, step].ravel() for v in volumes])
+    w_lo, w_hi = (float(p) for p in np.percentile(sample, WINDOW_PERCENTILES))
     if not w_hi > w_lo:
         w_lo, w_hi = lo, hi
     return lo, hi, w_lo, w_hi
 
 
 def _quantised(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    scaled = (np.nan_to_num(data, nan=lo, posinf=hi, neginf=lo) - lo) * (LEVELS / (hi - lo))
-    return np.rint(np.clip(scaled, 0, LEVELS)).astype(np.uint8)
+    return np.rint(np.clip((data - lo) * (TOP_LEVEL / (hi - lo)), 0, TOP_LEVEL)).astype(np.uint8)
 
 
 def _metric_cells(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, str]]:
@@ -144,7 +151,7 @@ def _metric_cells(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, s
 
 
 def _metrics_table(cells: dict[str, str]) -> str:
-    head = "".join(f"<th>{html.escape(n)}&thinsp;{_ARROWS.get(METRIC_DIRECTIONS.get(n, ''), '')}</th>"
+    head = "".join(f"<th>{html.escape(n)}&thinsp;{METRIC_ARROWS.get(METRIC_DIRECTIONS.get(n, ''), '')}</th>"
                    for n in PANEL_METRICS)
     body = "".join(f"<td>{cells[n]}</td>" for n in PANEL_METRICS)
     return f"<table class='metrics'><tr>{head}</tr><tr>{body}</tr></table>"
@@ -170,7 +177,7 @@ def render_viewer_html(volumes: list[ViewerVolume], title: str, *, metrics=None,
         require_same_grid((reference[0].shape, reference[1]), (data.shape, affine), name=vol.path)
     greys = [data for vol, (data, _) in zip(volumes, loaded) if vol.grey]
     lo, hi, w_lo, w_hi = _grey_range(greys)
-    slope = (hi - lo) / LEVELS
+    slope = (hi - lo) / TOP_LEVEL
 
     cells = _metric_cells(metrics or {})
     panels, blocks = [], []
@@ -188,7 +195,8 @@ def render_viewer_html(volumes: list[ViewerVolume], title: str, *, metrics=None,
 <p class="value" id="value-view{index}">&nbsp;</p>
 {table}
 </section>""")
-    data = {"panels": panels, "range": [lo, hi], "window": [w_lo, w_hi], "step": slope}
+    data = {"panels": panels, "range": [lo, hi], "window": [w_lo, w_hi], "step": slope,
+            "worldToVoxel": np.linalg.inv(reference[1])[:3].tolist()}
     shape = "\u00d7".join(str(n) for n in reference[0].shape[:3])
     zooms = "\u00d7".join(f"{z:.3g}" for z in nib.affines.voxel_sizes(reference[1]))
     note = f"<p class='note'>{html.escape(metrics_note)}</p>" if metrics_note else ""
@@ -222,7 +230,7 @@ share one window; the embedded copies hold 256 grey levels over {format_number(l
 <main class="panels">
 {chr(10).join(blocks)}
 </main>
-<script type="application/json" id="viewer-data">{_script_safe(json.dumps(data))}</script>
+<script type="application/json" id="viewer-data">{_json_script(data)}</script>
 <script>
 {_script_safe(_niivue_script())}
 </script>

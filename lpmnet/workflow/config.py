@@ -26,16 +26,21 @@ def resolve_methods(methods_config, training_config, classical=()):
     ``network`` (default: its name) is a registered method or the dotted name of a module defining
     METHOD; ``training`` overrides the recipe of the network's original, ``fusion`` gives settings of
     its fusion, ``checkpoint`` a file to fuse with instead of training. Anything wrong raises one
-    ValueError naming the key, e.g. ``methods.mambadfuse.training.lr: ...``.
+    ValueError naming the key, e.g. ``methods.mambadfuse.training.lr: ...``; so do more methods than a viewer
+    page can show.
     """
     import inspect
     from dataclasses import asdict
 
     from lpmnet.methods import get_method
     from lpmnet.engine.train import TrainConfig
+    from lpmnet.evaluation.viewer import MAX_VIEWS
 
     if not methods_config:
         raise ValueError("methods: list at least one fusion method")
+    if 2 + len(methods_config) + len(classical) > MAX_VIEWS:
+        raise ValueError(f"methods: {len(methods_config)} methods and {len(classical)} classical rules; a viewer page "
+                         f"shows at most {MAX_VIEWS - 2} fusions beside the two sources (a browser's WebGL contexts)")
     resolved = {}
     for name, entry in methods_config.items():
         where = f"methods.{name}"

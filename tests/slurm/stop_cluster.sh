@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Stops the test cluster of tests/slurm/start_cluster.sh: cancels its jobs, then ends slurmd, slurmctld
 # and munged by the pids recorded in the state dir (only the processes that script started), and removes
-# the configuration it wrote: left behind, it names a controller that is gone, and every later snakemake
-# start then waits about 9 s (the SLURM executor plugin queries the controller when it is loaded).
+# the configuration that script wrote (none other): left behind, it names a controller that is gone, and
+# every later snakemake start waits about 9 s (the SLURM executor plugin queries it when it is loaded).
 set -uo pipefail
 
 STATE=${LPMNET_SLURM_STATE:-/tmp/lpmnet-slurm}
@@ -19,4 +19,6 @@ tac "$STATE/pids" | while read -r name pid; do
     fi
 done
 : > "$STATE/pids"
-rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf
+if grep -q "^# Written by tests/slurm/start_cluster.sh" /etc/slurm/slurm.conf 2>/dev/null; then
+    rm -f /etc/slurm/slurm.conf /etc/slurm/gres.conf
+fi

@@ -102,7 +102,7 @@ def check_viewer_page(path, screenshot=None) -> dict:
             canvas.scroll_into_view_if_needed()
             assert drawn(canvas.screenshot()), f"{path.name}: the view of {label} is blank"
         start_voxels = page.evaluate("lpmnetViewer.voxels()")
-        assert all(v == start_voxels[0] for v in start_voxels)
+        assert len(start_voxels[0]) == 3 and all(v == start_voxels[0] for v in start_voxels)
         moved = []
         for canvas, (dx, dy) in ((canvases[0], (18, 22)), (canvases[-1], (-25, -15))):
             _click_off_centre(page, canvas, dx, dy)
@@ -114,6 +114,7 @@ def check_viewer_page(path, screenshot=None) -> dict:
         assert moved[0] != start_voxels[0] and moved[1] != moved[0]
         # the mouse wheel over a view scrolls the slices of every view
         before = page.evaluate("JSON.stringify(lpmnetViewer.voxels())")
+        canvases[0].scroll_into_view_if_needed()
         box = canvases[0].bounding_box()
         page.mouse.move(box["x"] + box["width"] / 6, box["y"] + box["height"] / 2)
         page.mouse.wheel(0, 300)

@@ -174,6 +174,8 @@ def test_resolve_methods_fills_in_the_recipes_and_names_a_bad_key():
         ({"lpmnet": {"training": {"checkpoint_every": 3}}}, "methods.lpmnet.training.checkpoint_every: unknown"),
         ({"mambadfuse": {"checkpoint": "w.pth", "training": {"lr": 1}}}, "methods.mambadfuse.training: a method"),
         ({}, "methods: list at least one"),
+        ({f"lpmnet-{i}": {"network": "lpmnet"} for i in range(14)}, "methods: 14 methods and 1 classical rules; a "
+                                                                     "viewer page shows at most 14 fusions"),
     ]:
         with pytest.raises(ValueError, match=message):
             resolve_methods(methods, {}, classical=("mean",))

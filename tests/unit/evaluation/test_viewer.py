@@ -61,6 +61,7 @@ def test_the_page_embeds_every_volume_with_its_affine_and_values(tmp_path):
     np.testing.assert_array_equal(rgb(images[1]), to_rgb24(colour_map(load_volume(pet).data, "hot")))
     np.testing.assert_array_equal(rgb(images[2]), load_rgb_volume(fused["mean"])[0])
     assert lo <= data["window"][0] < data["window"][1] <= hi
+    np.testing.assert_allclose(np.array(data["worldToVoxel"]) @ load_volume(t1).affine, np.eye(4)[:3], atol=1e-9)
 
 
 def test_labels_are_whole_and_each_fusion_has_its_metrics_with_the_best_in_bold(tmp_path):
@@ -83,8 +84,11 @@ def test_the_page_needs_no_network_and_its_scripts_are_not_cut(tmp_path):
     t1, pet, fused = colour_pair(tmp_path)
     page = render_viewer_html(colour_volumes(t1, pet, fused), "x")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    # only the page's own three elements end: no embedded text closes one early
+    # only the page's own three elements end: no embedded text closes one early, whatever a label holds
+    volumes = [ViewerVolume("T1", "source", t1), ViewerVolume("m</script><!--<script>", "fused", fused["mean"], rgb=True)]
+    page = render_viewer_html(volumes, "x")
     assert page.count("</script") == page.count("</script>\n") == 3 and "<!--" not in page
+    assert embedded(page)[0]["panels"][1]["label"] == "m</script><!--<script>"
 
 
 def test_volumes_on_another_grid_are_refused_naming_the_file(tmp_path):
