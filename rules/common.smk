@@ -407,6 +407,11 @@ def is_colour_pair(dataset, pair):
     return colour_pair(PAIRS[dataset][pair], DATASETS[dataset])
 
 
+def pair_colour_map(wildcards):
+    """The colour map a pair is fused in, None for a grey pair."""
+    return DATASETS[wildcards.dataset]["colour_map"] if is_colour_pair(wildcards.dataset, wildcards.pair) else None
+
+
 def pair_inputs(dataset, pair, subject):
     """(first, second) volume a method reads for a pair: the normalised volumes, and in place of a colour
     pair's functional one its luminance through the dataset's colour map, which the method fuses, trains on

@@ -48,7 +48,7 @@ rule metric_tables:
         ),
     params:
         modalities=lambda w: [DATASETS[w.dataset]["fixed"], *pair_modalities(w)],
-        colour_map=lambda w: DATASETS[w.dataset]["colour_map"] if is_colour_pair(w.dataset, w.pair) else None,
+        colour_map=pair_colour_map,
     log:
         paths.log("metric_tables/{pair}"),
     benchmark:
@@ -125,7 +125,7 @@ rule viewer:
         paths.viewer(),
     params:
         labels=lambda w: [*pair_modalities(w), *METHODS],
-        colour_map=lambda w: DATASETS[w.dataset]["colour_map"] if is_colour_pair(w.dataset, w.pair) else None,
+        colour_map=pair_colour_map,
     resources:
         mem_mb=viewer_mem_mb,
     log:

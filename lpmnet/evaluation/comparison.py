@@ -49,6 +49,7 @@ __all__ = [
     "COST_KEYS",
     "COMPARISON_COLUMNS",
     "compare",
+    "rank_key",
     "holm",
     "cost_from_runs",
     "write_comparison_tsv",
@@ -140,6 +141,12 @@ def _rank_keys(score: float, direction: str) -> float:
     """
     key = -score if direction == HIGHER else score
     return float(f"{key:.12g}")
+
+
+def rank_key(value: float, direction: str) -> float:
+    """The key that orders one value of a metric with ``direction`` as the tables rank it: smaller is better,
+    equal results tie."""
+    return _rank_keys(float(_scores(np.float64(value), direction)), direction)
 
 
 def _wilcoxon(diff: np.ndarray) -> float:

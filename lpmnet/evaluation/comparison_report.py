@@ -95,9 +95,9 @@ def _p_cell(row) -> str:
 
 
 def convention_section(table: pd.DataFrame, convention: str, reference: str, footnotes: list[str], *,
-                       tests: bool = True) -> str:
+                       tests: bool = True, heading: str = "h2") -> str:
     """The section of one convention: its verdict and its table (rows: methods, columns: metrics and the mean
-    rank); with ``tests``, a row of p-values against ``reference`` below each other method.  Footnote texts
+    rank) under a ``heading`` element; with ``tests``, a row of p-values against ``reference`` below each other method.  Footnote texts
     are appended to ``footnotes`` (cells point to them by number)."""
     part = table[table["convention"] == convention]
     metrics = list(dict.fromkeys(part["metric"]))
@@ -127,7 +127,7 @@ def convention_section(table: pd.DataFrame, convention: str, reference: str, foo
     best = [m for m in methods if mean_ranks[m] == best_mean]
     verdict = (f"Best overall (lowest mean rank): <b>{html.escape(', '.join(best))}</b>" if best
                else "No metric could be ranked.")
-    return f"""<h2>Convention {html.escape(convention)}</h2>
+    return f"""<{heading}>Convention {html.escape(convention)}</{heading}>
 <p>{verdict}</p>
 <table>
 <thead><tr><th style="text-align:left">method</th>{head}<th>mean rank</th></tr></thead>

@@ -72,7 +72,7 @@ def _pair_section(pair: PairResults, base: Path, reference: str) -> str:
     conventions = list(dict.fromkeys(table["convention"]))
     convention = HEADLINE_CONVENTION if HEADLINE_CONVENTION in conventions else conventions[0]
     footnotes: list[str] = []
-    headline = convention_section(table, convention, reference, footnotes, tests=False)
+    headline = convention_section(table, convention, reference, footnotes, tests=False, heading="h3")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in footnotes)
     links = " \u00b7 ".join(f"<a href='{_href(path, base)}'>{html.escape(text)}</a>" for text, path in pair.pages.items())
     colour = ("<p class='note'>A functional pair: every method fused the anatomical volume with the functional "
@@ -88,7 +88,7 @@ def _pair_section(pair: PairResults, base: Path, reference: str) -> str:
     return f"""<section class="pair" id="{html.escape(pair.anchor, quote=True)}">
 <h2>{html.escape(pair.dataset)}: {html.escape(pair.pair)}</h2>
 {colour}
-{headline.replace("<h2>", "<h3>").replace("</h2>", "</h3>")}
+{headline}
 {"<ol>" + notes + "</ol>" if notes else ""}
 <p>{links}</p>
 {subjects}

@@ -34,9 +34,9 @@ import nibabel as nib
 import numpy as np
 
 from lpmnet.errors import InputError
-from lpmnet.evaluation.comparison import CLOSER_TO_ZERO, HIGHER, METRIC_ARROWS, METRIC_DIRECTIONS
+from lpmnet.evaluation.comparison import METRIC_ARROWS, METRIC_DIRECTIONS, rank_key
 from lpmnet.evaluation.tables import format_number
-from lpmnet.volumes.io import RGB24, atomic_write_text, load_rgb_volume, load_volume, require_same_grid
+from lpmnet.volumes.io import atomic_write_text, load_rgb_volume, load_volume, require_same_grid, rgb24_array
 
 __all__ = ["viewer_page", "render_viewer_html", "read_panel_metrics", "ViewerVolume", "PANEL_METRICS", "MAX_VIEWS",
            "NIIVUE_VERSION"]
@@ -136,8 +136,7 @@ def _metric_cells(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, s
         values = {m: v[name] for m, v in metrics.items() if np.isfinite(v.get(name, np.nan))}
         if not values or direction is None:
             continue
-        score = {m: (abs(v) if direction == CLOSER_TO_ZERO else -v if direction == HIGHER else v)
-                 for m, v in values.items()}
+        score = {m: rank_key(v, direction) for m, v in values.items()}
         top = min(score.values())
         best[name] = {m for m, s in score.items() if s == top}
     cells = {}
@@ -185,7 +184,7 @@ def render_viewer_html(volumes: list[ViewerVolume], title: str, *, metrics=None,
         if vol.grey:
             encoded = _nifti_base64(_quantised(data, lo, hi), affine, slope=slope, inter=lo)
         else:
-            encoded = _nifti_base64(np.ascontiguousarray(data).view(RGB24)[..., 0], affine)
+            encoded = _nifti_base64(rgb24_array(data), affine)
         shown = "colour" if vol.rgb else f"through the {vol.colour_map} colour map" if vol.colour_map else "grey"
         panels.append({"id": f"view{index}", "label": vol.label, "grey": vol.grey, "nifti": encoded})
         table = _metrics_table(cells[vol.label]) if vol.label in cells else ""

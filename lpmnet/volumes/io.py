@@ -38,6 +38,10 @@ __all__ = [
     "Volume",
     "load_volume",
     "save_volume",
+    "save_rgb_volume",
+    "load_rgb_volume",
+    "rgb24_array",
+    "RGB24",
     "same_grid",
     "require_same_grid",
     "voxel_sizes",
@@ -341,6 +345,12 @@ def save_volume(
 RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
 
 
+def rgb24_array(rgb) -> np.ndarray:
+    """Colour data of shape (X, Y, Z, 3) (unsigned bytes) as the (X, Y, Z) array of :data:`RGB24` records that
+    nibabel writes as an RGB24 NIfTI."""
+    return np.ascontiguousarray(rgb).view(RGB24)[..., 0]
+
+
 def save_rgb_volume(path, rgb, affine, header: nib.Nifti1Header | None = None, *, xform_code=None,
                     description: str | None = None) -> Path:
     """Write a colour volume (``rgb``: shape (X, Y, Z, 3), unsigned bytes) as an RGB24 NIfTI atomically, with
@@ -356,7 +366,7 @@ def save_rgb_volume(path, rgb, affine, header: nib.Nifti1Header | None = None, *
     aff = np.asarray(affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.isfinite(aff).all():
         raise ValueError(f"{dest}: affine must be a finite 4x4 matrix")
-    packed = np.ascontiguousarray(arr).view(RGB24)[..., 0]
+    packed = rgb24_array(arr)
     hdr = nib.Nifti1Header() if header is None else nib.Nifti1Header.from_header(header)
     img = nib.Nifti1Image(packed, aff, hdr)
     img.set_data_dtype(RGB24)
