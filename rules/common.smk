@@ -271,7 +271,8 @@ def versioned_failures(path, version, statuses):
 
 def input_failures(dataset, statuses=("failed", "absent")):
     """{subject: {modality: problem}} of the dataset's sources that a pair cannot use (a checkpoint): those
-    that failed their check and those a BIDS session does not have; ``("failed",)``: the failed only."""
+    that failed their check and those a BIDS session or a downloads subject does not have; ``("failed",)``: the
+    failed only."""
     path = checkpoints.input_status.get(dataset=dataset).output[0]
     return versioned_failures(path, os.stat(path).st_mtime_ns, statuses)
 
@@ -324,7 +325,8 @@ def all_targets(wildcards):
 
 
 def source_input(dataset, subject, modality):
-    """The file a source is read from: itself, the demo's table, the IXI manifest, or the user's table."""
+    """The file a source is read from: itself (a downloads dataset's: its download), the demo's table, the IXI
+    manifest, or the user's table."""
     source = source_of(dataset, subject, modality)
     if source is None:
         raise ValueError(f"dataset {dataset} has no subject {subject} with {modality}")
@@ -335,7 +337,7 @@ def source_input(dataset, subject, modality):
         return ancient(paths.manifest(dataset))
     if source.kind == "missing":  # the folder or table that lacks it (the conversion job reports it)
         return DATASETS[dataset].get("table") or DATASETS[dataset]["root"]
-    if source.kind == "absent":  # a BIDS session without it: nothing to read
+    if source.kind == "absent":  # a BIDS session or a downloads subject without it: nothing to read
         return None
     return source.path
 
@@ -562,8 +564,14 @@ def ixi_archive(wildcards):
     return paths.ixi_archive(wildcards.dataset, wildcards.modality)
 
 
+def download_entry(wildcards):
+    """The address and sha256 of one volume of a downloads dataset (datasets.<name>.files.<subject>.<modality>)."""
+    return DATASETS[wildcards.dataset]["files"][wildcards.subject][wildcards.modality]
+
+
 def manifest_input(wildcards):
-    """What a dataset's manifest is made from: the extracted IXI folders, the demo's or the user's table."""
+    """What a dataset's manifest is made from: the extracted IXI folders, the demo's or the user's table, the
+    downloaded volumes (whose checksums it records)."""
     cfg = DATASETS[wildcards.dataset]
     if cfg["source"] == "ixi":
         return {m: paths.ixi_folder(wildcards.dataset, m) for m in ixi_modalities(cfg)}
@@ -571,6 +579,8 @@ def manifest_input(wildcards):
         return {"table": paths.demo_table(wildcards.dataset)}
     if cfg["source"] == "table":
         return {"table": cfg["table"]}
+    if cfg["source"] == "downloads":
+        return {"downloads": [path for _, _, path in manifest_rows(wildcards)]}
     return {}
 
 

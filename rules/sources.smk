@@ -1,10 +1,11 @@
-# Public dataset sources: IXI download and extraction, and the manifest (subjects table) of every dataset.
-# The manifest is a checkpoint: an IXI dataset's subjects are known once it is downloaded, extracted and
-# paired, and Snakemake then extends the job graph with them in the same run.
+# Public dataset sources: IXI download and extraction, the volumes of a downloads dataset, and the manifest
+# (subjects table) of every dataset. The manifest is a checkpoint: an IXI dataset's subjects are known once it
+# is downloaded, extracted and paired, and Snakemake then extends the job graph with them in the same run.
 
 
 localrules:
     ixi_download,
+    nifti_download,
 
 
 rule ixi_download:
@@ -21,7 +22,28 @@ rule ixi_download:
     conda:
         "../envs/registration.yaml"
     script:
-        "../scripts/ixi_download.py"
+        "../scripts/download.py"
+
+
+# One volume of a downloads dataset (datasets.<name>.files.<subject>.<modality>), always checked against its
+# sha256; it keeps its URL's extension, which tells the reader whether it is gzipped.
+rule nifti_download:
+    output:
+        paths.nifti_download(),
+    params:
+        url=lambda w: download_entry(w)["url"],
+        checksum=lambda w: f"sha256:{download_entry(w)['sha256']}",
+        retries=lambda w: DATASETS[w.dataset]["retries"],
+    log:
+        paths.log("nifti_download/sub-{subject}_{modality}{extension}"),
+    benchmark:
+        paths.benchmark("nifti_download/sub-{subject}_{modality}{extension}")
+    wildcard_constraints:
+        extension=r"\.nii(\.gz)?",
+    conda:
+        "../envs/registration.yaml"
+    script:
+        "../scripts/download.py"
 
 
 rule ixi_extract:

@@ -45,6 +45,7 @@ __all__ = [
     "same_grid",
     "require_same_grid",
     "voxel_sizes",
+    "nifti_suffix",
     "atomic_output",
     "atomic_write_text",
     "atomic_write_bytes",
@@ -114,7 +115,9 @@ def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
 
 
-def _nifti_suffix(path: Path) -> str:
+def nifti_suffix(path) -> str:
+    """The NIfTI extension a path ends in, as written (".nii.gz", ".nii", any case), or "" for another file."""
+    path = Path(path)
     name = path.name.lower()
     for suffix in _NIFTI_SUFFIXES:
         if name.endswith(suffix):
@@ -185,7 +188,7 @@ def load_volume(path, *, allow_constant: bool = False) -> Volume:
 def _temp_name(path: Path) -> Path:
     """Hidden sibling temp path that keeps the destination's (possibly double) suffix."""
     name = path.name
-    suffix = _nifti_suffix(path) or "".join(path.suffixes[-1:])
+    suffix = nifti_suffix(path) or "".join(path.suffixes[-1:])
     stem = name[: len(name) - len(suffix)] if suffix else name
     return path.with_name(f".{stem}.tmp-{secrets.token_hex(4)}{suffix}")
 
@@ -310,7 +313,7 @@ def save_volume(
     integral and within the type's range (no silent rounding or wrap-around).
     """
     dest = Path(path)
-    if not _nifti_suffix(dest):
+    if not nifti_suffix(dest):
         raise ValueError(f"{dest}: NIfTI output must end in .nii or .nii.gz")
     out_dtype = np.dtype(dtype)
     arr = np.asarray(data)
@@ -357,7 +360,7 @@ def save_rgb_volume(path, rgb, affine, header: nib.Nifti1Header | None = None, *
     the intent "rgb vector" (NIFTI_INTENT_RGB_VECTOR), which ITK-SNAP, 3D Slicer and FSLeyes show in colour;
     the affine, qform and sform as :func:`save_volume` sets them."""
     dest = Path(path)
-    if not _nifti_suffix(dest):
+    if not nifti_suffix(dest):
         raise ValueError(f"{dest}: NIfTI output must end in .nii or .nii.gz")
     arr = np.asarray(rgb)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
@@ -401,7 +404,7 @@ def _write_image(dest, img, aff, header, xform_code, description) -> Path:
     if description is not None:
         img.header["descrip"] = description.encode("ascii", "replace")[:79]
     payload = img.to_bytes()
-    if _nifti_suffix(dest).lower() == ".nii.gz":
+    if nifti_suffix(dest).lower() == ".nii.gz":
         # gzip header without time stamp or file name: same data -> same bytes
         payload = gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
     atomic_write_bytes(dest, payload)

@@ -4,7 +4,8 @@
   retries with exponential back-off, progress in the log and a checksum check (``md5:<hex>`` or
   ``sha256:<hex>``; a bare 32/64-digit hex string is taken as MD5/SHA-256). The data go to
   ``<dest>.part`` first; a checksum mismatch deletes the partial file and raises
-  :class:`~lpmnet.errors.InputError`.
+  :class:`~lpmnet.errors.InputError`. :func:`url_nifti_extension` tells the NIfTI extension of the file a
+  URL names, which a downloaded volume keeps.
 * :func:`extract_tar` unpacks an archive and refuses members that would land outside the target
   folder (absolute paths, ``..``, links, devices).
 * :func:`ixi_subjects` pairs the extracted IXI volumes by IXI id (``IXI002-Guys-0828``).
@@ -25,9 +26,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from lpmnet.errors import InputError
-from lpmnet.volumes.io import atomic_write_text, file_digest, read_tsv_rows
+from lpmnet.volumes.io import atomic_write_text, file_digest, nifti_suffix, read_tsv_rows
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,17 @@ def download(url, dest, checksum=None, *, retries=5, backoff=1.0, timeout=60.0, 
         if actual != digest:
             part.unlink()
             raise InputError(dest, f"{algo} checksum mismatch: expected {digest}, got {actual} "
-                                   f"(downloaded from {url}); the partial file was deleted, run again to re-download")
+                                   f"(downloaded from {url}); the download was deleted. Run again; a second "
+                                   f"mismatch means that the address serves another file than the checksum names")
         log.info("%s: %s checksum ok", dest.name, algo)
     os.replace(part, dest)
     return dest
+
+
+def url_nifti_extension(url):
+    """".nii.gz" or ".nii" for a URL whose path names a NIfTI file (a query such as ``?raw=true`` aside), else "":
+    the extension tells the reader whether the bytes are gzipped, so a download must keep it."""
+    return nifti_suffix(urlsplit(url).path).lower()
 
 
 def _fetch(url, part, timeout, progress_every):

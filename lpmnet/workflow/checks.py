@@ -32,7 +32,7 @@ def convert_source(kind, path, problem="", out_path=None):
         save_volume(out_path, volume.data, volume.affine, header=volume.header)
 
 
-#: Status of a source that a BIDS session does not have (see :func:`check_subject_sources`).
+#: Status of a source that a BIDS session or a downloads subject does not have (see :func:`check_subject_sources`).
 ABSENT = "absent"
 #: Columns of a subject's input check (``sub-<id>_inputs.tsv``) and of a dataset's ``input_status.tsv``.
 INPUT_STATUS_COLUMNS = ("subject", "modality", "status", "problem")
@@ -43,7 +43,7 @@ def check_subject_sources(subject, sources):
 
     A source that its conversion would refuse gets status "failed" and the conversion's one-line
     message; nothing is raised, so that the other subjects' results can still be tabulated. An "absent"
-    source (a session of a BIDS dataset without that modality) gets status "absent": the pairs that need it
+    source (a BIDS session or a downloads subject without that modality) gets status "absent": the pairs that need it
     leave the subject out, and the run does not fail for it.
     """
     from lpmnet.errors import LPMNetError

@@ -28,7 +28,7 @@ class Source:
     "absent").
 
     ``problem`` explains a "missing" source (a file the dataset lists and that is not there: the run
-    reports it and fails) or an "absent" one (a session of a BIDS dataset without that modality: it is
+    reports it and fails) or an "absent" one (a BIDS session or a downloads subject without that modality: it is
     left out of the pairs that need it). ``where`` is the line of the user's subjects table that lists it
     ("" for other sources).
     """
@@ -61,12 +61,15 @@ def _kind(path):
 
 #: What a dataset entry means where it leaves a key out, by source: the demo's generator settings (its
 #: template is skull-stripped); IXI's T1 lies off the T2/PD grid and is registered onto T2; BraTS volumes are
-#: co-registered and skull-stripped by the challenge.
+#: co-registered and skull-stripped by the challenge; the public volumes worth listing file by file are
+#: mostly released co-registered, and a volume off the fixed grid stops its normalisation with a message
+#: rather than being fused misaligned.
 SOURCE_DEFAULTS = {
     "demo": {"subjects": 6, "seed": 0, "modalities": ["T1", "FLAIR", "PET"], "dicom_modalities": ["T1"],
              "voxel_mm": 2.0, "rigid_motion": True, "skull_stripped": True},
     "ixi": {"fixed": "T2", "retries": 5, "checksums": {}},
     "brats": {"register": False, "skull_stripped": True},
+    "downloads": {"register": False, "retries": 5},
 }
 
 
@@ -174,6 +177,16 @@ def manifest_sources(name, manifest):
             for r in read_manifest(manifest) if r["dataset"] == name]
 
 
+def download_sources(name, dataset_config, results=RESULTS):
+    """Sources of a ``downloads`` dataset: every file its entry lists, where the workflow downloads it to."""
+    from lpmnet.volumes.sources import url_nifti_extension
+
+    paths = Paths(results)
+    return [Source(name, subject, modality,
+                   paths.nifti_download(name, subject, modality, url_nifti_extension(entry["url"])), "nifti")
+            for subject, files in dataset_config["files"].items() for modality, entry in files.items()]
+
+
 def folder_sources(name, dataset_config):
     """Sources of a ``brats`` or ``folders`` dataset, indexed from its folder while the graph is built."""
     from lpmnet.volumes.sources import brats_subjects, folder_subjects
@@ -229,14 +242,20 @@ def dataset_sources(name, dataset_config, results=RESULTS, bids_index=None):
         # a modality a session lacks is an "absent" source (left out of its pairs), never "missing"
         sources = bids_sources(name, bids_index or bids_dataset_index(dataset_config))
         where = dataset_config["root"]
+    elif kind == "downloads":
+        sources = download_sources(name, dataset_config, results)
+        where = f"datasets.{name}.files"
     else:
         sources = folder_sources(name, dataset_config)
         where = dataset_config["root"]
+    # The files a downloads entry lists are all its subjects have: a modality it leaves out is absent (the
+    # subject is left out of the pairs that need it), not a file that went missing.
+    lacking = "absent" if kind == "downloads" else "missing"
     have = {(s.subject, s.modality) for s in sources}
     for subject in sorted({s.subject for s in sources}):
         for modality in needed_modalities(dataset_config):
             if (subject, modality) not in have:
-                sources.append(Source(name, subject, modality, str(where), "missing",
+                sources.append(Source(name, subject, modality, str(where), lacking,
                                       f"{where}: subject {subject} has no {modality} volume"))
     return sources
 
@@ -299,6 +318,17 @@ def check_dataset_config(name, dataset_config):
             no_url = [m for m in ixi_modalities(dataset_config) if m not in dataset_config.get("urls", {})]
             if no_url:
                 raise ValueError(f"datasets.{name}.urls: no URL for {', '.join(no_url)} (or set archive_dir)")
+    if dataset_config["source"] == "downloads":
+        from lpmnet.volumes.sources import url_nifti_extension
+
+        for subject, files in dataset_config["files"].items():
+            if not isinstance(subject, str):  # the schema's label pattern passes numbers; 01 would become 1
+                raise ValueError(f"datasets.{name}.files.{subject}: YAML reads this subject label as a number; "
+                                 f"quote it as the label is written (\"01\")")
+            for modality, entry in files.items():
+                if not url_nifti_extension(entry["url"]):
+                    raise ValueError(f"datasets.{name}.files.{subject}.{modality}: {entry['url']} names no .nii or "
+                                     f".nii.gz file; only NIfTI volumes are downloaded")
     if dataset_config["source"] == "bids":
         from lpmnet.volumes.bids import modality_filters
 

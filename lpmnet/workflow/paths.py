@@ -114,6 +114,11 @@ class Paths:
         """The workflow's own download of an IXI tarball."""
         return f"{self.dataset(dataset)}/downloads/IXI-{modality}.tar"
 
+    def nifti_download(self, dataset="{dataset}", subject="{subject}", modality="{modality}", extension="{extension}"):
+        """The workflow's own download of one volume of a ``downloads`` dataset; ``extension`` (".nii" or
+        ".nii.gz") is its URL's."""
+        return f"{self.dataset(dataset)}/downloads/sub-{subject}_{modality}{extension}"
+
     def ixi_folder(self, dataset="{dataset}", modality="{modality}"):
         """An extracted IXI tarball."""
         return f"{self.sourcedata(dataset)}/IXI-{modality}"

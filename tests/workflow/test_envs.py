@@ -2,17 +2,18 @@
 
 No conda channel is reachable here, so the environments are not built. Instead, real workflow runs record,
 in every job, the modules it imported (``LPMNET_RECORD_IMPORTS``, :func:`lpmnet.workflow.runner.run_job`): a tiny
-demo with every method, N4, the resize and the learning curve; the ``pretrained`` target; an IXI download
-from a local server. A job needs a package when its own code (the rule's script and the lpmnet modules the
-job loaded) imports it and the import ran; what a third-party package imports is that package's business
-(conda installs its requirements; its optional imports are optional). The environment file provides its
-packages and, as conda does, their requirements, read from the installed packages' metadata. Conda names are
-mapped to the installed distributions' names (``CONDA_NAMES``); build tools that no job imports are
-listed in ``TOOLS``.
+demo with every method, N4, the resize and the learning curve; the ``pretrained`` target; an IXI download and
+a downloads dataset's volumes from a local server. A job needs a package when its own code (the rule's script
+and the lpmnet modules the job loaded) imports it and the import ran; what a third-party package imports is
+that package's business (conda installs its requirements; its optional imports are optional). The environment
+file provides its packages and, as conda does, their requirements, read from the installed packages' metadata.
+Conda names are mapped to the installed distributions' names (``CONDA_NAMES``); build tools that no job imports
+are listed in ``TOOLS``.
 """
 
 import ast
 import copy
+import hashlib
 import importlib.metadata as metadata
 import json
 import re
@@ -192,10 +193,15 @@ def recorded_jobs(tmp_path_factory):
     with FileServer(served["T1"].parent) as server:
         ixi = {"source": "ixi", "urls": {m: f"{server.url}/IXI-{m}.tar" for m in served},
                "pairs": [["T2", "T1"]], "modalities": ["T1", "T2"]}
+        # the tarballs' volumes, downloaded one by one
+        volumes = {m: served["T1"].parent / "volumes" / f"IXI002-Guys-0828-{m}.nii.gz" for m in ("T1", "T2")}
+        files = {m: {"url": f"{server.url}/volumes/{v.name}", "sha256": hashlib.sha256(v.read_bytes()).hexdigest()}
+                 for m, v in volumes.items()}
+        online = {"source": "downloads", "fixed": "T2", "pairs": [["T2", "T1"]], "files": {"IXI002": files}}
         config = copy.deepcopy(DEFAULT_CONFIG)
-        config["datasets"] = {"ixi": ixi}
+        config["datasets"] = {"ixi": ixi, "online": online}
         snakemake(workdir_with(tmp_path_factory.mktemp("ixi"), config), "--cores", "2", "results/ixi/manifest.tsv",
-                  env=env)
+                  "results/online/manifest.tsv", env=env)
     # A BIDS input (its manifest and conversions read the sidecars) with a PET pair, fused in colour.
     config = copy.deepcopy(DEFAULT_CONFIG)
     config["datasets"] = {"study": {"source": "bids", "root": str(tiny_bids_dataset(tmp_path_factory.mktemp("bids"))),

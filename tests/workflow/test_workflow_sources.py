@@ -1,6 +1,8 @@
-"""Workflow runs of the public dataset sources: IXI over a local HTTP server, BraTS-style and generic folders."""
+"""Workflow runs of the public dataset sources: IXI and single volumes over a local HTTP server, BraTS-style and
+generic folders."""
 
 import copy
+import csv
 import hashlib
 import re
 import shutil
@@ -14,6 +16,7 @@ from helpers import smooth_pair
 from ixi_server import FileServer, make_ixi_tarballs
 from lpmnet.volumes.io import save_volume
 from lpmnet.volumes.sources import read_manifest
+from lpmnet.workflow.checks import read_input_status
 from workflow_runs import DEFAULT_CONFIG, planned_jobs, quick_lpmnet, snakemake, workdir_with
 from lpmnet.workflow.paths import Paths
 
@@ -98,6 +101,72 @@ def test_ixi_pre_downloaded_archives_skip_the_download(tmp_path, ixi_tars):
     dataset = ixi_dataset({}, {}, archive_dir=str(archives))
     workdir = workdir_with(tmp_path / "run", config_with({"ixi": dataset}))
     assert planned_jobs(workdir) == {"ixi_extract": 3, "manifest": 1, "all": 1}
+
+
+#: The real volumes of ../shared/data a downloads dataset lists: subject -> modality -> file under real/.
+REAL_VOLUMES = {
+    "tcgaFG6692": {"T1": "tcga_FG-6692_native/t1.nii.gz", "T2": "tcga_FG-6692_native/t2.nii.gz",
+                   "FLAIR": "tcga_FG-6692_native/flair.nii.gz"},
+    "spmmni152": {"T1": "spm_mni152_avg/avg152T1.nii", "T2": "spm_mni152_avg/avg152T2.nii"},
+}
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def downloads_dataset(url, shared_data, wrong=None):
+    """A downloads dataset of REAL_VOLUMES served at ``url``, with the sha256 that ../shared/data/MANIFEST.tsv
+    records for each but the (subject, modality) ``wrong``."""
+    with open(shared_data.parent / "MANIFEST.tsv", newline="") as f:
+        recorded = {row["file"]: row["sha256"] for row in csv.DictReader(f, delimiter="\t")}
+    files = {subject: {modality: {"url": f"{url}/{name}", "sha256": recorded[f"real/{name}"]}
+                       for modality, name in volumes.items()} for subject, volumes in REAL_VOLUMES.items()}
+    if wrong:
+        files[wrong[0]][wrong[1]]["sha256"] = "0" * 64
+    return {"source": "downloads", "fixed": "T1", "pairs": [["T1", "T2"], ["T1", "FLAIR"]], "retries": 1,
+            "files": files}
+
+
+def test_downloads_fetch_each_volume_once_and_feed_the_manifest(tmp_path, shared_data):
+    normalized = [PATHS.normalized("real", "spmmni152", "T1", m) for m in ("T1", "T2")]
+    targets = ["results/real/manifest.tsv", "results/real/input_status.tsv", *normalized]
+    with FileServer(shared_data) as srv:
+        workdir = workdir_with(tmp_path, config_with({"real": downloads_dataset(srv.url, shared_data)}))
+        snakemake(workdir, "--cores", "2", *targets)
+        first = list(srv.requests)
+        again = snakemake(workdir, "--cores", "2", *targets)
+        assert srv.requests == first and "Nothing to be done" in again.stdout + again.stderr
+    served = {(subject, modality): shared_data / name
+              for subject, volumes in REAL_VOLUMES.items() for modality, name in volumes.items()}
+    assert sorted(first) == sorted((f"/{path.relative_to(shared_data)}", None) for path in served.values())
+    downloaded = {key: workdir / PATHS.nifti_download("real", *key, "".join(path.suffixes))
+                  for key, path in served.items()}
+    assert {key: _sha256(path) for key, path in downloaded.items()} == {key: _sha256(p) for key, p in served.items()}
+    results = workdir / "results" / "real"
+    assert not list((results / "downloads").glob("*.part"))
+    assert "sha256 checksum ok" in (results / "logs" / "nifti_download" / "sub-spmmni152_T1.nii.log").read_text()
+    manifest = read_manifest(results / "manifest.tsv")
+    assert {(r["subject"], r["modality"]): (r["path"], r["checksum"]) for r in manifest} == {
+        key: (str(path.relative_to(workdir)), _md5(path)) for key, path in downloaded.items()}
+    # spmmni152 has no FLAIR: left out of T1-FLAIR, without failing the run
+    status = {(r["subject"], r["modality"]): r["status"] for r in read_input_status(results / "input_status.tsv")}
+    assert status[("spmmni152", "FLAIR")] == "absent" and status[("tcgaFG6692", "FLAIR")] == "ok"
+    for path in normalized:
+        assert nib.load(workdir / path).shape == (91, 109, 91)
+
+
+def test_a_download_with_a_wrong_sha256_fails_clearly_and_leaves_no_file(tmp_path, shared_data):
+    target = PATHS.nifti_download("real", "spmmni152", "T2", ".nii")
+    with FileServer(shared_data) as srv:
+        dataset = downloads_dataset(srv.url, shared_data, wrong=("spmmni152", "T2"))
+        result = snakemake(workdir_with(tmp_path, config_with({"real": dataset})), "--cores", "1", target, check=False)
+    output = result.stdout + result.stderr
+    actual = _sha256(shared_data / REAL_VOLUMES["spmmni152"]["T2"])
+    assert result.returncode != 0
+    assert f"{target}: sha256 checksum mismatch: expected {'0' * 64}, got {actual}" in output
+    assert f"{srv.url}/{REAL_VOLUMES['spmmni152']['T2']}" in output
+    assert not list((tmp_path / "results" / "real" / "downloads").glob("sub-spmmni152_T2*"))
 
 
 def _brats_folder(root, cases):

@@ -9,7 +9,7 @@ import pytest
 from ixi_server import FileServer
 from lpmnet.errors import InputError
 from lpmnet.volumes.sources import (brats_subjects, download, extract_tar, folder_subjects, ixi_subjects, label,
-                            parse_checksum, read_manifest, write_manifest)
+                            parse_checksum, read_manifest, url_nifti_extension, write_manifest)
 
 
 def _payload(n=300_000):
@@ -60,6 +60,15 @@ def test_download_gives_up_after_the_retries(tmp_path):
         url = srv.url
     with pytest.raises(InputError, match="after 2 retries"):  # the server is gone: connection refused
         download(f"{url}/absent.tar", tmp_path / "x.tar", retries=2, backoff=0.01)
+
+
+@pytest.mark.parametrize("url, extension", [
+    ("https://host/data/T1.nii.gz", ".nii.gz"), ("https://host/T1.NII.GZ?raw=true", ".nii.gz"),
+    ("http://127.0.0.1:8000/avg152T1.nii", ".nii"), ("https://host/T1.nii#part", ".nii"),
+    ("https://host/T1.mnc", ""), ("https://host/T1.nii.gz/view", ""), ("https://host/get?file=T1.nii.gz", ""),
+])
+def test_the_nifti_extension_of_a_url(url, extension):
+    assert url_nifti_extension(url) == extension
 
 
 @pytest.mark.parametrize("spec, expected", [

@@ -110,3 +110,41 @@ def test_every_method_entry_is_resolved_with_its_recipe():
     assert list(methods) == list(DEFAULT_CONFIG["methods"])
     for entry in methods.values():
         assert entry["training"] is None or entry["training"]["method"] == entry["network"]
+
+
+#: A downloads dataset as config/config.yaml documents it (a subject lacking FLAIR).
+DOWNLOADS = {"source": "downloads", "fixed": "T1", "pairs": [["T1", "T2"], ["T1", "FLAIR"]], "files": {
+    "oms07": {m: {"url": f"https://example.org/oms07/{m}.nii.gz", "sha256": "ab" * 32} for m in ("T1", "T2", "FLAIR")},
+    "mni": {"T1": {"url": "https://example.org/mni/T1.nii?raw=true", "sha256": "AB" * 32},
+            "T2": {"url": "https://example.org/mni/T2.nii", "sha256": "cd" * 32}},
+}}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("datasets.real.files.mni.T2.url", "https://example.org/mni/T2.mnc",
+     "datasets.real.files.mni.T2: https://example.org/mni/T2.mnc names no .nii or .nii.gz file"),
+    ("datasets.real.files.mni.T2.url", "https://example.org/mni/T2.nii.gz/download.zip",
+     "datasets.real.files.mni.T2: "),
+    ("datasets.real.files.mni.T2", {"url": "https://example.org/mni/T2.nii"},
+     "'sha256' is a required property\n\nFailed validating 'required' in schema"),
+    ("datasets.real.files.mni.T2.sha256", "cd" * 31, "On instance['datasets']['real']['files']['mni']['T2']['sha256']"),
+    ("datasets.real.files.mni.T2.md5", "cd" * 16, "'md5' was unexpected"),
+    ("datasets.real.files", {"oms-07": DOWNLOADS["files"]["oms07"]},
+     "'oms-07' does not match '^[A-Za-z0-9]+$'"),
+    ("datasets.real.files", {}, "On instance['datasets']['real']['files']"),
+    ("datasets.real.files", {1: DOWNLOADS["files"]["oms07"]}, "datasets.real.files.1: YAML reads this subject label"),
+    ("datasets.real.files.mni.T2.url", "ftp://example.org/mni/T2.nii",
+     "['datasets']['real']['files']['mni']['T2']['url']"),
+])
+def test_a_bad_downloads_entry_is_refused_naming_its_key(key, value, message):
+    config = with_value(DEFAULT_CONFIG, "datasets", {"real": copy.deepcopy(DOWNLOADS)})
+    workflow_checks(config)
+    with pytest.raises(Exception) as error:
+        workflow_checks(with_value(config, key, value))
+    assert message in str(error.value)
+
+
+def test_a_downloads_dataset_needs_its_files():
+    dataset = {k: v for k, v in DOWNLOADS.items() if k != "files"}
+    with pytest.raises(Exception, match="'files' is a required property"):
+        workflow_checks(with_value(DEFAULT_CONFIG, "datasets", {"real": dataset}))

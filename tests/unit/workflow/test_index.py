@@ -1,6 +1,6 @@
 """Dataset indexing for the workflow (lpmnet.workflow.index) with a ``source: bids`` dataset: its sources (one
 subject key per subject or session, "absent" rows for what a session lacks or has ambiguously), the
-dataset-config checks and the source defaults."""
+dataset-config checks and the source defaults; and the sources of a ``source: downloads`` dataset."""
 
 import json
 
@@ -183,6 +183,7 @@ def test_good_bids_entries_pass_the_checks(tmp_path):
 
 @pytest.mark.parametrize("source, expected", [
     ("demo", True), ("brats", True), ("bids", False), ("table", False), ("folders", False), ("ixi", False),
+    ("downloads", False),
 ])
 def test_skull_stripped_defaults_by_source(source, expected):
     cfg = with_defaults({"source": source, "fixed": "T1", "pairs": [["T1", "T2"]]})
@@ -213,3 +214,24 @@ def test_pet_and_spect_are_functional_and_fused_in_colour_by_default():
 def test_colour_settings_are_checked(entry, message):
     with pytest.raises(ValueError, match=message):
         check_dataset_config("d", with_defaults({"source": "table", "fixed": "T1", **entry}))
+
+
+def test_the_sources_of_a_downloads_dataset_are_its_downloads():
+    sha256 = {"sha256": "0" * 64}
+    cfg = with_defaults({"source": "downloads", "fixed": "T1", "pairs": [["T1", "FLAIR"]], "files": {
+        "a": {"T1": {"url": "https://host/a/t1.nii.gz?raw=true", **sha256},
+              "FLAIR": {"url": "https://host/a/F.NII", **sha256}},
+        "b": {"T1": {"url": "https://host/b/t1.nii", **sha256}, "T2": {"url": "https://host/b/t2.nii.gz", **sha256}},
+    }})
+    assert cfg["register"] is False and cfg["retries"] == 5
+    sources = dataset_sources("real", cfg, "out")
+    check_dataset_modalities("real", cfg, sources)
+    # b's T2 is downloaded and recorded though no pair uses it; b lacks FLAIR: left out of T1-FLAIR
+    assert rows(sources, "out") == [
+        ("a", "FLAIR", "real/downloads/sub-a_FLAIR.nii", "nifti"),
+        ("a", "T1", "real/downloads/sub-a_T1.nii.gz", "nifti"),
+        ("b", "FLAIR", "datasets.real.files", "absent"),
+        ("b", "T1", "real/downloads/sub-b_T1.nii", "nifti"),
+        ("b", "T2", "real/downloads/sub-b_T2.nii.gz", "nifti"),
+    ]
+    assert [s.problem for s in sources if s.kind == "absent"] == ["datasets.real.files: subject b has no FLAIR volume"]

@@ -82,3 +82,5 @@ def test_the_other_paths_are_unchanged():
     assert PATHS.manifest_log("demo") == "results/demo/logs/manifest.log"
     assert manifest_path("demo", "out") == "out/demo/manifest.tsv"
     assert PATHS.model_card() == "results/pretrained/MODEL_CARD.md"
+    assert PATHS.nifti_download("d", "oms07", "T1", ".nii") == "results/d/downloads/sub-oms07_T1.nii"
+    assert PATHS.nifti_download() == "results/{dataset}/downloads/sub-{subject}_{modality}{extension}"
