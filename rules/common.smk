@@ -133,7 +133,8 @@ METHODS = [*METHOD_CONFIGS, *config["fusion"]["classical"]]
 # The shipped models' training (config section `pretrained`, given by config/pretrained.yaml).
 PRETRAINED = config.get("pretrained") or {}
 PRETRAINED_MODELS = PRETRAINED.get("models", {})
-PRETRAINED_DATASET = PRETRAINED.get("dataset")
+PRETRAINED_DATASETS = PRETRAINED.get("datasets", [])
+PRETRAINED_HELD_OUT = PRETRAINED.get("held_out", [])
 PRETRAINED_TRAINING = resolve_pretraining(PRETRAINED, DATASETS) if PRETRAINED else None
 # The method every other one is tested against in the comparison table.
 REFERENCE = "lpmnet" if "lpmnet" in METHOD_CONFIGS else next(iter(METHOD_CONFIGS))
@@ -462,16 +463,51 @@ def learning_curve_input(wildcards):
             **pair_input_lists(wildcards.dataset, wildcards.pair, subjects)}
 
 
+def pair_named(dataset, modalities):
+    """The name (folder) of a dataset's pair of ``modalities`` (first, second); None if it has no such pair."""
+    return next((name for name, pair in PAIRS[dataset].items() if tuple(pair) == tuple(modalities)), None)
+
+
 def pretraining_input(wildcards):
-    """The pairs of a pretrained model's kind: training subjects to train, test subjects to validate."""
-    inputs = {"split": paths.split(PRETRAINED_DATASET)}
-    for role, prefix in (("train", ""), ("test", "val_")):
-        inputs[f"{prefix}x1"], inputs[f"{prefix}x2"] = [], []
-        for first, second in PRETRAINED_MODELS[wildcards.kind]["pairs"]:
-            subjects = usable_subjects(PRETRAINED_DATASET, role, (first, second))
-            inputs[f"{prefix}x1"] += [normalized(PRETRAINED_DATASET, s, first) for s in subjects]
-            inputs[f"{prefix}x2"] += [normalized(PRETRAINED_DATASET, s, second) for s in subjects]
+    """The pairs of a pretrained model's kind in every pretraining dataset that has them, as the workflow
+    fuses them (a colour pair's functional volume as its luminance): training subjects train, the other test
+    subjects validate (a dataset of one subject only trains)."""
+    inputs = {"splits": [paths.split(d) for d in PRETRAINED_DATASETS], "x1": [], "x2": [], "val_x1": [], "val_x2": []}
+    for dataset in PRETRAINED_DATASETS:
+        for modalities in PRETRAINED_MODELS[wildcards.kind]["pairs"]:
+            pair = pair_named(dataset, modalities)
+            if pair is None:
+                continue
+            train = usable_subjects(dataset, "train", modalities)
+            validate = [s for s in usable_subjects(dataset, "test", modalities) if s not in train]
+            for prefix, subjects in (("", train), ("val_", validate)):
+                lists = pair_input_lists(dataset, pair, subjects)
+                inputs[f"{prefix}x1"] += lists["x1"]
+                inputs[f"{prefix}x2"] += lists["x2"]
     return inputs
+
+
+def held_out_pairs(kind):
+    """(dataset, subject, pair name) of every held-out pair of ``kind``: what validates the model of that kind."""
+    return [(dataset, subject, pair) for dataset in PRETRAINED_HELD_OUT for pair, modalities in PAIRS[dataset].items()
+            if kind_of_modalities(*modalities) == kind
+            for subject in sorted({*usable_subjects(dataset, "train", modalities),
+                                   *usable_subjects(dataset, "test", modalities)})]
+
+
+def held_out_input(wildcards):
+    """The model and the raw volumes of its held-out pairs (each normalisation starts from them)."""
+    pairs = held_out_pairs(wildcards.kind)
+    return {"model": paths.pretrained_model(wildcards.kind),
+            "x1": [source_input(d, s, PAIRS[d][p][0]) for d, s, p in pairs],
+            "x2": [source_input(d, s, PAIRS[d][p][1]) for d, s, p in pairs]}
+
+
+def held_out_labels(wildcards):
+    """For each held-out pair of :func:`held_out_input`: its dataset, subject, pair and colour map (None: grey)."""
+    return [{"dataset": d, "subject": s, "pair": p,
+             "colour": DATASETS[d]["colour_map"] if is_colour_pair(d, p) else None}
+            for d, s, p in held_out_pairs(wildcards.kind)]
 
 
 def method_checkpoint(dataset, pair, method):

@@ -5,6 +5,8 @@ from lpmnet.workflow.runner import run_job
 
 
 def main(smk):
+    from pathlib import Path
+
     import torch
 
     from lpmnet.engine.train import TrainConfig, train
@@ -12,7 +14,11 @@ def main(smk):
     from lpmnet.workflow.splits import read_split_tsv
 
     torch.set_num_threads(smk.threads)
-    card = {**smk.params.card, "split": read_split_tsv(smk.input.split),
+    # A pretrained model's datasets each have their split (results/<dataset>/split.tsv).
+    splits = smk.input.get("splits")
+    split = ({"splits": {Path(p).parent.name: read_split_tsv(p) for p in splits}} if splits else
+             {"split": read_split_tsv(smk.input.split)})
+    card = {**smk.params.card, **split,
             "source_metadata": {"x1": source_metadata_summary(smk.input.x1),
                                 "x2": source_metadata_summary(smk.input.x2)}}
     val_pairs = list(zip(smk.input.get("val_x1", []), smk.input.get("val_x2", [])))

@@ -52,7 +52,7 @@ TRAINING_LOG = "training_log.csv"
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "poly", "constant")
-AUGMENTATIONS = ("flips", "dihedral", "dc2fusion", "none")
+AUGMENTATIONS = ("flips", "dihedral", "dc2fusion", "acquisition", "none")
 
 
 class _FromRecipe:
@@ -83,7 +83,9 @@ class TrainConfig:
     - ``ema_decay``: 0, or the decay of an exponential moving average of the weights that becomes the
       final model (MambaDFuse: 0.999);
     - ``augmentation``: "flips" (each axis flipped with probability 1/2), "dihedral" (2D: one of the 8
-      flip/rot90 modes, rotations only on square crops) or "none";
+      flip/rot90 modes, rotations only on square crops), "acquisition" (the flips, then on each input on its
+      own what scanners and protocols vary: :func:`acquisition_augment`; ours, for the shipped models) or
+      "none";
     - ``loss`` (a name of :data:`lpmnet.engine.losses.LOSSES`) and ``loss_settings`` (its keyword arguments).
 
     ``recreate_optimizer=True`` reproduces ASFE-Fusion's training loop, which constructs its AdamW inside
@@ -204,10 +206,17 @@ class PatchSampler:
             starts = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, size, x1.shape)]
             window = tuple(slice(st, st + p) for st, p in zip(starts, size))
             x1, x2 = x1[window], x2[window]
-        if self.augmentation == "flips":
+            # A volume thinner than the patch (thick clinical slices) is padded with background, so that
+            # every patch of a batch has the patch's shape.
+            padding = [(0, p - s) for p, s in zip(self.patch_size, x1.shape)]
+            if any(after for _, after in padding):
+                x1, x2 = (np.pad(x, padding) for x in (x1, x2))
+        if self.augmentation in ("flips", "acquisition"):
             axes = tuple(a for a in range(x1.ndim) if rng.random() < 0.5)
             if axes:
                 x1, x2 = np.flip(x1, axes), np.flip(x2, axes)
+            if self.augmentation == "acquisition":
+                x1, x2 = acquisition_augment(x1, rng), acquisition_augment(x2, rng)
         elif self.augmentation == "dihedral":
             # The 8 modes of KAIR's augment_img (MambaDFuse's training data): rot90 k times, then a
             # flip; a non-square crop keeps its shape (batches stack) with k in {0, 2} only.
@@ -219,6 +228,45 @@ class PatchSampler:
         elif self.augmentation == "dc2fusion":
             x1, x2 = dc2fusion_augment(x1, x2, rng)
         return np.ascontiguousarray(x1), np.ascontiguousarray(x2)
+
+
+#: :func:`acquisition_augment`'s draws: (probability, range) of each change.
+ACQUISITION_GAMMA = (0.5, (0.6, 1.6))        # intensity non-linearity: x ** gamma, log-uniform gamma
+ACQUISITION_BIAS = (0.5, 0.25)               # smooth multiplicative field exp(quadratic), up to +-25 %
+ACQUISITION_BLUR = (0.3, (0.5, 2.0))         # thick slices: Gaussian blur along one axis, sigma in voxels
+ACQUISITION_NOISE = (0.5, (0.0, 0.03))       # Gaussian noise, sigma in units of the [0, 1] range
+ACQUISITION_PEDESTAL = (0.3, (0.0, 0.3))     # a window set inside the head: tissue raised, background kept 0
+
+
+def acquisition_augment(x, rng):
+    """One input of a training pair as another scanner or protocol might have given it: with the
+    probabilities of ``ACQUISITION_*``, an intensity non-linearity (a gamma curve), a smooth bias field, a
+    lower resolution along one axis (a Gaussian blur), a pedestal under the non-zero voxels (the window of a
+    normalisation that takes its percentiles inside the head and sets the rest to 0) and noise, then
+    clipped to [0, 1]. The synthetic and the few real training volumes have one contrast curve, no bias,
+    one resolution and one normalisation each; real inputs do not. Ours (no original uses it); each input of a pair draws its own changes."""
+    from scipy import ndimage
+
+    x = np.asarray(x, np.float32)
+    p, (low, high) = ACQUISITION_GAMMA
+    if rng.random() < p:
+        x = np.clip(x, 0.0, 1.0) ** np.float32(np.exp(rng.uniform(np.log(low), np.log(high))))
+    p, amplitude = ACQUISITION_BIAS
+    if rng.random() < p:
+        grid = np.meshgrid(*(np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in x.shape), indexing="ij")
+        field = sum(rng.uniform(-1, 1) * g + rng.uniform(-1, 1) * g * g for g in grid) / (2 * x.ndim)
+        x = x * np.exp(np.float32(amplitude) * field).astype(np.float32)
+    p, (low, high) = ACQUISITION_BLUR
+    if rng.random() < p:
+        x = ndimage.gaussian_filter1d(x, rng.uniform(low, high), axis=int(rng.integers(x.ndim)), mode="nearest")
+    p, (low, high) = ACQUISITION_PEDESTAL
+    if rng.random() < p:
+        pedestal = np.float32(rng.uniform(low, high))
+        x = np.where(x > 0, pedestal + (1 - pedestal) * x, np.float32(0))
+    p, (low, high) = ACQUISITION_NOISE
+    if rng.random() < p:
+        x = x + rng.normal(0.0, rng.uniform(low, high), x.shape).astype(np.float32)
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
 #: DC2Fusion's MONAI training transforms (its train_diff.py), with their probabilities.

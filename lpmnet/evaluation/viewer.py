@@ -36,6 +36,7 @@ import numpy as np
 from lpmnet.errors import InputError
 from lpmnet.evaluation.comparison import METRIC_ARROWS, METRIC_DIRECTIONS, rank_key
 from lpmnet.evaluation.tables import format_number
+from lpmnet.metrics import PAPER_METRICS
 from lpmnet.volumes.io import atomic_write_text, load_rgb_volume, load_volume, require_same_grid, rgb24_array
 
 __all__ = ["viewer_page", "render_viewer_html", "read_panel_metrics", "ViewerVolume", "PANEL_METRICS", "MAX_VIEWS",
@@ -46,7 +47,7 @@ NIIVUE_VERSION = "0.69.0"
 #: The vendored bundle's digest, checked before it is embedded (an edited or truncated copy is refused).
 NIIVUE_SHA256 = "47b896b77ec4a5be3ef1949c33ad393b6f45629921f326c279000bcf51bdb4af"
 #: The metrics shown beside each fused view: the eight the LPM-Net paper reports.
-PANEL_METRICS = ("SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "rSFe")
+PANEL_METRICS = PAPER_METRICS
 #: Views one page can hold: Chromium drops the oldest WebGL context beyond 16 per page.
 MAX_VIEWS = 16
 #: The highest of the embedded display copies' 256 grey levels.

@@ -21,6 +21,8 @@ torch's thread count).
 from __future__ import annotations
 
 METRIC_NAMES = ("SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "SF", "rSFe", "EN", "PSNR", "Nabf")
+#: The eight metrics of LPM-Net's paper tables, in their order.
+PAPER_METRICS = ("SSIM", "Qabf", "MI", "SCD", "VIF", "AG", "SD", "rSFe")
 ARTEFACT_NAMES = ("background", "lattice")
 CONVENTIONS = ("lpmnet", "standard")
 #: The conventions and the artefact checks, the "convention" column of every table.

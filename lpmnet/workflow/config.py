@@ -97,25 +97,42 @@ def resolve_methods(methods_config, training_config, classical=()):
 
 def resolve_pretraining(section, datasets):
     """The training settings (a full :class:`lpmnet.engine.train.TrainConfig` dict) of config section
-    ``pretrained``, after checking that its dataset and every pair of its models exist; a bad entry
-    raises ValueError naming the key."""
+    ``pretrained``, after checking its datasets, its held-out datasets and the pairs of its models; a bad
+    entry raises ValueError naming the key. A held-out dataset must share no dataset and no downloaded file
+    (by sha256) with the training ones: the validation would not be held out."""
     from dataclasses import asdict
 
     from lpmnet.engine.train import TrainConfig
 
-    dataset = section.get("dataset")
-    if dataset not in datasets:
-        raise ValueError(f"pretrained.dataset: {dataset!r} is not a dataset of section datasets")
+    trained, held_out = section["datasets"], section.get("held_out", [])
+    for key, names in (("datasets", trained), ("held_out", held_out)):
+        for name in names:
+            if name not in datasets:
+                raise ValueError(f"pretrained.{key}: {name!r} is not a dataset of section datasets")
+    both = sorted(set(trained) & set(held_out))
+    if both:
+        raise ValueError(f"pretrained.held_out: {both[0]} is also a training dataset (pretrained.datasets)")
+    shared = _downloaded_files(datasets, trained) & _downloaded_files(datasets, held_out)
+    if shared:
+        raise ValueError(f"pretrained.held_out: the file of sha256 {sorted(shared)[0]} is also training data")
     for kind, entry in section.get("models", {}).items():
         if kind not in PRETRAINED_KINDS:
             raise ValueError(f"pretrained.models.{kind}: the shipped kinds are {', '.join(PRETRAINED_KINDS)}")
-        missing = [p for p in entry["pairs"] if list(p) not in [list(q) for q in datasets[dataset]["pairs"]]]
+        known = {tuple(p) for name in trained for p in datasets[name]["pairs"]}
+        missing = [p for p in entry["pairs"] if tuple(p) not in known]
         if missing:
-            raise ValueError(f"pretrained.models.{kind}.pairs: {missing[0]} is not a pair of datasets.{dataset}")
+            raise ValueError(f"pretrained.models.{kind}.pairs: {missing[0]} is a pair of no dataset of "
+                             f"pretrained.datasets")
     try:
         return asdict(TrainConfig(method="lpmnet", **section.get("training", {})))
     except (TypeError, ValueError) as err:
         raise ValueError(f"pretrained.training: {err}") from None
+
+
+def _downloaded_files(datasets, names) -> set:
+    """The sha256 of every file that the ``downloads`` datasets among ``names`` list."""
+    return {entry["sha256"].lower() for name in names for files in datasets[name].get("files", {}).values()
+            for entry in files.values()}
 
 
 class MethodConfigs(Mapping):

@@ -281,6 +281,9 @@ class Paths:
     def pretrained_log(self, kind="{kind}"):
         return f"{self.pretrained_dir()}/{kind}/training_log.csv"
 
+    def pretrained_held_out(self, kind="{kind}"):
+        return f"{self.pretrained_dir()}/{kind}/held_out.tsv"
+
     def model_card(self):
         return f"{self.pretrained_dir()}/MODEL_CARD.md"
 

@@ -159,8 +159,9 @@ def tiny_demo_with_every_scripted_rule():
 def tiny_pretraining():
     config = copy.deepcopy(DEFAULT_CONFIG)
     pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
-    pretraining["datasets"]["pretrain"].update(subjects=3, modalities=["T1", "PET"], pairs=[["T1", "PET"]])
-    pretraining["pretrained"]["models"] = {"mri-pet": {"pairs": [["T1", "PET"]]}}
+    pretraining["datasets"] = {"pretrain": {**pretraining["datasets"]["pretrain"], "subjects": 3,
+                                            "modalities": ["T1", "PET"], "pairs": [["T1", "PET"]]}}
+    pretraining["pretrained"].update(datasets=["pretrain"], held_out=[], models={"mri-pet": {"pairs": [["T1", "PET"]]}})
     pretraining["pretrained"]["training"].update(iterations=1, patch_size=[16, 16, 16], val_every=1)
     config.update(pretraining)
     return config

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from helpers import TEST_AFFINE, write_pair
+from ixi_server import FileServer
+from public_mirror import mirrored
 from workflow_runs import (DEFAULT_CONFIG, REPO, SNAKEMAKE, planned_jobs, snakemake, tiny_config,
                            workdir_with)
 from lpmnet.volumes.dicom import write_dicom_series
@@ -318,27 +320,46 @@ def test_the_pretrained_models_start_training_and_fuse_by_the_pairs_kind(tmp_pat
         assert inputs.endswith(str(shipped / f"lpmnet_{kind}.pt"))
 
 
-def test_make_pretrained_trains_one_model_per_kind_with_its_card(tmp_path):
-    """The `pretrained` target of config/pretrained.yaml, at a test's size: 3 subjects, 2 iterations."""
+def test_make_pretrained_trains_on_public_volumes_and_validates_on_held_out_ones(tmp_path, shared_data):
+    """The `pretrained` target of config/pretrained.yaml at a test's size (3 synthetic subjects, 2 iterations), its
+    public volumes served by a local server from ../shared/data: each model trains on the synthetic and the real
+    training pairs of its kind, is validated on the held-out pairs of its kind against mean, max and Laplacian
+    fusion under both normalisations, and the card gives data, checksums, licences, recipe and those figures."""
     config = copy.deepcopy(DEFAULT_CONFIG)
     pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
-    pretraining["datasets"]["pretrain"].update(subjects=3, modalities=["T1", "FLAIR", "PET"],
-                                               pairs=[["T1", "FLAIR"], ["T1", "PET"]])
-    pretraining["pretrained"]["models"]["mri-mri"]["pairs"] = [["T1", "FLAIR"]]
+    datasets = pretraining["datasets"]
+    datasets["pretrain"].update(subjects=3, modalities=["T1", "FLAIR", "PET"], pairs=[["T1", "FLAIR"], ["T1", "PET"]])
+    del datasets["openms"]  # 1 mm volumes: the glioma case is enough real training data for a test
+    pretraining["pretrained"]["datasets"] = ["pretrain", "tcga"]
+    pretraining["pretrained"]["models"]["mri-mri"]["pairs"] = [["T1", "FLAIR"], ["T1", "T2"], ["T1CE", "T2"],
+                                                               ["T1CE", "FLAIR"]]
     pretraining["pretrained"]["training"].update(iterations=2, patch_size=[16, 16, 16], val_every=1)
     config.update(pretraining)
-    config["datasets"] = pretraining["datasets"]
-    workdir = workdir_with(tmp_path, config)
-    snakemake(workdir, "--cores", "2", "pretrained")
+    with FileServer(shared_data.parent) as server:
+        config["datasets"] = mirrored(datasets, server.url, shared_data.parent)
+        workdir = workdir_with(tmp_path, config)
+        snakemake(workdir, "--cores", "2", "pretrained")
     results = workdir / "results" / "pretrained"
     card = (results / "MODEL_CARD.md").read_text()
-    for kind in ("mri-mri", "mri-pet"):
+    for kind, real_pairs, held_pairs in (("mri-mri", 4, {"T1-T2", "T1-PD"}), ("mri-pet", 0, {"T1-PET"})):
         payload = read_payload(results / kind / "model.pt")
         assert payload["method"] == "lpmnet" and payload["model_card"]["kind"] == kind
-        assert f"lpmnet_{kind}.pt" in card
+        trained_on = [d["x1"] for d in payload["model_card"]["data"]]
+        assert sum("/tcga/" in path for path in trained_on) == real_pairs
+        assert not any("/spm/" in path for path in trained_on)  # held out
         log = pd.read_csv(results / kind / "training_log.csv")
-        assert len(log) == 2 and log.val_SSIM.notna().all()  # validated on the test subjects
-    assert "seed 1" in card and "Louis Collins" in card and '"loss": "mif"' in card
+        assert len(log) == 2 and log.val_SSIM.notna().all()  # validated on the synthetic test subjects
+        table = pd.read_csv(results / kind / "held_out.tsv", sep="\t", keep_default_na=False)
+        assert set(table.pair) == held_pairs and set(table.normalisation) == {"workflow", "head"}
+        assert set(table.method) == {"model", "mean", "max", "laplacian"}
+        assert table[["SSIM", "Qabf", "VIF", "background", "lattice"]].notna().all().all()
+        assert f"lpmnet_{kind}.pt" in card and f"### {kind}" in card
+    assert "seed 1" in card and "Louis Collins" in card and '"augmentation": "acquisition"' in card
+    for cfg in config["datasets"].values():  # where each volume came from and its checksum
+        for volumes in cfg.get("files", {}).values():
+            for entry in volumes.values():
+                assert entry["url"] in card and entry["sha256"] in card
+    assert "CC BY 3.0" in card and "held out (validation only)" in card and "wins" in card
 
 
 def test_every_rule_has_a_log_a_benchmark_and_an_existing_conda_env():

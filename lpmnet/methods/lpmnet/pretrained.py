@@ -33,16 +33,16 @@ def pretrained_path(kind: str) -> Path:
     return path
 
 
-def model_card(checkpoints: dict, training_logs: dict, dataset_config: dict) -> str:
+def model_card(checkpoints: dict, training_logs: dict, datasets: dict, held_out: dict, held_out_names=()) -> str:
     """The model card (Markdown) of the pretrained models ``{kind: checkpoint path}`` with their
-    ``{kind: training_log.csv}``: what each fuses,
-    its file and digest, the data it was trained and validated on, its recipe, its last validation
-    figures and the licences."""
+    ``{kind: training_log.csv}`` and ``{kind: rows of its held-out table}``
+    (:func:`lpmnet.evaluation.heldout.held_out_rows`): what each fuses, its file and sha256, the data it was
+    trained on and validated on (``datasets``: name -> dataset config; those of ``held_out_names`` held out),
+    with their addresses, checksums and licences, its recipe, its validation figures and the licences."""
     import csv
     import json
 
     from lpmnet import __version__
-    from lpmnet.volumes.demo import TEMPLATE_NOTE
     from lpmnet.volumes.io import file_digest
     from lpmnet.methods import read_payload
 
@@ -50,37 +50,85 @@ def model_card(checkpoints: dict, training_logs: dict, dataset_config: dict) -> 
              f"Trained by the workflow's `pretrained` target (`make pretrained`, config/pretrained.yaml) with lpmnet "
              f"{__version__}. `lpmnet fuse` without `--checkpoint` uses the model of the pair's kind; the workflow's "
              "`training: {init: pretrained}` fine-tunes from it and `checkpoint: pretrained` fuses with it.", "",
-             "| model | fuses | file | sha256 | parameters | training pairs | iterations | final validation |",
-             "|---|---|---|---|---|---|---|---|"]
-    recipes = {}
+             "| model | fuses | file | parameters | training pairs | iterations | final validation (training datasets' test subjects) |",
+             "|---|---|---|---|---|---|---|"]
+    recipes, digests = {}, {}
     for kind, path in checkpoints.items():
         payload = read_payload(path)
         card = payload["model_card"]
         recipes[kind] = card["train_config"]
+        digests[kind] = file_digest(path)
         parameters = sum(v.numel() for v in payload["state_dict"].values())
         with open(training_logs[kind], newline="") as f:
             validation = _last_validation(list(csv.DictReader(f)))
-        lines.append(f"| {kind} | {KINDS[kind]} | lpmnet_{kind}.pt | `{file_digest(path)[:16]}...` | {parameters:,} | "
+        lines.append(f"| {kind} | {KINDS[kind]} | lpmnet_{kind}.pt | {parameters:,} | "
                      f"{len(card['data'])} ({', '.join('-'.join(p) for p in card['pairs'])}) | "
                      f"{card['train_config']['iterations']} | {validation} |")
-    lines += ["", "## Data", "",
-              f"Synthetic subjects of the project's generator (`lpmnet.volumes.demo`, dataset `{dataset_config.get('source')}` "
-              f"source): {dataset_config['subjects']} subjects, seed {dataset_config['seed']} (the demo dataset uses "
-              f"seed 0), modalities {', '.join(dataset_config['modalities'])}, {dataset_config['voxel_mm']} mm "
-              "isotropic, generated co-registered; normalised as the workflow normalises every volume "
-              "(percentile window over an Otsu mask, then [0, 1]). The training subjects train, the test "
-              "subjects of the dataset's split validate. Anatomy: " + TEMPLATE_NOTE["name"] + ".", "",
-              "## Recipe", "", "Every setting of `lpmnet.engine.train.TrainConfig` (network: LPM-Net's defaults):", ""]
+    lines += ["", "sha256 of the files:", ""] + [f"- `lpmnet_{kind}.pt`: `{digest}`" for kind, digest in digests.items()]
+    lines += ["", "## Validation on held-out real pairs", "",
+              "Each model fused the pairs of its kind of the held-out datasets, which no model trained on, under the "
+              "workflow's normalisation (`workflow`: percentile window over each volume's Otsu foreground) and under "
+              "one that takes the percentiles inside the head and sets everything outside it to exactly 0 (`head`). "
+              "Scores: the paper's eight metrics in the lpmnet convention and the artefact checks "
+              "(`lpmnet.evaluation.heldout`). *Wins*: the metrics on which the model beats the mean, the max and the "
+              "Laplacian-pyramid fusion together (rSFe: closer to 0).", ""]
+    for kind, rows in held_out.items():
+        lines += _held_out_section(kind, rows)
+    lines += ["## Data", ""]
+    for name, cfg in datasets.items():
+        lines += _dataset_section(name, cfg, held=name in held_out_names)
+    lines += ["## Recipe", "", "Every setting of `lpmnet.engine.train.TrainConfig` (network: LPM-Net's defaults):", ""]
     for kind, recipe in recipes.items():
         lines += [f"- {kind}: `{json.dumps(recipe, sort_keys=True)}`"]
     lines += ["", "## Limitations", "",
-              "Trained on synthetic contrasts of one template's anatomy, deformed: real scans with lesions, other "
-              "field strengths or CT are outside what these models saw. Fine-tune on your data "
+              "Real training data is two subjects (an MS patient in MNI space and a glioma case with 5.5 mm slices) "
+              "next to synthetic contrasts of one template's anatomy; the held-out validation is on group-average "
+              "templates (smooth, no lesions). Other field strengths, paediatric scans, CT and PET tracers other than "
+              "FDG-like uptake are outside what these models saw. Fine-tune on your data "
               "(`training: {init: pretrained}`) and check the tables' artefact rows (background, lattice).", "",
-              "## Licences", "",
-              "The weights: MIT, as the project. The template the data is synthesised from: " + TEMPLATE_NOTE["licence"],
-              "", "References of the template: " + " ".join(TEMPLATE_NOTE["references"]), ""]
+              "## Licences", "", "The weights: MIT, as the project. The training and validation data keep their "
+              "licences, listed with each dataset above.", ""]
     return "\n".join(lines)
+
+
+def _held_out_section(kind, rows) -> list[str]:
+    """The held-out figures of one model: per pair and normalisation, its wins and every method's scores."""
+    from lpmnet.metrics import PAPER_METRICS
+
+    columns = [*PAPER_METRICS, "background", "lattice"]
+    lines = [f"### {kind}", ""]
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["subject"], row["pair"], row["normalisation"]), []).append(row)
+    for (dataset, subject, pair, normalisation), group in groups.items():
+        model = next(r for r in group if r["method"] == "model")
+        won = [w for w in str(model["wins"] or "").split(",") if w]
+        lines += [f"{dataset} {subject} {pair}, `{normalisation}` normalisation: wins {len(won)} of 8"
+                  f"{' (' + ', '.join(won) + ')' if won else ''}; background {float(model['background']):.4f}, "
+                  f"lattice {float(model['lattice']):.3f}.", "",
+                  "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += ["| " + " | ".join([r["method"] if r["method"] != "model" else f"lpmnet_{kind}"]
+                                    + [f"{float(r[c]):.4g}" for c in columns]) + " |" for r in group]
+        lines.append("")
+    return lines
+
+
+def _dataset_section(name, cfg, held) -> list[str]:
+    """One dataset of the card: where its volumes come from, their checksums and licence."""
+    from lpmnet.volumes.demo import TEMPLATE_NOTE
+
+    role = "held out (validation only)" if held else "training"
+    if cfg["source"] == "demo":
+        return [f"### {name} ({role})", "",
+                f"Synthetic subjects of the project's generator (`lpmnet.volumes.demo`): {cfg['subjects']} subjects, "
+                f"seed {cfg['seed']} (the demo dataset uses seed 0), modalities {', '.join(cfg['modalities'])}, "
+                f"{cfg['voxel_mm']} mm isotropic, generated co-registered. Anatomy: {TEMPLATE_NOTE['name']}. Its "
+                f"licence: {TEMPLATE_NOTE['licence']} References: {' '.join(TEMPLATE_NOTE['references'])}", ""]
+    lines = [f"### {name} ({role})", "", f"Licence: {cfg.get('licence', 'not stated in the config')}.", "",
+             "| subject | modality | address | sha256 |", "|---|---|---|---|"]
+    lines += [f"| {subject} | {modality} | {entry['url']} | `{entry['sha256']}` |"
+              for subject, files in cfg.get("files", {}).items() for modality, entry in files.items()]
+    return lines + [""]
 
 
 def _last_validation(rows) -> str:

@@ -5,11 +5,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from helpers import write_pair
+from helpers import smooth_pair, write_pair
 from lpmnet.evaluation import curves
 from lpmnet.errors import InputError
 from lpmnet.engine.losses import LOSS_TERMS
@@ -144,3 +145,32 @@ def test_bad_input_leaves_no_output_folder(tmp_path):
     with pytest.raises(Exception, match="bad.nii.gz"):
         train([(bad, bad)], tmp_path / "run", TrainConfig(**SMALL))
     assert not (tmp_path / "run").exists()
+
+
+def test_acquisition_augmentation_varies_each_input_reproducibly_within_the_unit_range():
+    from lpmnet.engine.train import PatchSampler, acquisition_augment
+
+    x = smooth_pair((32, 32, 32))[0]
+    x = np.clip(x / x.max(), 0, 1).astype(np.float32)
+    drawn = [acquisition_augment(x, np.random.default_rng([0, i])) for i in range(40)]
+    again = [acquisition_augment(x, np.random.default_rng([0, i])) for i in range(40)]
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, again))  # seeded: resume replays it exactly
+    assert all(d.dtype == np.float32 and d.min() >= 0 and d.max() <= 1 for d in drawn)
+    changed = [float(np.abs(d - x).mean()) for d in drawn]
+    assert min(changed) < 1e-6 < 0.02 < max(changed)  # sometimes untouched, sometimes far from the input
+    # Each input of a pair draws its own changes: the two inputs of one sample differ in what they got.
+    sampler = PatchSampler([(x, x.copy())], (32, 32, 32), "acquisition")
+    samples = [sampler.sample(0, np.random.default_rng([1, i])) for i in range(10)]
+    assert any(not np.array_equal(a, b) for a, b in samples)
+
+
+def test_a_volume_thinner_than_the_patch_is_padded_with_background():
+    from lpmnet.engine.train import PatchSampler
+
+    thick = np.random.default_rng(0).random((10, 40, 40)).astype(np.float32)  # 10 slices, thick clinical ones
+    sampler = PatchSampler([(thick, thick), (np.ones((40, 40, 40), np.float32),) * 2], (16, 16, 16), "none")
+    for index in (0, 1):
+        a, b = sampler.sample(index, np.random.default_rng(index))
+        assert a.shape == b.shape == (16, 16, 16)
+    a, _ = sampler.sample(0, np.random.default_rng(0))
+    assert np.all(a[10:] == 0) and np.any(a[:10] > 0)

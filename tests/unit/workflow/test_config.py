@@ -83,6 +83,30 @@ def test_a_pretrained_kind_that_is_not_shipped_is_refused():
         resolve_pretraining(pretraining["pretrained"], datasets)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.update(datasets=["pretrain", "nowhere"]), r"^pretrained\.datasets: 'nowhere' is not a dataset"),
+    (lambda p: p.update(held_out=["spm", "tcga"]), r"^pretrained\.held_out: tcga is also a training dataset"),
+    (lambda p: p["models"]["mri-mri"]["pairs"].append(["T2", "PD"]), r"^pretrained\.models\.mri-mri\.pairs: \['T2', 'PD'\] "
+                                                                     r"is a pair of no dataset"),
+])
+def test_the_pretraining_section_is_checked(change, message):
+    pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    change(pretraining["pretrained"])
+    datasets = {name: with_defaults(cfg) for name, cfg in pretraining["datasets"].items()}
+    with pytest.raises(ValueError, match=message):
+        resolve_pretraining(pretraining["pretrained"], datasets)
+
+
+def test_a_held_out_volume_that_is_also_training_data_is_refused():
+    """Another dataset name for the same file would make the validation look held out when it is not."""
+    pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    datasets = pretraining["datasets"]
+    datasets["tcga"]["files"]["FG6692"]["T2"] = datasets["spm"]["files"]["avg152"]["T2"]
+    datasets = {name: with_defaults(cfg) for name, cfg in datasets.items()}
+    with pytest.raises(ValueError, match=r"^pretrained\.held_out: the file of sha256 6466e5f9\w+ is also training"):
+        resolve_pretraining(pretraining["pretrained"], datasets)
+
+
 def test_the_segmentation_cannot_be_fused(tmp_path):
     dataset = with_defaults({"source": "brats", "root": str(tmp_path), "fixed": "T1", "pairs": [["T1", "seg"]]})
     with pytest.raises(ValueError, match="never fused"):

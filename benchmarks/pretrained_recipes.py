@@ -1,0 +1,103 @@
+"""Choose the shipped models' recipe by evidence: train recipe variants on the pretrained models' own training
+pairs and score each on the held-out real pairs against the mean, max and Laplacian-pyramid fusions.
+
+Run after the `pretrained` target (`make pretrained`, or snakemake with config/pretrained.yaml): the training
+pairs are read from each shipped model's card in results/pretrained/<kind>/model.pt (the workflow's
+normalised volumes) and the held-out pairs from the raw volumes the workflow downloaded. Every variant trains
+with the shipped recipe (config/pretrained.yaml) changed only where it says, for --iterations iterations, then
+:func:`lpmnet.evaluation.heldout.evaluate_model` scores it under both normalisations. Writes one TSV row per
+variant, pair and normalisation (the number of metrics won, the background and the lattice) and prints a
+Markdown table.
+
+    python benchmarks/pretrained_recipes.py --iterations 400 --out results/pretrained/recipes.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lpmnet.engine.train import TrainConfig, train  # noqa: E402
+from lpmnet.evaluation.heldout import evaluate_model  # noqa: E402
+from lpmnet.methods import read_payload  # noqa: E402
+from lpmnet.methods.pretrained import kind_of_modalities  # noqa: E402
+from lpmnet.workflow.index import colour_pair, download_sources, with_defaults  # noqa: E402
+
+#: name -> (kind, changes to the shipped recipe, whether the real training datasets are used).
+VARIANTS = {
+    "mif, synthetic only": ("mri-mri", {"augmentation": "flips"}, False),
+    "mif": ("mri-mri", {"augmentation": "flips"}, True),
+    "lpmnet faithful": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet"}, True),
+    "lpmnet fixed": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet", "loss_settings": {"mode": "fixed"}}, True),
+    "mif, gradient x2": ("mri-mri", {"augmentation": "flips", "loss_settings": {"gradient_weight": 200.0}}, True),
+    "mif + acquisition": ("mri-mri", {"augmentation": "acquisition"}, True),
+    "pet: mif": ("mri-pet", {"augmentation": "flips"}, True),
+    "pet: lpmnet faithful": ("mri-pet", {"augmentation": "flips", "loss": "lpmnet"}, True),
+    "pet: mif + acquisition": ("mri-pet", {"augmentation": "acquisition"}, True),
+}
+
+
+def held_out_pairs(config, results):
+    """kind -> [(label, first raw volume, second raw volume, colour map or None)] of the held-out datasets."""
+    pairs = {}
+    for name in config["pretrained"].get("held_out", []):
+        dataset = with_defaults(config["datasets"][name])
+        volumes = {(s.subject, s.modality): s.path for s in download_sources(name, dataset, results)}
+        for subject in dataset["files"]:
+            for first, second in dataset["pairs"]:
+                colour = dataset["colour_map"] if colour_pair((first, second), dataset) else None
+                pairs.setdefault(kind_of_modalities(first, second), []).append(
+                    (f"{name} {subject} {first}-{second}", volumes[subject, first], volumes[subject, second], colour))
+    return pairs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "config" / "pretrained.yaml"))
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="names of VARIANTS to run")
+    parser.add_argument("--work", default="results/pretrained/recipes")
+    parser.add_argument("--out", default="results/pretrained/recipes.tsv")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(Path(args.config).read_text())
+    synthetic = [name for name, cfg in config["datasets"].items() if cfg["source"] == "demo"]
+    held_out = held_out_pairs(config, args.results)
+    rows = []
+    for name in args.variants:
+        kind, changes, real = VARIANTS[name]
+        card = read_payload(Path(args.results) / "pretrained" / kind / "model.pt")["model_card"]
+        # The shipped model's training pairs (results/<dataset>/...), the real ones dropped where asked.
+        pairs = [(d["x1"], d["x2"]) for d in card["data"]
+                 if real or Path(d["x1"]).relative_to(args.results).parts[0] in synthetic]
+        recipe = {**config["pretrained"]["training"], **changes, "iterations": args.iterations,
+                  "val_every": args.iterations + 1}
+        tic = time.perf_counter()
+        model = train(pairs, Path(args.work) / name.replace(" ", "_").replace(":", "").replace(",", ""),
+                      TrainConfig(method="lpmnet", **recipe), device="cpu", progress=False, normalize=False)
+        seconds = time.perf_counter() - tic
+        for label, path1, path2, colour in held_out[kind]:
+            for result in evaluate_model(model, path1, path2, colour=colour):
+                rows.append({"variant": name, "kind": kind, "pairs": len(pairs), "iterations": args.iterations,
+                             "train_seconds": round(seconds, 1), "pair": label,
+                             "normalisation": result.normalisation, "wins": len(result.won),
+                             "won": ",".join(result.won), "background": result.model["background"],
+                             "lattice": result.model["lattice"]})
+                print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, sep="\t", index=False, float_format="%.4g")
+    print(table.pivot_table(index="variant", columns=["pair", "normalisation"], values="wins").to_markdown())
+
+
+if __name__ == "__main__":
+    main()
