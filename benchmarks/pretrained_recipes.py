@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +39,11 @@ VARIANTS = {
     "lpmnet fixed": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet", "loss_settings": {"mode": "fixed"}}, True),
     "mif, gradient x2": ("mri-mri", {"augmentation": "flips", "loss_settings": {"gradient_weight": 200.0}}, True),
     "mif + acquisition": ("mri-mri", {"augmentation": "acquisition"}, True),
+    "lpmnet+mif": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet+mif"}, True),
     "pet: mif": ("mri-pet", {"augmentation": "flips"}, True),
     "pet: lpmnet faithful": ("mri-pet", {"augmentation": "flips", "loss": "lpmnet"}, True),
     "pet: mif + acquisition": ("mri-pet", {"augmentation": "acquisition"}, True),
+    "pet: lpmnet+mif": ("mri-pet", {"augmentation": "flips", "loss": "lpmnet+mif"}, True),
 }
 
 

@@ -14,7 +14,7 @@ rule pretrain:
     wildcard_constraints:
         kind=alternatives(PRETRAINED_MODELS),
     params:
-        config=PRETRAINED_TRAINING,
+        config=lambda w: PRETRAINED_TRAINING[w.kind],
         device=config["training"]["device"],
         out_dir=lambda w, output: str(Path(output.model).parent),
         card=lambda w: {"name": f"lpmnet_{w.kind}", "kind": w.kind, "datasets": PRETRAINED_DATASETS,

@@ -377,9 +377,32 @@ def _fused_only(loss_class):
     return build
 
 
+#: The MIF loss's share in ``lpmnet+mif``: 1/50 weighs its SSIM term (weight 50) as LPM-Net's (beta = 1).
+MIF_SHARE = 1 / 50
+
+
+def _lpmnet_and_mif_loss(mode="faithful", **mif_settings):
+    lpmnet, mif = FusionLoss(mode=mode), MIFLoss(**mif_settings)
+
+    def compute(x1, x2, output, schedule):
+        output = _network_output(output)
+        total, terms = lpmnet(x1, x2, output, **schedule)
+        mif_total, mif_terms = mif(x1, x2, output.fused)
+        terms = {**terms, **{f"mif_{name}": MIF_SHARE * value for name, value in mif_terms.items() if name != "total"}}
+        total = total + MIF_SHARE * mif_total
+        terms["total"] = float(total.detach())
+        return total, terms
+
+    return compute
+
+
 LOSSES = {
     "lpmnet": TrainingLoss("LPM-Net's objective (FusionLoss: MSE, 3D SSIM, spatial-frequency reward, base/detail, "
                            "reconstruction)", (*LOSS_TERMS, "lambda"), (3,), _lpmnet_loss),
+    "lpmnet+mif": TrainingLoss("ours: LPM-Net's objective plus MambaDFuse's MIF loss weighted 1/50 (its SSIM term then "
+                               "weighs as LPM-Net's): the mean-like MSE and SSIM to both sources with the max-like "
+                               "intensity and gradient targets", (*LOSS_TERMS, "lambda", *(f"mif_{t}" for t in MIF_TERMS)),
+                               (3,), _lpmnet_and_mif_loss),
     "mif": TrainingLoss("MambaDFuse's MIF loss (MIFLoss: intensity vs the maximum, Sobel gradient, SSIM)",
                         MIF_TERMS, (2, 3), _fused_only(MIFLoss)),
     "asfe": TrainingLoss("ASFE-Fusion's loss as coded (ASFELoss: intensity vs the mean, structure tensor, SSIM "

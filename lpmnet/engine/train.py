@@ -216,7 +216,7 @@ class PatchSampler:
             if axes:
                 x1, x2 = np.flip(x1, axes), np.flip(x2, axes)
             if self.augmentation == "acquisition":
-                x1, x2 = acquisition_augment(x1, rng), acquisition_augment(x2, rng)
+                x1, x2 = acquisition_augment(x1, x2, rng)
         elif self.augmentation == "dihedral":
             # The 8 modes of KAIR's augment_img (MambaDFuse's training data): rot90 k times, then a
             # flip; a non-square crop keeps its shape (batches stack) with k in {0, 2} only.
@@ -234,17 +234,29 @@ class PatchSampler:
 ACQUISITION_GAMMA = (0.5, (0.6, 1.6))        # intensity non-linearity: x ** gamma, log-uniform gamma
 ACQUISITION_BIAS = (0.5, 0.25)               # smooth multiplicative field exp(quadratic), up to +-25 %
 ACQUISITION_BLUR = (0.3, (0.5, 2.0))         # thick slices: Gaussian blur along one axis, sigma in voxels
-ACQUISITION_NOISE = (0.5, (0.0, 0.03))       # Gaussian noise, sigma in units of the [0, 1] range
-ACQUISITION_PEDESTAL = (0.3, (0.0, 0.3))     # a window set inside the head: tissue raised, background kept 0
+ACQUISITION_NOISE = (0.5, (0.0, 0.03))       # Gaussian noise in the tissue, sigma in units of the [0, 1] range
+ACQUISITION_PEDESTAL = (0.3, (0.0, 0.4))     # a window set inside the head: the head raised, the rest kept 0
 
 
-def acquisition_augment(x, rng):
-    """One input of a training pair as another scanner or protocol might have given it: with the
-    probabilities of ``ACQUISITION_*``, an intensity non-linearity (a gamma curve), a smooth bias field, a
-    lower resolution along one axis (a Gaussian blur), a pedestal under the non-zero voxels (the window of a
-    normalisation that takes its percentiles inside the head and sets the rest to 0) and noise, then
-    clipped to [0, 1]. The synthetic and the few real training volumes have one contrast curve, no bias,
-    one resolution and one normalisation each; real inputs do not. Ours (no original uses it); each input of a pair draws its own changes."""
+def acquisition_augment(x1, x2, rng):
+    """A training pair as other scanners, protocols and normalisations might have given it. Each input is
+    changed on its own (:func:`acquisition_change`); then, with the probability of ``ACQUISITION_PEDESTAL``
+    for each input, the head (where either input is above 0) is raised by a pedestal while the rest stays 0:
+    the step at the head's edge that a normalisation taking its percentiles inside the head gives. The
+    synthetic and the few real training volumes have one contrast curve, no bias, one resolution and one
+    normalisation each; real inputs do not. Ours (no original uses it)."""
+    x1, x2 = acquisition_change(x1, rng), acquisition_change(x2, rng)
+    head = (x1 > 0) | (x2 > 0)
+    p, (low, high) = ACQUISITION_PEDESTAL
+    pedestals = [np.float32(rng.uniform(low, high)) if rng.random() < p else None for _ in range(2)]
+    return tuple(x if pedestal is None else np.where(head, pedestal + (1 - pedestal) * x, np.float32(0))
+                 for x, pedestal in zip((x1, x2), pedestals))
+
+
+def acquisition_change(x, rng):
+    """One input as another scanner or protocol might have given it: with the probabilities of
+    ``ACQUISITION_*``, an intensity non-linearity (a gamma curve), a smooth bias field, a lower resolution
+    along one axis (a Gaussian blur) and noise in the tissue, then clipped to [0, 1]."""
     from scipy import ndimage
 
     x = np.asarray(x, np.float32)
@@ -259,13 +271,11 @@ def acquisition_augment(x, rng):
     p, (low, high) = ACQUISITION_BLUR
     if rng.random() < p:
         x = ndimage.gaussian_filter1d(x, rng.uniform(low, high), axis=int(rng.integers(x.ndim)), mode="nearest")
-    p, (low, high) = ACQUISITION_PEDESTAL
-    if rng.random() < p:
-        pedestal = np.float32(rng.uniform(low, high))
-        x = np.where(x > 0, pedestal + (1 - pedestal) * x, np.float32(0))
     p, (low, high) = ACQUISITION_NOISE
     if rng.random() < p:
-        x = x + rng.normal(0.0, rng.uniform(low, high), x.shape).astype(np.float32)
+        # Normalised inputs have their background clipped to 0: the noise is the tissue's.
+        noise = rng.normal(0.0, rng.uniform(low, high), x.shape).astype(np.float32)
+        x = np.where(x > 0, x + noise, np.float32(0))
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 

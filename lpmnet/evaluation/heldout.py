@@ -105,16 +105,16 @@ class HeldOutResult:
 
 
 def evaluate_model(model_path, path1, path2, colour=None, method="lpmnet", device="cpu", low=0.5, high=99.5,
-                   mask="otsu"):
-    """:class:`HeldOutResult` of a checkpoint on one raw pair, for each of :data:`NORMALISATIONS`
-    (``low``, ``high``, ``mask``: the workflow's normalisation settings)."""
+                   mask="otsu", normalisations=NORMALISATIONS):
+    """:class:`HeldOutResult` of a checkpoint on one raw pair, for each of ``normalisations`` (``low``,
+    ``high``, ``mask``: the workflow's normalisation settings)."""
     from lpmnet.methods import get_method
 
     spec = get_method(method)
     model, _ = spec.load(model_path, map_location=device)
     model.to(device)
     results = []
-    for normalisation in NORMALISATIONS:
+    for normalisation in normalisations:
         a, b = normalised_pair(path1, path2, normalisation, low, high, colour, mask)
         fusions = {"model": spec.fuse(model, a, b, device=device)["fused"],
                    **{rule: fuse_classical(rule, a, b) for rule in RIVALS}}

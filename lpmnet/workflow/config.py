@@ -96,9 +96,10 @@ def resolve_methods(methods_config, training_config, classical=()):
 
 
 def resolve_pretraining(section, datasets):
-    """The training settings (a full :class:`lpmnet.engine.train.TrainConfig` dict) of config section
-    ``pretrained``, after checking its datasets, its held-out datasets and the pairs of its models; a bad
-    entry raises ValueError naming the key. A held-out dataset must share no dataset and no downloaded file
+    """The training settings of each model of config section ``pretrained`` (kind -> a full
+    :class:`lpmnet.engine.train.TrainConfig` dict: ``training``, changed by the model's own ``training``),
+    after checking its datasets, its held-out datasets and the pairs of its models; a bad entry raises
+    ValueError naming the key. A held-out dataset must share no dataset and no downloaded file
     (by sha256) with the training ones: the validation would not be held out."""
     from dataclasses import asdict
 
@@ -123,10 +124,15 @@ def resolve_pretraining(section, datasets):
         if missing:
             raise ValueError(f"pretrained.models.{kind}.pairs: {missing[0]} is a pair of no dataset of "
                              f"pretrained.datasets")
-    try:
-        return asdict(TrainConfig(method="lpmnet", **section.get("training", {})))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"pretrained.training: {err}") from None
+    recipes = {}
+    for kind, entry in section.get("models", {}).items():
+        try:
+            recipes[kind] = asdict(TrainConfig(method="lpmnet", **{**section.get("training", {}),
+                                                                   **entry.get("training", {})}))
+        except (TypeError, ValueError) as err:
+            where = f"pretrained.models.{kind}.training" if entry.get("training") else "pretrained.training"
+            raise ValueError(f"{where}: {err}") from None
+    return recipes
 
 
 def _downloaded_files(datasets, names) -> set:

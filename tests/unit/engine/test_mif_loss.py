@@ -158,3 +158,19 @@ def test_half_inputs_compute_in_float32_and_shapes_are_checked():
         MIFLoss()(a, b, f[..., :-1])
     with pytest.raises(ValueError, match="one shape"):
         MIFLoss()(a.expand(-1, 2, -1, -1), b.expand(-1, 2, -1, -1), f.expand(-1, 2, -1, -1))
+
+
+def test_lpmnet_plus_mif_adds_the_mif_loss_at_a_fiftieth_to_lpmnet_s_objective():
+    from lpmnet.engine.losses import FusionLoss, make_loss
+    from lpmnet.methods.lpmnet.network import LPMNet
+
+    torch.manual_seed(0)
+    x1, x2 = (torch.rand(1, 1, 16, 16, 16) for _ in range(2))
+    output = LPMNet().eval()(x1, x2)
+    schedule = dict(iteration=3, iterations=10, step_in_epoch=1, max_epoch=5)
+    compute, terms = make_loss("lpmnet+mif", 3)
+    total, logged = compute(x1, x2, output, schedule)
+    lpmnet_total, _ = FusionLoss()(x1, x2, output, **schedule)
+    mif_total, mif_terms = MIFLoss()(x1, x2, output.fused)
+    assert total.item() == pytest.approx(lpmnet_total.item() + mif_total.item() / 50, rel=1e-6)
+    assert set(terms) == set(logged) - {"total"} and logged["mif_gradient"] == pytest.approx(mif_terms["gradient"] / 50)

@@ -150,18 +150,26 @@ def test_bad_input_leaves_no_output_folder(tmp_path):
 def test_acquisition_augmentation_varies_each_input_reproducibly_within_the_unit_range():
     from lpmnet.engine.train import PatchSampler, acquisition_augment
 
-    x = smooth_pair((32, 32, 32))[0]
-    x = np.clip(x / x.max(), 0, 1).astype(np.float32)
-    drawn = [acquisition_augment(x, np.random.default_rng([0, i])) for i in range(40)]
-    again = [acquisition_augment(x, np.random.default_rng([0, i])) for i in range(40)]
-    assert all(np.array_equal(a, b) for a, b in zip(drawn, again))  # seeded: resume replays it exactly
-    assert all(d.dtype == np.float32 and d.min() >= 0 and d.max() <= 1 for d in drawn)
-    changed = [float(np.abs(d - x).mean()) for d in drawn]
+    x = smooth_pair((40, 40, 40))[0]
+    ball = np.sum((np.indices(x.shape) - 19.5) ** 2, axis=0) < 10 ** 2  # a head in empty space
+    x = np.where(ball, np.clip(x / x.max(), 0.05, 1), 0).astype(np.float32)
+    drawn = [acquisition_augment(x, x.copy(), np.random.default_rng([0, i])) for i in range(40)]
+    again = [acquisition_augment(x, x.copy(), np.random.default_rng([0, i])) for i in range(40)]
+    assert all(np.array_equal(a, b) for pair, twin in zip(drawn, again) for a, b in zip(pair, twin))  # resumable
+    assert all(d.dtype == np.float32 and d.min() >= 0 and d.max() <= 1 for pair in drawn for d in pair)
+    changed = [float(np.abs(d - x).mean()) for pair in drawn for d in pair]
     assert min(changed) < 1e-6 < 0.02 < max(changed)  # sometimes untouched, sometimes far from the input
-    # Each input of a pair draws its own changes: the two inputs of one sample differ in what they got.
+    assert any(not np.array_equal(a, b) for a, b in drawn)  # each input draws its own changes
+    # Away from the head (both inputs 0, beyond a blur's reach) nothing is added: the background stays 0.
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(x == 0) > 9
+    assert far.any() and all(np.all(d[far] == 0) for pair in drawn for d in pair)
+    # A pedestal raises the whole head, a step at its edge, as a head-only normalisation gives.
+    head = x > 0
+    assert any(d[head].min() > 0.1 for pair in drawn for d in pair)
     sampler = PatchSampler([(x, x.copy())], (32, 32, 32), "acquisition")
-    samples = [sampler.sample(0, np.random.default_rng([1, i])) for i in range(10)]
-    assert any(not np.array_equal(a, b) for a, b in samples)
+    assert sampler.sample(0, np.random.default_rng(1))[0].shape == (32, 32, 32)
 
 
 def test_a_volume_thinner_than_the_patch_is_padded_with_background():

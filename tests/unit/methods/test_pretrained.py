@@ -6,8 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from helpers import one_thread, write_pair
+from public_mirror import manifest_files
+from workflow_runs import REPO
 from lpmnet.cli import main as cli
 from lpmnet.errors import InputError
 from lpmnet.methods.tiling import fuse_arrays
@@ -19,6 +22,8 @@ from lpmnet.volumes.normalize import normalize_intensity
 from lpmnet.methods.lpmnet.pretrained import MODEL_CARD, pretrained_path
 from lpmnet.methods.pretrained import KINDS, kind_of_files, kind_of_modalities, resolve
 from lpmnet.engine.train import TrainConfig, train
+from lpmnet.evaluation.heldout import NORMALISATIONS, evaluate_model
+from lpmnet.workflow.index import colour_pair, with_defaults
 
 LPMNET = get_method("lpmnet")
 
@@ -162,3 +167,54 @@ def test_a_checkpoint_of_another_architecture_cannot_start_training(tmp_path, si
     config = TrainConfig(iterations=1, patch_size=(16, 16, 16), init="mri-mri", model={"base_c": 4})
     with pytest.raises(InputError, match="lpmnet_mri-mri.pt: its network is not the one being trained"):
         train([(a, b)], tmp_path / "run", config)
+
+
+def held_out_pairs(shared_data, kind):
+    """The held-out pairs of config/pretrained.yaml of ``kind``, as files of ../shared/data (found by the sha256
+    that the config and MANIFEST.tsv both record): (label, first, second, colour map or None)."""
+    config = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    files = manifest_files(shared_data.parent)
+    pairs = []
+    for name in config["pretrained"]["held_out"]:
+        dataset = with_defaults(config["datasets"][name])
+        for subject, volumes in dataset["files"].items():
+            for first, second in dataset["pairs"]:
+                if kind_of_modalities(first, second) == kind:
+                    path1, path2 = (shared_data.parent / files[volumes[m]["sha256"]] for m in (first, second))
+                    colour = dataset["colour_map"] if colour_pair((first, second), dataset) else None
+                    pairs.append((f"{name} {subject} {first}-{second}", path1, path2, colour))
+    return pairs
+
+
+#: Where the shipped models do not reach issue 26's bar yet (its note gives the figures): a strict xfail, so that
+#: a model that reaches it fails here until the mark is removed.
+NOT_YET = {
+    ("mri-mri", "head"): "T1-PD wins 3 (VIF, AG, rSFe; Qabf 0.762 against the Laplacian's 0.764) and the background "
+                         "is 0.03 at the head's edge",
+    ("mri-pet", "workflow"): "T1-PET wins 3 (VIF, AG, rSFe; Qabf 0.630 against the Laplacian's 0.638)",
+    ("mri-pet", "head"): "T1-PET wins 2 (VIF, AG) and the background is 0.06 at the head's edge (a one-voxel halo)",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, normalisation", [
+    pytest.param(kind, normalisation, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[kind, normalisation])
+                 if (kind, normalisation) in NOT_YET else ())
+    for kind in KINDS for normalisation in NORMALISATIONS])
+def test_shipped_models_beat_mean_max_and_laplacian_on_every_held_out_real_pair(shared_data, kind, normalisation):
+    """Issue 26's bar: on every real pair held out from training, under the workflow's normalisation and with a
+    background of exactly 0 (percentiles inside the head), each shipped model beats the mean, max and
+    Laplacian-pyramid fusions together on at least 4 of the paper's 8 metrics, and stays clean."""
+    card = read_payload(pretrained_path(kind))["model_card"]
+    held_out = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())["pretrained"]["held_out"]
+    assert held_out and not set(held_out) & set(card["datasets"])  # never trained on
+    pairs = held_out_pairs(shared_data, kind)
+    assert pairs
+    with one_thread():
+        for label, path1, path2, colour in pairs:
+            (result,) = evaluate_model(pretrained_path(kind), path1, path2, colour=colour,
+                                       normalisations=(normalisation,))
+            where = f"{label} ({normalisation} normalisation)"
+            assert len(result.won) >= 4, f"{where}: beats mean, max and laplacian on {result.won} only"
+            assert result.model["background"] <= MAX_BACKGROUND, f"{where}: background {result.model['background']}"
+            assert result.model["lattice"] <= MAX_LATTICE, f"{where}: lattice {result.model['lattice']}"

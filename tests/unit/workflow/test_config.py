@@ -172,3 +172,16 @@ def test_a_downloads_dataset_needs_its_files():
     dataset = {k: v for k, v in DOWNLOADS.items() if k != "files"}
     with pytest.raises(Exception, match="'files' is a required property"):
         workflow_checks(with_value(DEFAULT_CONFIG, "datasets", {"real": dataset}))
+
+
+def test_each_pretrained_model_may_change_the_shared_recipe():
+    pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    datasets = {name: with_defaults(cfg) for name, cfg in pretraining["datasets"].items()}
+    section = pretraining["pretrained"]
+    section["models"]["mri-pet"]["training"] = {"loss": "lpmnet", "iterations": 7}
+    recipes = resolve_pretraining(section, datasets)
+    assert recipes["mri-pet"]["loss"] == "lpmnet" and recipes["mri-pet"]["iterations"] == 7
+    assert recipes["mri-mri"]["iterations"] == section["training"]["iterations"]
+    section["models"]["mri-pet"]["training"] = {"losses": "asfe"}
+    with pytest.raises(ValueError, match=r"^pretrained\.models\.mri-pet\.training: "):
+        resolve_pretraining(section, datasets)
