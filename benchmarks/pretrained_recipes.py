@@ -29,7 +29,10 @@ from lpmnet.engine.train import TrainConfig, train  # noqa: E402
 from lpmnet.evaluation.heldout import evaluate_model  # noqa: E402
 from lpmnet.methods import read_payload  # noqa: E402
 from lpmnet.methods.pretrained import kind_of_modalities  # noqa: E402
-from lpmnet.workflow.index import colour_pair, download_sources, with_defaults  # noqa: E402
+from lpmnet.volumes.sources import url_nifti_extension  # noqa: E402
+from lpmnet.workflow.config import held_out_files, resolve_pretraining  # noqa: E402
+from lpmnet.workflow.index import with_defaults  # noqa: E402
+from lpmnet.workflow.paths import Paths  # noqa: E402
 
 #: name -> (kind, changes to the shipped recipe, whether the real training datasets are used).
 VARIANTS = {
@@ -48,16 +51,16 @@ VARIANTS = {
 
 
 def held_out_pairs(config, results):
-    """kind -> [(label, first raw volume, second raw volume, colour map or None)] of the held-out datasets."""
+    """kind -> [(label, first raw volume, second raw volume, colour map or None)] of the held-out datasets, where
+    the workflow downloaded them under ``results``."""
+    datasets = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
+    paths = Paths(results)
     pairs = {}
-    for name in config["pretrained"].get("held_out", []):
-        dataset = with_defaults(config["datasets"][name])
-        volumes = {(s.subject, s.modality): s.path for s in download_sources(name, dataset, results)}
-        for subject in dataset["files"]:
-            for first, second in dataset["pairs"]:
-                colour = dataset["colour_map"] if colour_pair((first, second), dataset) else None
-                pairs.setdefault(kind_of_modalities(first, second), []).append(
-                    (f"{name} {subject} {first}-{second}", volumes[subject, first], volumes[subject, second], colour))
+    for name, subject, first, second, file1, file2, colour in held_out_files(config["pretrained"], datasets):
+        path1, path2 = (paths.nifti_download(name, subject, modality, url_nifti_extension(entry["url"]))
+                        for modality, entry in ((first, file1), (second, file2)))
+        pairs.setdefault(kind_of_modalities(first, second), []).append(
+            (f"{name} {subject} {first}-{second}", path1, path2, colour))
     return pairs
 
 
@@ -73,6 +76,7 @@ def main(argv=None):
     config = yaml.safe_load(Path(args.config).read_text())
     synthetic = [name for name, cfg in config["datasets"].items() if cfg["source"] == "demo"]
     held_out = held_out_pairs(config, args.results)
+    recipes = resolve_pretraining(config["pretrained"], {n: with_defaults(c) for n, c in config["datasets"].items()})
     rows = []
     for name in args.variants:
         kind, changes, real = VARIANTS[name]
@@ -80,11 +84,10 @@ def main(argv=None):
         # The shipped model's training pairs (results/<dataset>/...), the real ones dropped where asked.
         pairs = [(d["x1"], d["x2"]) for d in card["data"]
                  if real or Path(d["x1"]).relative_to(args.results).parts[0] in synthetic]
-        recipe = {**config["pretrained"]["training"], **changes, "iterations": args.iterations,
-                  "val_every": args.iterations + 1}
+        recipe = {**recipes[kind], **changes, "iterations": args.iterations, "val_every": args.iterations + 1}
         tic = time.perf_counter()
         model = train(pairs, Path(args.work) / name.replace(" ", "_").replace(":", "").replace(",", ""),
-                      TrainConfig(method="lpmnet", **recipe), device="cpu", progress=False, normalize=False)
+                      TrainConfig(**recipe), device="cpu", progress=False, normalize=False)
         seconds = time.perf_counter() - tic
         for label, path1, path2, colour in held_out[kind]:
             for result in evaluate_model(model, path1, path2, colour=colour):

@@ -463,11 +463,6 @@ def learning_curve_input(wildcards):
             **pair_input_lists(wildcards.dataset, wildcards.pair, subjects)}
 
 
-def pair_named(dataset, modalities):
-    """The name (folder) of a dataset's pair of ``modalities`` (first, second); None if it has no such pair."""
-    return next((name for name, pair in PAIRS[dataset].items() if tuple(pair) == tuple(modalities)), None)
-
-
 def pretraining_input(wildcards):
     """The pairs of a pretrained model's kind in every pretraining dataset that has them, as the workflow
     fuses them (a colour pair's functional volume as its luminance): training subjects train, the other test
@@ -475,8 +470,8 @@ def pretraining_input(wildcards):
     inputs = {"splits": [paths.split(d) for d in PRETRAINED_DATASETS], "x1": [], "x2": [], "val_x1": [], "val_x2": []}
     for dataset in PRETRAINED_DATASETS:
         for modalities in PRETRAINED_MODELS[wildcards.kind]["pairs"]:
-            pair = pair_named(dataset, modalities)
-            if pair is None:
+            pair = pair_label(modalities, DATASETS[dataset])
+            if pair not in PAIRS[dataset]:
                 continue
             train = usable_subjects(dataset, "train", modalities)
             validate = [s for s in usable_subjects(dataset, "test", modalities) if s not in train]

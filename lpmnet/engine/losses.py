@@ -377,19 +377,17 @@ def _fused_only(loss_class):
     return build
 
 
-#: The MIF loss's share in ``lpmnet+mif``: 1/50 weighs its SSIM term (weight 50) as LPM-Net's (beta = 1).
-MIF_SHARE = 1 / 50
-
-
 def _lpmnet_and_mif_loss(mode="faithful", **mif_settings):
     lpmnet, mif = FusionLoss(mode=mode), MIFLoss(**mif_settings)
+    # The MIF loss's share: its SSIM term then weighs as LPM-Net's (beta; 1/50 with both losses' defaults).
+    share = lpmnet.beta / mif.ssim_weight
 
     def compute(x1, x2, output, schedule):
         output = _network_output(output)
         total, terms = lpmnet(x1, x2, output, **schedule)
         mif_total, mif_terms = mif(x1, x2, output.fused)
-        terms = {**terms, **{f"mif_{name}": MIF_SHARE * value for name, value in mif_terms.items() if name != "total"}}
-        total = total + MIF_SHARE * mif_total
+        terms = {**terms, **{f"mif_{name}": share * value for name, value in mif_terms.items() if name != "total"}}
+        total = total + share * mif_total
         terms["total"] = float(total.detach())
         return total, terms
 

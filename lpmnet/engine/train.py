@@ -83,9 +83,8 @@ class TrainConfig:
     - ``ema_decay``: 0, or the decay of an exponential moving average of the weights that becomes the
       final model (MambaDFuse: 0.999);
     - ``augmentation``: "flips" (each axis flipped with probability 1/2), "dihedral" (2D: one of the 8
-      flip/rot90 modes, rotations only on square crops), "acquisition" (the flips, then on each input on its
-      own what scanners and protocols vary: :func:`acquisition_augment`; ours, for the shipped models) or
-      "none";
+      flip/rot90 modes, rotations only on square crops), "acquisition" (the flips, then what scanners,
+      protocols and normalisations vary: :func:`acquisition_augment`; ours) or "none";
     - ``loss`` (a name of :data:`lpmnet.engine.losses.LOSSES`) and ``loss_settings`` (its keyword arguments).
 
     ``recreate_optimizer=True`` reproduces ASFE-Fusion's training loop, which constructs its AdamW inside

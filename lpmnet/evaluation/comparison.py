@@ -37,6 +37,8 @@ from scipy.stats import rankdata, wilcoxon
 from lpmnet.errors import InputError
 from lpmnet.volumes.io import atomic_output, read_json_object
 from lpmnet.metrics import METRIC_NAMES, TABLE_CONVENTIONS
+from lpmnet.metrics.ranking import (CLOSER_TO_ZERO, HIGHER, LOWER, METRIC_ARROWS, METRIC_DIRECTIONS, rank_key,
+                                    ranked_values, score_key)
 from lpmnet.evaluation.tables import FLOAT_FORMAT, NA_REP, method_order
 
 __all__ = [
@@ -54,32 +56,6 @@ __all__ = [
     "cost_from_runs",
     "write_comparison_tsv",
 ]
-
-HIGHER, LOWER, CLOSER_TO_ZERO = "higher", "lower", "closer_to_zero"
-
-#: Which way is better, per metric.  ``closer_to_zero`` metrics are ranked and tested on the
-#: absolute value of each subject's value (an error of -0.1 is as bad as one of +0.1, and signed
-#: errors of opposite sign must not average out to a perfect score).  Metrics not listed here are
-#: reported (mean, std, test) but not ranked and left out of the mean rank.
-METRIC_DIRECTIONS = {
-    "SSIM": HIGHER,
-    "Qabf": HIGHER,
-    "MI": HIGHER,
-    "SCD": HIGHER,
-    "VIF": HIGHER,
-    "AG": HIGHER,
-    "SD": HIGHER,
-    "SF": HIGHER,
-    "EN": HIGHER,
-    "PSNR": HIGHER,
-    "Nabf": LOWER,          # artefacts the fusion adds: less is better
-    "rSFe": CLOSER_TO_ZERO,  # signed relative spatial-frequency error: 0 = the reference SF exactly
-    "background": LOWER,    # fused level where both sources are empty
-    "lattice": LOWER,       # the 16-voxel window period over the mean fusion's
-}
-
-#: How the tables mark each direction: higher, lower, closer to zero is better.
-METRIC_ARROWS = {HIGHER: "\u2191", LOWER: "\u2193", CLOSER_TO_ZERO: "\u21920"}
 
 #: Fewest paired subjects for a Wilcoxon test.  With 5 pairs the smallest possible exact
 #: two-sided p-value is 2 / 2**5 = 0.0625, so a test of fewer pairs can never reach p < 0.05.
@@ -126,27 +102,6 @@ def holm(p_values) -> np.ndarray:
     scaled = p[order] * (m - np.arange(m))
     out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return out
-
-
-def _scores(values: np.ndarray, direction: str) -> np.ndarray:
-    """The per-subject numbers that ranks and tests use."""
-    return np.abs(values) if direction == CLOSER_TO_ZERO else values
-
-
-def _rank_keys(score: float, direction: str) -> float:
-    """Smaller is better; rounded so that equal results count as ties.
-
-    The means of the same values taken in another order can differ in the last bit, which
-    must not break a tie.
-    """
-    key = -score if direction == HIGHER else score
-    return float(f"{key:.12g}")
-
-
-def rank_key(value: float, direction: str) -> float:
-    """The key that orders one value of a metric with ``direction`` as the tables rank it: smaller is better,
-    equal results tie."""
-    return _rank_keys(float(_scores(np.float64(value), direction)), direction)
 
 
 def _wilcoxon(diff: np.ndarray) -> float:
@@ -253,7 +208,7 @@ def _metric_rows(part: pd.DataFrame, convention: str, metric: str, methods: list
     for method in methods:
         values = per_method[method]
         mean, std = _mean_std(values.to_numpy())
-        score = _mean_std(_scores(values.to_numpy(), direction))[0]
+        score = _mean_std(ranked_values(values.to_numpy(), direction))[0]
         notes = sorted(set(part.loc[(part["method"] == method) & (part["note"] != ""), "note"]))
         row = {"convention": convention, "metric": metric, "method": method, "direction": direction,
                "n": int(values.size), "mean": mean, "std": std, "score": score, "rank": math.nan,
@@ -267,8 +222,8 @@ def _metric_rows(part: pd.DataFrame, convention: str, metric: str, methods: list
             if common.size < MIN_PAIRED:
                 row["test_note"] = "n too small"
             else:
-                a = _scores(values.loc[common].to_numpy(), direction)
-                b = _scores(ref.loc[common].to_numpy(), direction)
+                a = ranked_values(values.loc[common].to_numpy(), direction)
+                b = ranked_values(ref.loc[common].to_numpy(), direction)
                 with np.errstate(invalid="ignore"):
                     diff = a - b
                 # inf - inf (two perfect PSNRs) is NaN but no difference.
@@ -278,7 +233,7 @@ def _metric_rows(part: pd.DataFrame, convention: str, metric: str, methods: list
     # A NaN score (values of +inf and -inf together) has no place in an order.
     ranked = [r for r in rows if direction and not math.isnan(r["score"])]
     if ranked:
-        ranks = rankdata([_rank_keys(r["score"], direction) for r in ranked], method="average")
+        ranks = rankdata([score_key(r["score"], direction) for r in ranked], method="average")
         for r, rank in zip(ranked, ranks):
             r["rank"] = float(rank)
             r["best"] = bool(rank == ranks.min())

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpmnet.evaluation.comparison import METRIC_DIRECTIONS, rank_key
-from lpmnet.metrics import PAPER_METRICS
+from lpmnet.metrics.ranking import METRIC_DIRECTIONS, rank_key
+from lpmnet.metrics import ARTEFACT_NAMES, PAPER_METRICS
 from lpmnet.methods.classical import fuse_classical
 from lpmnet.volumes.io import dhw, load_volume, require_same_grid
 from lpmnet.volumes.normalize import foreground_mask, normalize_intensity
@@ -144,15 +144,14 @@ def blend_profile(a, b, others=None) -> dict:
 
 
 #: The columns of a held-out table (:func:`held_out_rows`): one row per pair, normalisation and method.
-HELD_OUT_COLUMNS = ("dataset", "subject", "pair", "normalisation", "method", *PAPER_METRICS, "background", "lattice",
-                    "wins")
+HELD_OUT_COLUMNS = ("dataset", "subject", "pair", "normalisation", "method", *PAPER_METRICS, *ARTEFACT_NAMES, "wins")
 
 
 def held_out_rows(label: dict, results) -> list[dict]:
     """The table rows of one pair's :class:`HeldOutResult` s; ``label`` gives its dataset, subject and pair.
     The model's row lists the metrics it won in ``wins``."""
     return [{**{k: label[k] for k in ("dataset", "subject", "pair")}, "normalisation": r.normalisation,
-             "method": method, **{m: scores[m] for m in (*PAPER_METRICS, "background", "lattice")},
+             "method": method, **{m: scores[m] for m in (*PAPER_METRICS, *ARTEFACT_NAMES)},
              "wins": ",".join(r.won) if method == "model" else ""}
             for r in results for method, scores in r.scores.items()]
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from lpmnet.methods.pretrained import CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, ships_weights
+from lpmnet.methods.pretrained import (CHOICES as PRETRAINED_CHOICES, KINDS as PRETRAINED_KINDS, kind_of_modalities,
+                                       ships_weights)
 
 
 #: A method's name: one row of every table and the desc- entity of its files.
@@ -113,26 +114,51 @@ def resolve_pretraining(section, datasets):
     both = sorted(set(trained) & set(held_out))
     if both:
         raise ValueError(f"pretrained.held_out: {both[0]} is also a training dataset (pretrained.datasets)")
+    for name in held_out:
+        # The validation reads the files themselves: volumes downloaded on one grid.
+        if datasets[name]["source"] != "downloads" or datasets[name]["register"]:
+            raise ValueError(f"pretrained.held_out: {name} must be a downloads dataset of co-registered volumes "
+                             "(source: downloads, register: false)")
+        for first, second in datasets[name]["pairs"]:
+            try:
+                kind_of_modalities(first, second)
+            except ValueError as err:
+                raise ValueError(f"pretrained.held_out: {name}: {err}") from None
     shared = _downloaded_files(datasets, trained) & _downloaded_files(datasets, held_out)
     if shared:
         raise ValueError(f"pretrained.held_out: the file of sha256 {sorted(shared)[0]} is also training data")
+    known = {tuple(p) for name in trained for p in datasets[name]["pairs"]}
+    recipes = {}
     for kind, entry in section.get("models", {}).items():
         if kind not in PRETRAINED_KINDS:
             raise ValueError(f"pretrained.models.{kind}: the shipped kinds are {', '.join(PRETRAINED_KINDS)}")
-        known = {tuple(p) for name in trained for p in datasets[name]["pairs"]}
         missing = [p for p in entry["pairs"] if tuple(p) not in known]
         if missing:
             raise ValueError(f"pretrained.models.{kind}.pairs: {missing[0]} is a pair of no dataset of "
                              f"pretrained.datasets")
-    recipes = {}
-    for kind, entry in section.get("models", {}).items():
         try:
             recipes[kind] = asdict(TrainConfig(method="lpmnet", **{**section.get("training", {}),
                                                                    **entry.get("training", {})}))
         except (TypeError, ValueError) as err:
-            where = f"pretrained.models.{kind}.training" if entry.get("training") else "pretrained.training"
-            raise ValueError(f"{where}: {err}") from None
+            raise ValueError(f"pretrained.models.{kind}.training (with pretrained.training): {err}") from None
     return recipes
+
+
+def held_out_files(section, datasets) -> list[tuple]:
+    """The held-out pairs of config section ``pretrained`` as the downloads list them: (dataset, subject, first,
+    second, the address and sha256 of each volume as ``{"url", "sha256"}``, colour map or None), every pair of
+    every subject that has both volumes."""
+    from lpmnet.workflow.index import colour_pair
+
+    pairs = []
+    for name in section.get("held_out", []):
+        dataset = datasets[name]
+        for subject, files in dataset["files"].items():
+            for first, second in dataset["pairs"]:
+                if first in files and second in files:
+                    colour = dataset["colour_map"] if colour_pair((first, second), dataset) else None
+                    pairs.append((name, subject, first, second, files[first], files[second], colour))
+    return pairs
 
 
 def _downloaded_files(datasets, names) -> set:

@@ -347,6 +347,8 @@ def test_make_pretrained_trains_on_public_volumes_and_validates_on_held_out_ones
         trained_on = [d["x1"] for d in payload["model_card"]["data"]]
         assert sum("/tcga/" in path for path in trained_on) == real_pairs
         assert not any("/spm/" in path for path in trained_on)  # held out
+        validated_on = [d["x1"] for d in payload["model_card"]["validation_data"]]
+        assert validated_on and not any("/tcga/" in path for path in validated_on)  # its one subject only trains
         log = pd.read_csv(results / kind / "training_log.csv")
         assert len(log) == 2 and log.val_SSIM.notna().all()  # validated on the synthetic test subjects
         table = pd.read_csv(results / kind / "held_out.tsv", sep="\t", keep_default_na=False)
@@ -359,7 +361,7 @@ def test_make_pretrained_trains_on_public_volumes_and_validates_on_held_out_ones
         for volumes in cfg.get("files", {}).values():
             for entry in volumes.values():
                 assert entry["url"] in card and entry["sha256"] in card
-    assert "CC BY 3.0" in card and "held out (validation only)" in card and "wins" in card
+    assert "CC BY 3.0" in card and "held out, validation only" in card and "wins" in card
 
 
 def test_every_rule_has_a_log_a_benchmark_and_an_existing_conda_env():

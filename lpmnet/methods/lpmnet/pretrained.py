@@ -65,8 +65,11 @@ def model_card(checkpoints: dict, training_logs: dict, datasets: dict, held_out:
                      f"{len(card['data'])} ({', '.join('-'.join(p) for p in card['pairs'])}) | "
                      f"{card['train_config']['iterations']} | {validation} |")
     lines += ["", "sha256 of the files:", ""] + [f"- `lpmnet_{kind}.pt`: `{digest}`" for kind, digest in digests.items()]
-    lines += ["", "## Validation on held-out real pairs", "",
-              "Each model fused the pairs of its kind of the held-out datasets, which no model trained on, under the "
+    lines += ["", "## Validation on held-out real pairs", ""]
+    if not any(held_out.values()):
+        lines += ["Nothing was held out (config `pretrained.held_out`): these models were not validated on data they "
+                  "did not train on.", ""]
+    lines += ["Each model fused the pairs of its kind of the held-out datasets, which no model trained on, under the "
               "workflow's normalisation (`workflow`: percentile window over each volume's Otsu foreground) and under "
               "one that takes the percentiles inside the head and sets everything outside it to exactly 0 (`head`). "
               "Scores: the paper's eight metrics in the lpmnet convention and the artefact checks "
@@ -80,12 +83,12 @@ def model_card(checkpoints: dict, training_logs: dict, datasets: dict, held_out:
     lines += ["## Recipe", "", "Every setting of `lpmnet.engine.train.TrainConfig` (network: LPM-Net's defaults):", ""]
     for kind, recipe in recipes.items():
         lines += [f"- {kind}: `{json.dumps(recipe, sort_keys=True)}`"]
+    real = sum(len(cfg.get("files", {})) for name, cfg in datasets.items() if name not in held_out_names)
     lines += ["", "## Limitations", "",
-              "Real training data is two subjects (an MS patient in MNI space and a glioma case with 5.5 mm slices) "
-              "next to synthetic contrasts of one template's anatomy; the held-out validation is on group-average "
-              "templates (smooth, no lesions). Other field strengths, paediatric scans, CT and PET tracers other than "
-              "FDG-like uptake are outside what these models saw. Fine-tune on your data "
-              "(`training: {init: pretrained}`) and check the tables' artefact rows (background, lattice).", "",
+              f"The models saw {real} real subject(s) (Data above) next to synthetic contrasts of one template's "
+              "anatomy, and the held-out validation is only as varied as the held-out datasets. Scanners, contrasts "
+              "and tracers outside what they saw, and CT, need fine-tuning on your data "
+              "(`training: {init: pretrained}`); check the tables' artefact rows (background, lattice).", "",
               "## Licences", "", "The weights: MIT, as the project. The training and validation data keep their "
               "licences, listed with each dataset above.", ""]
     return "\n".join(lines)
@@ -93,9 +96,9 @@ def model_card(checkpoints: dict, training_logs: dict, datasets: dict, held_out:
 
 def _held_out_section(kind, rows) -> list[str]:
     """The held-out figures of one model: per pair and normalisation, its wins and every method's scores."""
-    from lpmnet.metrics import PAPER_METRICS
+    from lpmnet.metrics import ARTEFACT_NAMES, PAPER_METRICS
 
-    columns = [*PAPER_METRICS, "background", "lattice"]
+    columns = [*PAPER_METRICS, *ARTEFACT_NAMES]
     lines = [f"### {kind}", ""]
     groups = {}
     for row in rows:
@@ -103,7 +106,7 @@ def _held_out_section(kind, rows) -> list[str]:
     for (dataset, subject, pair, normalisation), group in groups.items():
         model = next(r for r in group if r["method"] == "model")
         won = [w for w in str(model["wins"] or "").split(",") if w]
-        lines += [f"{dataset} {subject} {pair}, `{normalisation}` normalisation: wins {len(won)} of 8"
+        lines += [f"{dataset} {subject} {pair}, `{normalisation}` normalisation: wins {len(won)} of {len(PAPER_METRICS)}"
                   f"{' (' + ', '.join(won) + ')' if won else ''}; background {float(model['background']):.4f}, "
                   f"lattice {float(model['lattice']):.3f}.", "",
                   "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -117,7 +120,7 @@ def _dataset_section(name, cfg, held) -> list[str]:
     """One dataset of the card: where its volumes come from, their checksums and licence."""
     from lpmnet.volumes.demo import TEMPLATE_NOTE
 
-    role = "held out (validation only)" if held else "training"
+    role = "held out, validation only" if held else "training"
     if cfg["source"] == "demo":
         return [f"### {name} ({role})", "",
                 f"Synthetic subjects of the project's generator (`lpmnet.volumes.demo`): {cfg['subjects']} subjects, "

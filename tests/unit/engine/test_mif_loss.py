@@ -174,3 +174,6 @@ def test_lpmnet_plus_mif_adds_the_mif_loss_at_a_fiftieth_to_lpmnet_s_objective()
     mif_total, mif_terms = MIFLoss()(x1, x2, output.fused)
     assert total.item() == pytest.approx(lpmnet_total.item() + mif_total.item() / 50, rel=1e-6)
     assert set(terms) == set(logged) - {"total"} and logged["mif_gradient"] == pytest.approx(mif_terms["gradient"] / 50)
+    # Its share keeps the MIF SSIM term weighing as LPM-Net's when the SSIM weight changes.
+    compute, _ = make_loss("lpmnet+mif", 3, {"ssim_weight": 10.0})
+    assert compute(x1, x2, output, schedule)[1]["mif_ssim"] == pytest.approx(logged["mif_ssim"], rel=1e-6)

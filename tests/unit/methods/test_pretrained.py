@@ -23,7 +23,8 @@ from lpmnet.methods.lpmnet.pretrained import MODEL_CARD, pretrained_path
 from lpmnet.methods.pretrained import KINDS, kind_of_files, kind_of_modalities, resolve
 from lpmnet.engine.train import TrainConfig, train
 from lpmnet.evaluation.heldout import NORMALISATIONS, evaluate_model
-from lpmnet.workflow.index import colour_pair, with_defaults
+from lpmnet.workflow.config import held_out_files
+from lpmnet.workflow.index import with_defaults
 
 LPMNET = get_method("lpmnet")
 
@@ -173,17 +174,12 @@ def held_out_pairs(shared_data, kind):
     """The held-out pairs of config/pretrained.yaml of ``kind``, as files of ../shared/data (found by the sha256
     that the config and MANIFEST.tsv both record): (label, first, second, colour map or None)."""
     config = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    datasets = {name: with_defaults(cfg) for name, cfg in config["datasets"].items()}
     files = manifest_files(shared_data.parent)
-    pairs = []
-    for name in config["pretrained"]["held_out"]:
-        dataset = with_defaults(config["datasets"][name])
-        for subject, volumes in dataset["files"].items():
-            for first, second in dataset["pairs"]:
-                if kind_of_modalities(first, second) == kind:
-                    path1, path2 = (shared_data.parent / files[volumes[m]["sha256"]] for m in (first, second))
-                    colour = dataset["colour_map"] if colour_pair((first, second), dataset) else None
-                    pairs.append((f"{name} {subject} {first}-{second}", path1, path2, colour))
-    return pairs
+    return [(f"{name} {subject} {first}-{second}", shared_data.parent / files[file1["sha256"]],
+             shared_data.parent / files[file2["sha256"]], colour)
+            for name, subject, first, second, file1, file2, colour in held_out_files(config["pretrained"], datasets)
+            if kind_of_modalities(first, second) == kind]
 
 
 #: Where the shipped models do not reach issue 26's bar yet (its note gives the figures): a strict xfail, so that

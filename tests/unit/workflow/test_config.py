@@ -97,6 +97,19 @@ def test_the_pretraining_section_is_checked(change, message):
         resolve_pretraining(pretraining["pretrained"], datasets)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["spm"].update(register=True), r"spm must be a downloads dataset of co-registered volumes"),
+    (lambda d: d.update(spm={**d["pretrain"]}), r"spm must be a downloads dataset"),
+    (lambda d: d["spm"]["pairs"].append(["T1", "CT"]), r"spm: no pretrained model fuses CT"),
+])
+def test_a_held_out_dataset_must_be_downloaded_co_registered_volumes_of_a_shipped_kind(change, message):
+    pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
+    change(pretraining["datasets"])
+    datasets = {name: with_defaults(cfg) for name, cfg in pretraining["datasets"].items()}
+    with pytest.raises(ValueError, match=r"^pretrained\.held_out: " + message):
+        resolve_pretraining(pretraining["pretrained"], datasets)
+
+
 def test_a_held_out_volume_that_is_also_training_data_is_refused():
     """Another dataset name for the same file would make the validation look held out when it is not."""
     pretraining = yaml.safe_load((REPO / "config" / "pretrained.yaml").read_text())
@@ -183,5 +196,5 @@ def test_each_pretrained_model_may_change_the_shared_recipe():
     assert recipes["mri-pet"]["loss"] == "lpmnet" and recipes["mri-pet"]["iterations"] == 7
     assert recipes["mri-mri"]["iterations"] == section["training"]["iterations"]
     section["models"]["mri-pet"]["training"] = {"losses": "asfe"}
-    with pytest.raises(ValueError, match=r"^pretrained\.models\.mri-pet\.training: "):
+    with pytest.raises(ValueError, match=r"^pretrained\.models\.mri-pet\.training \(with pretrained\.training\): "):
         resolve_pretraining(section, datasets)
