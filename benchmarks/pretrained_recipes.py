@@ -43,10 +43,16 @@ VARIANTS = {
     "mif, gradient x2": ("mri-mri", {"augmentation": "flips", "loss_settings": {"gradient_weight": 200.0}}, True),
     "mif + acquisition": ("mri-mri", {"augmentation": "acquisition"}, True),
     "lpmnet+mif": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet+mif"}, True),
+    "mif, flips+head": ("mri-mri", {"augmentation": "flips+head"}, True),
+    "mif+background, flips+head": ("mri-mri", {"augmentation": "flips+head", "loss": "mif+background"}, True),
     "pet: mif": ("mri-pet", {"augmentation": "flips"}, True),
     "pet: lpmnet faithful": ("mri-pet", {"augmentation": "flips", "loss": "lpmnet"}, True),
     "pet: mif + acquisition": ("mri-pet", {"augmentation": "acquisition"}, True),
     "pet: lpmnet+mif": ("mri-pet", {"augmentation": "flips", "loss": "lpmnet+mif"}, True),
+    "pet: mif, flips+head": ("mri-pet", {"augmentation": "flips+head"}, True),
+    "pet: mif intensity x2, flips+head": ("mri-pet", {"augmentation": "flips+head",
+                                                       "loss_settings": {"intensity_weight": 40.0}}, True),
+    "pet: mif+background, flips+head": ("mri-pet", {"augmentation": "flips+head", "loss": "mif+background"}, True),
 }
 
 

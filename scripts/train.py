@@ -24,7 +24,7 @@ def main(smk):
     val_pairs = list(zip(smk.input.get("val_x1", []), smk.input.get("val_x2", [])))
     train(list(zip(smk.input.x1, smk.input.x2)), smk.params.out_dir, TrainConfig(**smk.params.config),
           val_pairs=val_pairs, device=smk.params.device, model_card=card, progress=False,
-          normalize=False)
+          normalize=False, restart_stale=True)
 
 
 run_job(snakemake, main)

@@ -39,7 +39,7 @@ from lpmnet.errors import InputError
 from lpmnet.methods import (RECIPE_KEYS, get_method, is_project_checkpoint, load_checkpoint_of, read_payload,
                             save_checkpoint)
 from lpmnet.metrics._shared import minmax01 as minmax_tensor
-from lpmnet.volumes.normalize import minmax01, unit_range
+from lpmnet.volumes.normalize import minmax01, normalize_in_head, unit_range
 from lpmnet.methods.pretrained import resolve as resolve_pretrained
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ TRAINING_LOG = "training_log.csv"
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "poly", "constant")
-AUGMENTATIONS = ("flips", "dihedral", "dc2fusion", "acquisition", "none")
+AUGMENTATIONS = ("flips", "flips+head", "dihedral", "dc2fusion", "acquisition", "none")
 
 
 class _FromRecipe:
@@ -83,7 +83,9 @@ class TrainConfig:
     - ``ema_decay``: 0, or the decay of an exponential moving average of the weights that becomes the
       final model (MambaDFuse: 0.999);
     - ``augmentation``: "flips" (each axis flipped with probability 1/2), "dihedral" (2D: one of the 8
-      flip/rot90 modes, rotations only on square crops), "acquisition" (the flips, then what scanners,
+      flip/rot90 modes, rotations only on square crops), "flips+head" (the flips, each patch drawn with
+      probability 1/2 from its pair normalised inside the head, background exactly 0: ours, see
+      :class:`PatchSampler`), "acquisition" (the flips, then what scanners,
       protocols and normalisations vary: :func:`acquisition_augment`; ours) or "none";
     - ``loss`` (a name of :data:`lpmnet.engine.losses.LOSSES`) and ``loss_settings`` (its keyword arguments).
 
@@ -187,6 +189,10 @@ class PatchSampler:
         self.patch_size = patch_size
         self.augmentation = augmentation
         self.slice_axis = slice_axis
+        # Inputs normalised inside the head (lpmnet.volumes.normalize.normalize_in_head) meet the network with
+        # a step from exactly 0 to the head's edge, which the workflow's normalisation (its background
+        # windowed, not cut) rarely gives; a model trained without that step leaves a halo around the head.
+        self.head_volumes = [normalize_in_head(x1, x2) for x1, x2 in volumes] if augmentation == "flips+head" else None
         self.foreground = []
         for x1, x2 in volumes:
             combined = np.maximum(x1, x2)
@@ -197,6 +203,8 @@ class PatchSampler:
         fg = self.foreground[index]
         centre = np.unravel_index(fg[rng.integers(len(fg))], x1.shape) if len(fg) else \
             [rng.integers(s) for s in x1.shape]
+        if self.head_volumes is not None and rng.random() < 0.5:
+            x1, x2 = self.head_volumes[index]
         if self.slice_axis is not None:
             x1, x2 = (np.take(x, centre[self.slice_axis], axis=self.slice_axis) for x in (x1, x2))
             centre = [c for a, c in enumerate(centre) if a != self.slice_axis]
@@ -210,7 +218,7 @@ class PatchSampler:
             padding = [(0, p - s) for p, s in zip(self.patch_size, x1.shape)]
             if any(after for _, after in padding):
                 x1, x2 = (np.pad(x, padding) for x in (x1, x2))
-        if self.augmentation in ("flips", "acquisition"):
+        if self.augmentation in ("flips", "flips+head", "acquisition"):
             axes = tuple(a for a in range(x1.ndim) if rng.random() < 0.5)
             if axes:
                 x1, x2 = np.flip(x1, axes), np.flip(x2, axes)
@@ -442,14 +450,33 @@ def _to_batch(arrays, device):
     return torch.from_numpy(np.stack(arrays)[:, None]).to(device)
 
 
-def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=None, progress=None, normalize=True):
+def _training_identity(config, pairs, val_pairs, init_path):
+    """What a resumable state must share with a training to be resumed by it: the settings, the bytes of every
+    training and validation volume and of the initial weights."""
+    return {"train_config": asdict(config),
+            "data_sha256": [[file_digest(a), file_digest(b)] for a, b in pairs],
+            "validation_sha256": [[file_digest(a), file_digest(b)] for a, b in val_pairs],
+            "initial_weights_sha256": file_digest(init_path) if init_path else None}
+
+
+def _discard_training_state(out_dir):
+    for path in (out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT, *(out_dir / KEPT_CHECKPOINTS).glob("*.pt")):
+        path.unlink(missing_ok=True)
+
+
+def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=None, progress=None, normalize=True,
+          restart_stale=False):
     """Train ``config.method`` on ``pairs`` [(x1_path, x2_path), ...]; returns the final checkpoint's path.
 
     ``out_dir`` receives ``last.pt`` (resumable state, rewritten every ``checkpoint_every`` iterations),
     ``best.pt`` (best validation SSIM, when validating), ``model.pt`` (final weights + model card; the
     averaged weights when the recipe keeps an EMA), ``training_log.csv`` and, with ``keep_every``,
     ``checkpoints/iteration-<n>.pt``. If ``last.pt`` exists,
-    training resumes from it. ``normalize``: how the volumes reach [0, 1] (:func:`load_pair`).
+    training resumes from it, if it was written by this very training (same settings, same bytes of every
+    volume and of the initial weights); the state of another training raises ValueError naming it, or, with
+    ``restart_stale`` (the workflow, which retrains exactly when settings or data changed), is deleted, with
+    the best and kept checkpoints beside it, and training starts again. ``normalize``: how the volumes reach
+    [0, 1] (:func:`load_pair`).
     """
     config = config or TrainConfig()
     spec = get_method(config.method)
@@ -485,11 +512,17 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
 
     start, best_ssim, log_rows = 0, -math.inf, []
     last_path = out_dir / LAST_CHECKPOINT
-    if last_path.exists():
-        state = read_payload(last_path, map_location=device)
-        if not is_project_checkpoint(state) or state.get("train_config") != asdict(config):
-            raise ValueError(f"{last_path}: it was written with other training settings; delete it to "
-                             "start again")
+    identity = _training_identity(config, pairs, val_pairs, init_path if config.init else None)
+    state = read_payload(last_path, map_location=device) if last_path.exists() else None
+    if state is not None and (not is_project_checkpoint(state) or state.get("resumes") != identity):
+        if not restart_stale:
+            raise ValueError(f"{last_path}: it was written by another training (other settings, data or initial "
+                             "weights); delete it to start again")
+        log.warning("%s is the state of another training (other settings, data or initial weights): training "
+                    "starts again", last_path)
+        _discard_training_state(out_dir)
+        state = None
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         if ema is not None:
             ema.load_state_dict(state["ema_state_dict"])
@@ -527,7 +560,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
                         train_config=asdict(config), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler is not None else None,
                         ema_state_dict=ema.state_dict() if ema is not None else None,
-                        best_val_ssim=best_ssim, log_rows=csv_log.rows, **extra)
+                        best_val_ssim=best_ssim, log_rows=csv_log.rows, resumes=identity, **extra)
 
     show_bar = sys.stderr.isatty() if progress is None else progress
     try:

@@ -8,7 +8,8 @@ the lpmnet convention and the artefact checks. A metric is *won* when the model 
 - ``workflow``: the workflow's own (:func:`lpmnet.volumes.normalize.normalize_intensity`: percentile window
   over each volume's Otsu foreground, applied to every voxel);
 - ``head``: percentiles taken inside the head (the first, anatomical, volume's filled foreground) and
-  everything outside it exactly 0, as skull-stripped scans and many pipelines give.
+  everything outside it exactly 0, as skull-stripped scans and many pipelines give
+  (:func:`lpmnet.volumes.normalize.normalize_in_head`).
 
 A functional second volume (PET, SPECT) is fused and scored on its luminance through ``colour``, as the
 workflow fuses colour pairs.
@@ -28,9 +29,9 @@ from lpmnet.metrics.ranking import METRIC_DIRECTIONS, rank_key
 from lpmnet.metrics import ARTEFACT_NAMES, PAPER_METRICS
 from lpmnet.methods.classical import fuse_classical
 from lpmnet.volumes.io import dhw, load_volume, require_same_grid
-from lpmnet.volumes.normalize import foreground_mask, normalize_intensity
+from lpmnet.volumes.normalize import normalize_in_head, normalize_intensity
 
-__all__ = ["RIVALS", "NORMALISATIONS", "HeldOutResult", "head_mask", "normalised_pair", "metrics_of", "wins",
+__all__ = ["RIVALS", "NORMALISATIONS", "HeldOutResult", "normalised_pair", "metrics_of", "wins",
            "evaluate_model", "blend_profile", "BLEND_STEPS", "HELD_OUT_COLUMNS", "held_out_rows", "write_held_out_table",
            "read_held_out_table"]
 
@@ -39,14 +40,6 @@ RIVALS = ("mean", "max", "laplacian")
 NORMALISATIONS = ("workflow", "head")
 #: The blends of :func:`blend_profile`: t = 0 (the mean fusion) to 1 (the max fusion).
 BLEND_STEPS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
-
-
-def head_mask(anatomical: np.ndarray) -> np.ndarray:
-    """The head of an anatomical volume: its Otsu foreground with the holes filled (ventricles, dark
-    lesions), so that the percentiles are taken over the whole head, not its bright tissue only."""
-    from scipy import ndimage
-
-    return ndimage.binary_fill_holes(ndimage.binary_closing(foreground_mask(anatomical), iterations=2))
 
 
 def normalised_pair(path1, path2, normalisation: str, low: float = 0.5, high: float = 99.5, colour=None,
@@ -65,8 +58,7 @@ def normalised_pair(path1, path2, normalisation: str, low: float = 0.5, high: fl
     if normalisation == "workflow":
         a, b = (normalize_intensity(x, low, high, mask="otsu" if mask == "otsu" else None) for x in (x1, x2))
     else:
-        head = head_mask(x1)
-        a, b = (np.where(head, normalize_intensity(x, low, high, mask=head), np.float32(0)) for x in (x1, x2))
+        a, b = normalize_in_head(x1, x2, low, high)
     if colour:
         b = colour_luminance(b, colour)[0]
     return np.asarray(a, np.float32), np.asarray(b, np.float32)

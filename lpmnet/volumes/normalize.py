@@ -19,6 +19,8 @@ __all__ = [
     "normalize_intensity",
     "otsu_threshold",
     "foreground_mask",
+    "head_mask",
+    "normalize_in_head",
 ]
 
 
@@ -156,3 +158,18 @@ def foreground_mask(x, bins: int = 256) -> np.ndarray:
     """Boolean foreground: voxels above Otsu's threshold (works for any background value)."""
     arr = _as_float(x)
     return arr > otsu_threshold(arr, bins=bins)
+
+
+def head_mask(anatomical) -> np.ndarray:
+    """The head of an anatomical volume: its Otsu foreground with the holes filled (ventricles, dark
+    lesions), so that percentiles taken over it are the whole head's, not its bright tissue's."""
+    from scipy import ndimage
+
+    return ndimage.binary_fill_holes(ndimage.binary_closing(foreground_mask(anatomical), iterations=2))
+
+
+def normalize_in_head(x1, x2, low: float = 0.5, high: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
+    """Two co-registered volumes as skull-stripped scans and many pipelines give them: each windowed to its
+    [low, high] percentiles inside the head of ``x1`` (:func:`head_mask`) and exactly 0 outside it."""
+    head = head_mask(x1)
+    return tuple(np.where(head, normalize_intensity(x, low, high, mask=head), np.float32(0)) for x in (x1, x2))

@@ -177,3 +177,29 @@ def test_lpmnet_plus_mif_adds_the_mif_loss_at_a_fiftieth_to_lpmnet_s_objective()
     # Its share keeps the MIF SSIM term weighing as LPM-Net's when the SSIM weight changes.
     compute, _ = make_loss("lpmnet+mif", 3, {"ssim_weight": 10.0})
     assert compute(x1, x2, output, schedule)[1]["mif_ssim"] == pytest.approx(logged["mif_ssim"], rel=1e-6)
+
+
+def test_mif_background_adds_the_mean_of_the_fusion_over_the_voxels_where_both_sources_are_zero():
+    from lpmnet.engine.losses import make_loss
+
+    torch.manual_seed(0)
+    x1, x2 = (torch.rand(2, 1, 12, 12, 12) for _ in range(2))
+    empty = torch.zeros_like(x1, dtype=torch.bool)
+    empty[..., :3] = True  # a slab outside the head: both sources exactly 0
+    x1, x2 = x1.masked_fill(empty, 0), x2.masked_fill(empty, 0)
+    halo = torch.where(empty, 0.05, torch.maximum(x1, x2)).requires_grad_()
+    compute, terms = make_loss("mif+background", 3, {"background_weight": 10.0})
+    total, logged = compute(x1, x2, halo, {})
+    mif_total, _ = MIFLoss()(x1, x2, halo)
+    assert terms[-1] == "background" and logged["background"] == pytest.approx(10.0 * 0.05, rel=1e-5)
+    assert total.item() == pytest.approx(mif_total.item() + 0.5, rel=1e-5)
+    # Outside the head it pulls the fusion down, evenly; inside it adds nothing to MIF's gradient.
+    total.backward()
+    mif_halo = halo.detach().clone().requires_grad_()
+    MIFLoss()(x1, x2, mif_halo)[0].backward()
+    extra = halo.grad - mif_halo.grad
+    assert torch.allclose(extra[empty], torch.full_like(extra[empty], 10.0 / empty.sum().item()), rtol=1e-4)
+    assert extra[~empty].abs().max() < 1e-9
+    # Without empty voxels it is MIF's loss.
+    inside = torch.rand(1, 1, 8, 8, 8) + 0.1
+    assert compute(inside, inside, inside, {})[0].item() == pytest.approx(MIFLoss()(inside, inside, inside)[0].item())

@@ -90,10 +90,37 @@ def test_whole_volume_training(pairs, tmp_path):
     assert (tmp_path / "model.pt").exists()
 
 
-def test_resume_refuses_other_settings(pairs, tmp_path):
+def test_resume_refuses_the_state_of_another_training(pairs, tmp_path):
     train(pairs, tmp_path, TrainConfig(**SMALL))
-    with pytest.raises(ValueError, match="other training settings"):
+    with pytest.raises(ValueError, match=r"last\.pt: it was written by another training \(other settings, data"):
         train(pairs, tmp_path, TrainConfig(**{**SMALL, "lr": 1e-3}))
+    # The same file names with other bytes (data normalised again) are other data: resuming would return the
+    # old model at once, the old training being complete.
+    changed = [(tmp_path / "a.nii.gz", b) for _, b in pairs]
+    import shutil
+
+    shutil.copy(pairs[1][0], changed[0][0])
+    train(changed, tmp_path / "run", TrainConfig(**SMALL))
+    shutil.copy(pairs[2][0], changed[0][0])
+    with pytest.raises(ValueError, match="another training"):
+        train(changed, tmp_path / "run", TrainConfig(**SMALL))
+
+
+def test_the_workflow_trains_again_when_settings_or_data_changed_and_resumes_otherwise(pairs, tmp_path):
+    config = TrainConfig(**{**SMALL, "keep_every": 1})
+    train(pairs[:2], tmp_path / "fresh", TrainConfig(**SMALL))
+    train(pairs, tmp_path / "run", config, val_pairs=pairs[2:])
+    assert (tmp_path / "run" / "best.pt").exists() and len(list((tmp_path / "run" / "checkpoints").glob("*.pt"))) == 3
+    final = train(pairs[:2], tmp_path / "run", TrainConfig(**SMALL), restart_stale=True)
+    assert not (tmp_path / "run" / "best.pt").exists() and not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
+    fresh, retrained = _weights(tmp_path / "fresh" / "model.pt"), _weights(final)
+    assert all(torch.equal(fresh[k], retrained[k]) for k in fresh)  # as if the old state had never been there
+    log = pd.read_csv(tmp_path / "run" / "training_log.csv")
+    assert log["iteration"].tolist() == [1, 2, 3]
+    # Its own state is resumed, not discarded: a finished training is not run again.
+    before = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    train(pairs[:2], tmp_path / "run", TrainConfig(**SMALL), restart_stale=True)
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == before
 
 
 def test_patch_size_must_be_multiple_of_16():
@@ -170,6 +197,25 @@ def test_acquisition_augmentation_varies_each_input_reproducibly_within_the_unit
     assert any(d[head].min() > 0.1 for pair in drawn for d in pair)
     sampler = PatchSampler([(x, x.copy())], (32, 32, 32), "acquisition")
     assert sampler.sample(0, np.random.default_rng(1))[0].shape == (32, 32, 32)
+
+
+def test_head_augmentation_draws_half_the_patches_from_the_pair_normalised_inside_the_head():
+    from lpmnet.engine.train import PatchSampler
+
+    x1, x2 = smooth_pair((40, 40, 40), seed=2)
+    head = np.sum((np.indices(x1.shape) - 19.5) ** 2, axis=0) < 14 ** 2  # symmetric: flips keep it in place
+    # The workflow's normalisation windows the background, it does not cut it: low, noisy, rarely exactly 0.
+    noise = np.random.default_rng(0).uniform(0.001, 0.04, x1.shape)
+    x1, x2 = (np.where(head, 0.2 + 0.8 * x / x.max(), noise).astype(np.float32) for x in (x1, x2))
+    sampler = PatchSampler([(x1, x2)], None, "flips+head")
+    drawn = [sampler.sample(0, np.random.default_rng([5, i])) for i in range(40)]
+    again = [sampler.sample(0, np.random.default_rng([5, i])) for i in range(40)]
+    assert all(np.array_equal(a, b) for pair, twin in zip(drawn, again) for a, b in zip(pair, twin))
+    is_cut = [all(np.all(x[~head] == 0) for x in pair) for pair in drawn]
+    cut = [pair for pair, c in zip(drawn, is_cut) if c]
+    assert 10 < len(cut) < 30 and all(min(x.min() for x in pair) > 0 for pair, c in zip(drawn, is_cut) if not c)
+    for pair in cut:  # windowed inside the head: its brightest voxels reach 1, a step from 0 at its edge
+        assert all(x.dtype == np.float32 and x.max() == 1 and x[head].min() < 0.05 < x[head].mean() for x in pair)
 
 
 def test_a_volume_thinner_than_the_patch_is_padded_with_background():

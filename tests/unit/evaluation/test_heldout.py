@@ -6,11 +6,12 @@ import pytest
 
 from helpers import TEST_AFFINE, smooth_pair, write_pair
 from lpmnet.errors import InputError
-from lpmnet.evaluation.heldout import (BLEND_STEPS, blend_profile, head_mask, held_out_rows, normalised_pair,
+from lpmnet.evaluation.heldout import (BLEND_STEPS, blend_profile, held_out_rows, normalised_pair,
                                        read_held_out_table, wins, write_held_out_table, HeldOutResult)
 from lpmnet.metrics import PAPER_METRICS
 from lpmnet.methods.classical import fuse_classical
 from lpmnet.volumes.io import dhw, save_volume
+from lpmnet.volumes.normalize import head_mask
 
 
 def test_head_normalisation_leaves_exactly_zero_outside_the_head_and_windows_inside_it(tmp_path):
