@@ -4,7 +4,8 @@ pairs and score each on the held-out real pairs against the mean, max and Laplac
 Run after the `pretrained` target (`make pretrained`, or snakemake with config/pretrained.yaml): the training
 pairs are read from each shipped model's card in results/pretrained/<kind>/model.pt (the workflow's
 normalised volumes) and the held-out pairs from the raw volumes the workflow downloaded. Every variant trains
-with the shipped recipe (config/pretrained.yaml) changed only where it says, for --iterations iterations, then
+with the shipped recipe (config/pretrained.yaml) with its own loss, augmentation and loss settings, for
+--iterations iterations, then
 :func:`lpmnet.evaluation.heldout.evaluate_model` scores it under both normalisations. Writes one TSV row per
 variant, pair and normalisation (the number of metrics won, the background and the lattice) and prints a
 Markdown table.
@@ -34,25 +35,33 @@ from lpmnet.workflow.config import held_out_files, resolve_pretraining  # noqa: 
 from lpmnet.workflow.index import with_defaults  # noqa: E402
 from lpmnet.workflow.paths import Paths  # noqa: E402
 
-#: name -> (kind, changes to the shipped recipe, whether the real training datasets are used).
+def variant(kind, loss="mif", augmentation="flips", real=True, **loss_settings):
+    """(kind, its loss, augmentation and loss settings, whether the real training datasets are used)."""
+    return kind, {"loss": loss, "augmentation": augmentation, "loss_settings": loss_settings}, real
+
+
+#: name -> variant: the shipped recipe with these loss, augmentation and loss settings.
 VARIANTS = {
-    "mif, synthetic only": ("mri-mri", {"augmentation": "flips"}, False),
-    "mif": ("mri-mri", {"augmentation": "flips"}, True),
-    "lpmnet faithful": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet"}, True),
-    "lpmnet fixed": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet", "loss_settings": {"mode": "fixed"}}, True),
-    "mif, gradient x2": ("mri-mri", {"augmentation": "flips", "loss_settings": {"gradient_weight": 200.0}}, True),
-    "mif + acquisition": ("mri-mri", {"augmentation": "acquisition"}, True),
-    "lpmnet+mif": ("mri-mri", {"augmentation": "flips", "loss": "lpmnet+mif"}, True),
-    "mif, flips+head": ("mri-mri", {"augmentation": "flips+head"}, True),
-    "mif+background, flips+head": ("mri-mri", {"augmentation": "flips+head", "loss": "mif+background"}, True),
-    "pet: mif": ("mri-pet", {"augmentation": "flips"}, True),
-    "pet: lpmnet faithful": ("mri-pet", {"augmentation": "flips", "loss": "lpmnet"}, True),
-    "pet: mif + acquisition": ("mri-pet", {"augmentation": "acquisition"}, True),
-    "pet: lpmnet+mif": ("mri-pet", {"augmentation": "flips", "loss": "lpmnet+mif"}, True),
-    "pet: mif, flips+head": ("mri-pet", {"augmentation": "flips+head"}, True),
-    "pet: mif intensity x2, flips+head": ("mri-pet", {"augmentation": "flips+head",
-                                                       "loss_settings": {"intensity_weight": 40.0}}, True),
-    "pet: mif+background, flips+head": ("mri-pet", {"augmentation": "flips+head", "loss": "mif+background"}, True),
+    "mif, synthetic only": variant("mri-mri", real=False),
+    "mif": variant("mri-mri"),
+    "lpmnet faithful": variant("mri-mri", "lpmnet"),
+    "lpmnet fixed": variant("mri-mri", "lpmnet", mode="fixed"),
+    "mif, gradient x2": variant("mri-mri", gradient_weight=200.0),
+    "mif + acquisition": variant("mri-mri", augmentation="acquisition"),
+    "lpmnet+mif": variant("mri-mri", "lpmnet+mif"),
+    "mif, flips+head": variant("mri-mri", augmentation="flips+head"),
+    "mif+background, flips+head": variant("mri-mri", "mif+background", "flips+head"),
+    "mif+background, intensity x2, flips+head": variant("mri-mri", "mif+background", "flips+head",
+                                                        intensity_weight=40.0),
+    "pet: mif": variant("mri-pet"),
+    "pet: lpmnet faithful": variant("mri-pet", "lpmnet"),
+    "pet: mif + acquisition": variant("mri-pet", augmentation="acquisition"),
+    "pet: lpmnet+mif": variant("mri-pet", "lpmnet+mif"),
+    "pet: mif, flips+head": variant("mri-pet", augmentation="flips+head"),
+    "pet: mif, intensity x2, flips+head": variant("mri-pet", augmentation="flips+head", intensity_weight=40.0),
+    "pet: mif+background, flips+head": variant("mri-pet", "mif+background", "flips+head"),
+    "pet: mif+background x3, intensity x2, flips+head": variant("mri-pet", "mif+background", "flips+head",
+                                                                intensity_weight=40.0, background_weight=300.0),
 }
 
 
@@ -93,7 +102,7 @@ def main(argv=None):
         recipe = {**recipes[kind], **changes, "iterations": args.iterations, "val_every": args.iterations + 1}
         tic = time.perf_counter()
         model = train(pairs, Path(args.work) / name.replace(" ", "_").replace(":", "").replace(",", ""),
-                      TrainConfig(**recipe), device="cpu", progress=False, normalize=False)
+                      TrainConfig(**recipe), device="cpu", progress=False, normalize=False, restart_stale=True)
         seconds = time.perf_counter() - tic
         for label, path1, path2, colour in held_out[kind]:
             for result in evaluate_model(model, path1, path2, colour=colour):

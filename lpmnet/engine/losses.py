@@ -404,11 +404,12 @@ def _mif_and_background_loss(background_weight=BACKGROUND_WEIGHT, **mif_settings
     def compute(x1, x2, output, schedule):
         fused = _network_output(output).fused
         total, terms = mif(x1, x2, fused)
-        # Where both sources are exactly 0 (outside a head normalised inside it) the fusion must be 0 too.
-        # MIF's intensity term asks for it already, but averaged over the whole patch it lets the one-voxel
-        # ring at the head's edge stay bright; averaged over the empty voxels alone it does not.
+        # Where both sources are 0 (outside a head normalised inside it) the fusion must be 0 too. MIF's
+        # intensity term asks for it already, but averaged over the whole patch it lets the one-voxel ring at
+        # the head's edge stay bright; averaged over the empty voxels alone it does not. |F|, not F: a network
+        # whose output is not bounded below must not gain by going negative there.
         empty = (x1 <= 0) & (x2 <= 0)
-        background = background_weight * (fused.float() * empty).sum() / empty.sum().clamp(min=1)
+        background = background_weight * (at_least_float32(fused).abs() * empty).sum() / empty.sum().clamp(min=1)
         total = total + background
         terms = {**terms, "background": float(background.detach()), "total": float(total.detach())}
         return total, terms
@@ -425,8 +426,8 @@ LOSSES = {
                                (3,), _lpmnet_and_mif_loss),
     "mif": TrainingLoss("MambaDFuse's MIF loss (MIFLoss: intensity vs the maximum, Sobel gradient, SSIM)",
                         MIF_TERMS, (2, 3), _fused_only(MIFLoss)),
-    "mif+background": TrainingLoss("ours: MambaDFuse's MIF loss plus background_weight times the mean of the fusion "
-                                   "where both sources are exactly 0", (*MIF_TERMS, "background"), (2, 3),
+    "mif+background": TrainingLoss("ours: MambaDFuse's MIF loss plus background_weight times the mean of |fusion| "
+                                   "where both sources are 0 (or below)", (*MIF_TERMS, "background"), (2, 3),
                                    _mif_and_background_loss),
     "asfe": TrainingLoss("ASFE-Fusion's loss as coded (ASFELoss: intensity vs the mean, structure tensor, SSIM "
                          "without gradient unless ssim_gradient)", ASFE_TERMS, (2,), _fused_only(ASFELoss)),

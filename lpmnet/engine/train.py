@@ -5,7 +5,8 @@ original's settings of :class:`TrainConfig`): the loss (any loss of :data:`lpmne
 supports the network's dimension, so a method can train with another's), the optimiser (Adam or AdamW),
 the schedule (cosine annealing or poly stepped per epoch, or constant), an exponential moving average of
 the weights, the sampling (3D patches of the volumes, or 2D crops of their slices along ``slice_axis``)
-and the augmentation (random flips per axis, or one of the eight flip/rot90 modes of a 2D crop). What
+and the augmentation (random flips per axis, or one of the eight flip/rot90 modes of a 2D crop, DC2Fusion's;
+ours: ``acquisition`` and ``flips+head``). What
 every method gets: patches centred on foreground voxels, an epoch as one pass over the training pairs,
 periodic atomic checkpoints, exact resume after a kill, a CSV log of every loss term per iteration with
 validation metrics, AMP on CUDA and a progress bar on a terminal.
@@ -39,7 +40,7 @@ from lpmnet.errors import InputError
 from lpmnet.methods import (RECIPE_KEYS, get_method, is_project_checkpoint, load_checkpoint_of, read_payload,
                             save_checkpoint)
 from lpmnet.metrics._shared import minmax01 as minmax_tensor
-from lpmnet.volumes.normalize import minmax01, normalize_in_head, unit_range
+from lpmnet.volumes.normalize import head_windows, in_head, minmax01, unit_range
 from lpmnet.methods.pretrained import resolve as resolve_pretrained
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,9 @@ class PatchSampler:
         # Inputs normalised inside the head (lpmnet.volumes.normalize.normalize_in_head) meet the network with
         # a step from exactly 0 to the head's edge, which the workflow's normalisation (its background
         # windowed, not cut) rarely gives; a model trained without that step leaves a halo around the head.
-        self.head_volumes = [normalize_in_head(x1, x2) for x1, x2 in volumes] if augmentation == "flips+head" else None
+        # The mask and windows are kept, not normalised copies (a patch is normalised when drawn: the same
+        # values at a quarter of the memory); a pair without a head (a constant volume) is drawn as it is.
+        self.heads = [head_windows(x1, x2) for x1, x2 in volumes] if augmentation == "flips+head" else None
         self.foreground = []
         for x1, x2 in volumes:
             combined = np.maximum(x1, x2)
@@ -203,10 +206,12 @@ class PatchSampler:
         fg = self.foreground[index]
         centre = np.unravel_index(fg[rng.integers(len(fg))], x1.shape) if len(fg) else \
             [rng.integers(s) for s in x1.shape]
-        if self.head_volumes is not None and rng.random() < 0.5:
-            x1, x2 = self.head_volumes[index]
+        in_head_of = self.heads[index] if self.heads is not None and rng.random() < 0.5 else None
+        head = in_head_of[0] if in_head_of is not None else None
         if self.slice_axis is not None:
             x1, x2 = (np.take(x, centre[self.slice_axis], axis=self.slice_axis) for x in (x1, x2))
+            if head is not None:
+                head = np.take(head, centre[self.slice_axis], axis=self.slice_axis)
             centre = [c for a, c in enumerate(centre) if a != self.slice_axis]
         if self.patch_size is not None:
             size = [min(p, s) for p, s in zip(self.patch_size, x1.shape)]
@@ -218,6 +223,10 @@ class PatchSampler:
             padding = [(0, p - s) for p, s in zip(self.patch_size, x1.shape)]
             if any(after for _, after in padding):
                 x1, x2 = (np.pad(x, padding) for x in (x1, x2))
+            if head is not None:
+                head = np.pad(head[window], padding)
+        if head is not None:
+            x1, x2 = (in_head(x, head, w) for x, w in zip((x1, x2), in_head_of[1]))
         if self.augmentation in ("flips", "flips+head", "acquisition"):
             axes = tuple(a for a in range(x1.ndim) if rng.random() < 0.5)
             if axes:
@@ -450,17 +459,18 @@ def _to_batch(arrays, device):
     return torch.from_numpy(np.stack(arrays)[:, None]).to(device)
 
 
-def _training_identity(config, pairs, val_pairs, init_path):
-    """What a resumable state must share with a training to be resumed by it: the settings, the bytes of every
-    training and validation volume and of the initial weights."""
-    return {"train_config": asdict(config),
+def _training_identity(config, pairs, val_pairs, init_path, normalize):
+    """What a resumable state must share with a training to be resumed by it: the package version, the
+    settings, the bytes of every training and validation volume, how they are scaled and the initial weights."""
+    return {"lpmnet_version": __version__, "train_config": asdict(config), "normalize": normalize,
             "data_sha256": [[file_digest(a), file_digest(b)] for a, b in pairs],
             "validation_sha256": [[file_digest(a), file_digest(b)] for a, b in val_pairs],
             "initial_weights_sha256": file_digest(init_path) if init_path else None}
 
 
 def _discard_training_state(out_dir):
-    for path in (out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT, *(out_dir / KEPT_CHECKPOINTS).glob("*.pt")):
+    for path in (out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT, out_dir / FINAL_CHECKPOINT,
+                 *(out_dir / KEPT_CHECKPOINTS).glob("*.pt")):
         path.unlink(missing_ok=True)
 
 
@@ -472,10 +482,11 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     ``best.pt`` (best validation SSIM, when validating), ``model.pt`` (final weights + model card; the
     averaged weights when the recipe keeps an EMA), ``training_log.csv`` and, with ``keep_every``,
     ``checkpoints/iteration-<n>.pt``. If ``last.pt`` exists,
-    training resumes from it, if it was written by this very training (same settings, same bytes of every
-    volume and of the initial weights); the state of another training raises ValueError naming it, or, with
-    ``restart_stale`` (the workflow, which retrains exactly when settings or data changed), is deleted, with
-    the best and kept checkpoints beside it, and training starts again. ``normalize``: how the volumes reach
+    training resumes from it, if it was written by this very training (same lpmnet version, settings, bytes of
+    every volume, ``normalize`` and initial weights); the state of another training raises ValueError naming
+    it, or, with ``restart_stale`` (the workflow, which retrains exactly when settings or data changed), is
+    deleted and training starts again. A training that starts from the beginning first deletes the folder's
+    ``best.pt``, ``model.pt`` and kept checkpoints. ``normalize``: how the volumes reach
     [0, 1] (:func:`load_pair`).
     """
     config = config or TrainConfig()
@@ -499,6 +510,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
 
     torch.manual_seed(config.seed)
     model = spec.build(**config.model).to(device)
+    init_path = None
     if config.init:
         init_path, _ = resolve_pretrained(spec, config.init, *pairs[0])
         _start_from(model, spec, init_path)
@@ -512,17 +524,20 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
 
     start, best_ssim, log_rows = 0, -math.inf, []
     last_path = out_dir / LAST_CHECKPOINT
-    identity = _training_identity(config, pairs, val_pairs, init_path if config.init else None)
+    identity = _training_identity(config, pairs, val_pairs, init_path, normalize)
     state = read_payload(last_path, map_location=device) if last_path.exists() else None
     if state is not None and (not is_project_checkpoint(state) or state.get("resumes") != identity):
         if not restart_stale:
             raise ValueError(f"{last_path}: it was written by another training (other settings, data or initial "
-                             "weights); delete it to start again")
-        log.warning("%s is the state of another training (other settings, data or initial weights): training "
-                    "starts again", last_path)
-        _discard_training_state(out_dir)
+                             "weights, or an older lpmnet); delete it to start again")
+        log.warning("%s is the state of another training (other settings, data or initial weights, or an older "
+                    "lpmnet): training starts again", last_path)
         state = None
-    if state is not None:
+    if state is None:
+        # What an earlier training left (a run killed before its first last.pt, another's best and kept
+        # models) must not pass for this one's.
+        _discard_training_state(out_dir)
+    else:
         model.load_state_dict(state["state_dict"])
         if ema is not None:
             ema.load_state_dict(state["ema_state_dict"])

@@ -1,4 +1,4 @@
-"""Intensity normalisation (pure numpy).
+"""Intensity normalisation (numpy; scipy for the head's mask).
 
 Robust min-max scaling: clip at low/high percentiles (computed over a foreground mask
 or the whole volume), then map the clipped range linearly onto [0, 1].  Nothing here
@@ -20,6 +20,8 @@ __all__ = [
     "otsu_threshold",
     "foreground_mask",
     "head_mask",
+    "head_windows",
+    "in_head",
     "normalize_in_head",
 ]
 
@@ -168,8 +170,25 @@ def head_mask(anatomical) -> np.ndarray:
     return ndimage.binary_fill_holes(ndimage.binary_closing(foreground_mask(anatomical), iterations=2))
 
 
+def head_windows(x1, x2, low: float = 0.5, high: float = 99.5):
+    """(the head of ``x1`` (:func:`head_mask`), the [low, high] percentile window of each volume inside it), or
+    None where ``x1`` has no head (no foreground: a constant volume)."""
+    head = head_mask(x1)
+    if not head.any():
+        return None
+    return head, tuple(percentile_window(x, low, high, head) for x in (x1, x2))
+
+
+def in_head(x, head, window) -> np.ndarray:
+    """``x`` mapped from ``window`` (lo, hi) onto [0, 1] inside ``head`` and exactly 0 outside it (float32)."""
+    return np.where(head, _rescale(_as_float(x), *window), np.float32(0))
+
+
 def normalize_in_head(x1, x2, low: float = 0.5, high: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
     """Two co-registered volumes as skull-stripped scans and many pipelines give them: each windowed to its
     [low, high] percentiles inside the head of ``x1`` (:func:`head_mask`) and exactly 0 outside it."""
-    head = head_mask(x1)
-    return tuple(np.where(head, normalize_intensity(x, low, high, mask=head), np.float32(0)) for x in (x1, x2))
+    found = head_windows(x1, x2, low, high)
+    if found is None:
+        raise ValueError("the first volume has no head to normalise inside: it has no foreground")
+    head, windows = found
+    return tuple(in_head(x, head, window) for x, window in zip((x1, x2), windows))

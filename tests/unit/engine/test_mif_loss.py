@@ -200,6 +200,9 @@ def test_mif_background_adds_the_mean_of_the_fusion_over_the_voxels_where_both_s
     extra = halo.grad - mif_halo.grad
     assert torch.allclose(extra[empty], torch.full_like(extra[empty], 10.0 / empty.sum().item()), rtol=1e-4)
     assert extra[~empty].abs().max() < 1e-9
+    # A network unbounded below gains nothing by going negative there.
+    below = torch.where(empty, -0.05, torch.maximum(x1, x2))
+    assert compute(x1, x2, below, {})[1]["background"] == pytest.approx(logged["background"], rel=1e-5)
     # Without empty voxels it is MIF's loss.
     inside = torch.rand(1, 1, 8, 8, 8) + 0.1
     assert compute(inside, inside, inside, {})[0].item() == pytest.approx(MIFLoss()(inside, inside, inside)[0].item())

@@ -104,6 +104,8 @@ def test_resume_refuses_the_state_of_another_training(pairs, tmp_path):
     shutil.copy(pairs[2][0], changed[0][0])
     with pytest.raises(ValueError, match="another training"):
         train(changed, tmp_path / "run", TrainConfig(**SMALL))
+    with pytest.raises(ValueError, match="another training"):  # other validation data
+        train(pairs, tmp_path, TrainConfig(**SMALL), val_pairs=pairs[:1])
 
 
 def test_the_workflow_trains_again_when_settings_or_data_changed_and_resumes_otherwise(pairs, tmp_path):
@@ -118,9 +120,17 @@ def test_the_workflow_trains_again_when_settings_or_data_changed_and_resumes_oth
     log = pd.read_csv(tmp_path / "run" / "training_log.csv")
     assert log["iteration"].tolist() == [1, 2, 3]
     # Its own state is resumed, not discarded: a finished training is not run again.
-    before = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    (tmp_path / "run" / "training_log.csv").unlink()
     train(pairs[:2], tmp_path / "run", TrainConfig(**SMALL), restart_stale=True)
-    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == before
+    assert pd.read_csv(tmp_path / "run" / "training_log.csv")["iteration"].tolist() == [1, 2, 3]
+    assert read_payload(tmp_path / "run" / "last.pt")["iteration"] == 3
+    # A training killed before its first last.pt leaves no best or kept model behind for the next one.
+    (tmp_path / "run" / "last.pt").unlink()
+    (tmp_path / "run" / "checkpoints").mkdir(exist_ok=True)
+    for leftover in ("best.pt", "checkpoints/iteration-000007.pt"):
+        (tmp_path / "run" / leftover).write_bytes(b"an earlier training's")
+    train(pairs[:2], tmp_path / "run", TrainConfig(**{**SMALL, "iterations": 1}))
+    assert not (tmp_path / "run" / "best.pt").exists() and not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
 
 
 def test_patch_size_must_be_multiple_of_16():
@@ -216,6 +226,27 @@ def test_head_augmentation_draws_half_the_patches_from_the_pair_normalised_insid
     assert 10 < len(cut) < 30 and all(min(x.min() for x in pair) > 0 for pair, c in zip(drawn, is_cut) if not c)
     for pair in cut:  # windowed inside the head: its brightest voxels reach 1, a step from 0 at its edge
         assert all(x.dtype == np.float32 and x.max() == 1 and x[head].min() < 0.05 < x[head].mean() for x in pair)
+    # A patch is the patch of the pair normalised inside the head as a whole (normalised when drawn).
+    from lpmnet.volumes.normalize import normalize_in_head
+
+    whole = normalize_in_head(x1, x2)
+    patches = PatchSampler([(x1, x2)], (16, 16, 16), "flips+head")
+    drawn = [patches.sample(0, np.random.default_rng([6, i])) for i in range(12)]
+    cut = [pair for pair in drawn if pair[0].min() == 0]
+    assert cut and all(any(np.array_equal(pair[0], window) for window in _flipped_patches(whole[0], 16))
+                       for pair in cut)
+    # A pair without a head (a constant volume) is drawn as it is.
+    flat = np.full((20, 20, 20), 0.5, np.float32)
+    assert np.all(PatchSampler([(flat, flat)], None, "flips+head").sample(0, np.random.default_rng(0))[0] == 0.5)
+
+
+def _flipped_patches(volume, size):
+    """Every size^3 window of ``volume``, under each of the 8 flips."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    windows = sliding_window_view(volume, (size,) * 3).reshape(-1, size, size, size)
+    return (np.flip(w, axes) if axes else w for w in windows
+            for axes in ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)))
 
 
 def test_a_volume_thinner_than_the_patch_is_padded_with_background():

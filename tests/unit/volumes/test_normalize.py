@@ -95,3 +95,21 @@ def test_unit_range_owns_the_convention_and_leaves_normalised_volumes_alone():
     assert unit_range(normalised, normalize=False).dtype == np.float32
     with pytest.raises(ValueError, match="normalise it first"):
         unit_range(raw, normalize=False)
+
+
+def test_normalize_in_head_windows_inside_the_filled_head_and_zeroes_the_rest():
+    from lpmnet.volumes.normalize import head_mask, normalize_in_head
+
+    grid = np.indices((40, 40, 40)) - 19.5
+    head = np.sum(grid ** 2, axis=0) < 15 ** 2
+    ventricle = np.sum(grid ** 2, axis=0) < 4 ** 2  # dark inside the head: a hole the mask fills
+    noise = np.random.default_rng(0).uniform(0, 5, head.shape)
+    x1 = np.where(head & ~ventricle, 100.0 + grid[0], noise)
+    x2 = np.where(head, 300.0 - 2 * grid[1], 40 + noise)  # a raised background, as a raw PET has
+    mask = head_mask(x1)
+    assert mask[ventricle].all() and abs(int(mask.sum()) - int(head.sum())) < 0.02 * head.sum()
+    a, b = normalize_in_head(x1, x2)
+    for x in (a, b):
+        assert x.dtype == np.float32 and np.all(x[~mask] == 0) and x[mask].max() == 1 and x[mask].mean() > 0.3
+    with pytest.raises(ValueError, match="no head to normalise inside"):
+        normalize_in_head(np.ones((8, 8, 8)), np.ones((8, 8, 8)))
