@@ -356,7 +356,8 @@ def test_make_pretrained_trains_on_public_volumes_and_validates_on_held_out_ones
         assert set(table.method) == {"model", "mean", "max", "laplacian"}
         assert table[["SSIM", "Qabf", "VIF", "background", "lattice"]].notna().all().all()
         assert f"lpmnet_{kind}.pt" in card and f"### {kind}" in card
-    assert "seed 1" in card and "Louis Collins" in card and '"loss": "mif"' in card
+    loss = pretraining["pretrained"]["training"]["loss"]
+    assert "seed 1" in card and "Louis Collins" in card and f'"loss": "{loss}"' in card
     for cfg in config["datasets"].values():  # where each volume came from and its checksum
         for volumes in cfg.get("files", {}).values():
             for entry in volumes.values():
