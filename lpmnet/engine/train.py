@@ -563,7 +563,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
         "data": [{"x1": str(a), "x2": str(b), "shape_dhw": list(v[0].shape)}
                  for (a, b), v in zip(pairs, volumes)],
         "validation_data": [{"x1": str(a), "x2": str(b)} for a, b in val_pairs],
-        **({"initial_weights": {"path": str(init_path), "sha256": file_digest(init_path)}} if config.init else {}),
+        **({"initial_weights": {"path": str(init_path), "sha256": identity["initial_weights_sha256"]}}
+           if config.init else {}),
         **(model_card or {}),
     }
     if start:
