@@ -35,12 +35,15 @@ from lpmnet.workflow.config import held_out_files, resolve_pretraining  # noqa: 
 from lpmnet.workflow.index import with_defaults  # noqa: E402
 from lpmnet.workflow.paths import Paths  # noqa: E402
 
-def variant(kind, loss="mif", augmentation="flips", real=True, **loss_settings):
-    """(kind, its loss, augmentation and loss settings, whether the real training datasets are used)."""
-    return kind, {"loss": loss, "augmentation": augmentation, "loss_settings": loss_settings}, real
+def variant(kind, loss="mif", augmentation="flips", real=True, head_fraction=0.0, **loss_settings):
+    """(kind, its loss, augmentation, head fraction and loss settings, whether the real training datasets are
+    used)."""
+    return kind, {"loss": loss, "augmentation": augmentation, "head_fraction": head_fraction,
+                  "loss_settings": loss_settings}, real
 
 
-#: name -> variant: the shipped recipe with these loss, augmentation and loss settings.
+#: name -> variant: the shipped recipe with these loss, augmentation, head fraction and loss settings
+#: ("+head": half the patches normalised inside the head).
 VARIANTS = {
     "mif, synthetic only": variant("mri-mri", real=False),
     "mif": variant("mri-mri"),
@@ -49,18 +52,18 @@ VARIANTS = {
     "mif, gradient x2": variant("mri-mri", gradient_weight=200.0),
     "mif + acquisition": variant("mri-mri", augmentation="acquisition"),
     "lpmnet+mif": variant("mri-mri", "lpmnet+mif"),
-    "mif, flips+head": variant("mri-mri", augmentation="flips+head"),
-    "mif+background, flips+head": variant("mri-mri", "mif+background", "flips+head"),
-    "mif+background, intensity x2, flips+head": variant("mri-mri", "mif+background", "flips+head",
+    "mif, flips+head": variant("mri-mri", head_fraction=0.5),
+    "mif+background, flips+head": variant("mri-mri", "mif+background", head_fraction=0.5),
+    "mif+background, intensity x2, flips+head": variant("mri-mri", "mif+background", head_fraction=0.5,
                                                         intensity_weight=40.0),
     "pet: mif": variant("mri-pet"),
     "pet: lpmnet faithful": variant("mri-pet", "lpmnet"),
     "pet: mif + acquisition": variant("mri-pet", augmentation="acquisition"),
     "pet: lpmnet+mif": variant("mri-pet", "lpmnet+mif"),
-    "pet: mif, flips+head": variant("mri-pet", augmentation="flips+head"),
-    "pet: mif, intensity x2, flips+head": variant("mri-pet", augmentation="flips+head", intensity_weight=40.0),
-    "pet: mif+background, flips+head": variant("mri-pet", "mif+background", "flips+head"),
-    "pet: mif+background x3, intensity x2, flips+head": variant("mri-pet", "mif+background", "flips+head",
+    "pet: mif, flips+head": variant("mri-pet", head_fraction=0.5),
+    "pet: mif, intensity x2, flips+head": variant("mri-pet", head_fraction=0.5, intensity_weight=40.0),
+    "pet: mif+background, flips+head": variant("mri-pet", "mif+background", head_fraction=0.5),
+    "pet: mif+background x3, intensity x2, flips+head": variant("mri-pet", "mif+background", head_fraction=0.5,
                                                                 intensity_weight=40.0, background_weight=300.0),
 }
 

@@ -6,7 +6,7 @@ supports the network's dimension, so a method can train with another's), the opt
 the schedule (cosine annealing or poly stepped per epoch, or constant), an exponential moving average of
 the weights, the sampling (3D patches of the volumes, or 2D crops of their slices along ``slice_axis``)
 and the augmentation (random flips per axis, or one of the eight flip/rot90 modes of a 2D crop, DC2Fusion's;
-ours: ``acquisition`` and ``flips+head``). What
+ours: ``acquisition``, and a fraction of the patches drawn from their pair normalised inside the head). What
 every method gets: patches centred on foreground voxels, an epoch as one pass over the training pairs,
 periodic atomic checkpoints, exact resume after a kill, a CSV log of every loss term per iteration with
 validation metrics, AMP on CUDA and a progress bar on a terminal.
@@ -53,7 +53,7 @@ TRAINING_LOG = "training_log.csv"
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "poly", "constant")
-AUGMENTATIONS = ("flips", "flips+head", "dihedral", "dc2fusion", "acquisition", "none")
+AUGMENTATIONS = ("flips", "dihedral", "dc2fusion", "acquisition", "none")
 
 
 class _FromRecipe:
@@ -84,10 +84,10 @@ class TrainConfig:
     - ``ema_decay``: 0, or the decay of an exponential moving average of the weights that becomes the
       final model (MambaDFuse: 0.999);
     - ``augmentation``: "flips" (each axis flipped with probability 1/2), "dihedral" (2D: one of the 8
-      flip/rot90 modes, rotations only on square crops), "flips+head" (the flips, each patch drawn with
-      probability 1/2 from its pair normalised inside the head, background exactly 0: ours, see
-      :class:`PatchSampler`), "acquisition" (the flips, then what scanners,
+      flip/rot90 modes, rotations only on square crops), "acquisition" (the flips, then what scanners,
       protocols and normalisations vary: :func:`acquisition_augment`; ours) or "none";
+    - ``head_fraction``: the probability that a patch is drawn from its pair normalised inside the head,
+      background exactly 0, before its augmentation (ours, see :class:`PatchSampler`); 0 (default) never;
     - ``loss`` (a name of :data:`lpmnet.engine.losses.LOSSES`) and ``loss_settings`` (its keyword arguments).
 
     ``recreate_optimizer=True`` reproduces ASFE-Fusion's training loop, which constructs its AdamW inside
@@ -121,6 +121,7 @@ class TrainConfig:
     loss: str = RECIPE
     loss_settings: dict = RECIPE
     seed: int = RECIPE
+    head_fraction: float = 0.0
     recreate_optimizer: bool = False
     batch_minmax: bool = False
     checkpoint_every: int = 100
@@ -153,6 +154,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2, not {self.slice_axis!r}")
+        if not 0 <= self.head_fraction <= 1:
+            raise ValueError(f"head_fraction must be in [0, 1], not {self.head_fraction}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         make_loss(self.loss, spec.dims, self.loss_settings)  # an unknown loss or setting fails here
@@ -182,20 +185,23 @@ class PatchSampler:
 
     3D (``slice_axis`` None): (D, H, W) patches of ``patch_size`` (None: whole volumes). 2D: the slice
     along ``slice_axis`` through a foreground voxel, cropped to ``patch_size`` (H, W) around it (None:
-    the whole slice); slices without foreground are never drawn (as the 2D methods' recipe asks).
+    the whole slice); slices without foreground are never drawn (as the 2D methods' recipe asks). Each
+    sample comes with probability ``head_fraction`` from its pair normalised inside the head
+    (:func:`lpmnet.volumes.normalize.normalize_in_head`), then goes through ``augmentation``.
     """
 
-    def __init__(self, volumes, patch_size, augmentation, slice_axis=None):
+    def __init__(self, volumes, patch_size, augmentation, slice_axis=None, head_fraction=0.0):
         self.volumes = volumes
         self.patch_size = patch_size
         self.augmentation = augmentation
         self.slice_axis = slice_axis
+        self.head_fraction = head_fraction
         # Inputs normalised inside the head (lpmnet.volumes.normalize.normalize_in_head) meet the network with
         # a step from exactly 0 to the head's edge, which the workflow's normalisation (its background
         # windowed, not cut) rarely gives; a model trained without that step leaves a halo around the head.
         # The mask and windows are kept, not normalised copies (a patch is normalised when drawn: the same
         # values at a quarter of the memory); a pair without a head (a constant volume) is drawn as it is.
-        self.heads = [head_windows(x1, x2) for x1, x2 in volumes] if augmentation == "flips+head" else None
+        self.heads = [head_windows(x1, x2) for x1, x2 in volumes] if head_fraction > 0 else None
         self.foreground = []
         for x1, x2 in volumes:
             combined = np.maximum(x1, x2)
@@ -206,7 +212,7 @@ class PatchSampler:
         fg = self.foreground[index]
         centre = np.unravel_index(fg[rng.integers(len(fg))], x1.shape) if len(fg) else \
             [rng.integers(s) for s in x1.shape]
-        in_head_of = self.heads[index] if self.heads is not None and rng.random() < 0.5 else None
+        in_head_of = self.heads[index] if self.heads is not None and rng.random() < self.head_fraction else None
         head = in_head_of[0] if in_head_of is not None else None
         if self.slice_axis is not None:
             x1, x2 = (np.take(x, centre[self.slice_axis], axis=self.slice_axis) for x in (x1, x2))
@@ -227,7 +233,7 @@ class PatchSampler:
                 head = np.pad(head[window], padding)
         if head is not None:
             x1, x2 = (in_head(x, head, w) for x, w in zip((x1, x2), in_head_of[1]))
-        if self.augmentation in ("flips", "flips+head", "acquisition"):
+        if self.augmentation in ("flips", "acquisition"):
             axes = tuple(a for a in range(x1.ndim) if rng.random() < 0.5)
             if axes:
                 x1, x2 = np.flip(x1, axes), np.flip(x2, axes)
@@ -506,7 +512,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     # Only once the inputs are known to be good: bad input leaves no (empty) output folder behind.
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = PatchSampler(volumes, config.patch_size, config.augmentation,
-                           slice_axis=config.slice_axis if spec.dims == 2 else None)
+                           slice_axis=config.slice_axis if spec.dims == 2 else None, head_fraction=config.head_fraction)
 
     torch.manual_seed(config.seed)
     model = spec.build(**config.model).to(device)

@@ -162,12 +162,17 @@ def foreground_mask(x, bins: int = 256) -> np.ndarray:
     return arr > otsu_threshold(arr, bins=bins)
 
 
-def head_mask(anatomical) -> np.ndarray:
-    """The head of an anatomical volume: its Otsu foreground with the holes filled (ventricles, dark
-    lesions), so that percentiles taken over it are the whole head's, not its bright tissue's."""
+def head_mask(anatomical, closing: int = 2) -> np.ndarray:
+    """The head of an anatomical volume: its Otsu foreground closed by ``closing`` voxels and with the holes
+    filled (ventricles, dark lesions), so that percentiles taken over it are the whole head's, not its bright
+    tissue's."""
     from scipy import ndimage
 
-    return ndimage.binary_fill_holes(ndimage.binary_closing(foreground_mask(anatomical), iterations=2))
+    # Closing erodes from outside the volume too; the foreground is extended beyond the field of view first so
+    # that a head cut by it (cropped templates, a few thick slices) keeps its voxels on the volume's faces.
+    foreground = np.pad(foreground_mask(anatomical), closing, mode="edge")
+    closed = ndimage.binary_closing(foreground, iterations=closing)[(slice(closing, -closing),) * foreground.ndim]
+    return ndimage.binary_fill_holes(closed)
 
 
 def head_windows(x1, x2, low: float = 0.5, high: float = 99.5):

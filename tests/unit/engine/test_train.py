@@ -209,7 +209,7 @@ def test_acquisition_augmentation_varies_each_input_reproducibly_within_the_unit
     assert sampler.sample(0, np.random.default_rng(1))[0].shape == (32, 32, 32)
 
 
-def test_head_augmentation_draws_half_the_patches_from_the_pair_normalised_inside_the_head():
+def test_head_fraction_draws_its_share_of_the_patches_from_the_pair_normalised_inside_the_head():
     from lpmnet.engine.train import PatchSampler
 
     x1, x2 = smooth_pair((40, 40, 40), seed=2)
@@ -217,7 +217,7 @@ def test_head_augmentation_draws_half_the_patches_from_the_pair_normalised_insid
     # The workflow's normalisation windows the background, it does not cut it: low, noisy, rarely exactly 0.
     noise = np.random.default_rng(0).uniform(0.001, 0.04, x1.shape)
     x1, x2 = (np.where(head, 0.2 + 0.8 * x / x.max(), noise).astype(np.float32) for x in (x1, x2))
-    sampler = PatchSampler([(x1, x2)], None, "flips+head")
+    sampler = PatchSampler([(x1, x2)], None, "flips", head_fraction=0.5)
     drawn = [sampler.sample(0, np.random.default_rng([5, i])) for i in range(40)]
     again = [sampler.sample(0, np.random.default_rng([5, i])) for i in range(40)]
     assert all(np.array_equal(a, b) for pair, twin in zip(drawn, again) for a, b in zip(pair, twin))
@@ -230,14 +230,14 @@ def test_head_augmentation_draws_half_the_patches_from_the_pair_normalised_insid
     from lpmnet.volumes.normalize import normalize_in_head
 
     whole = normalize_in_head(x1, x2)
-    patches = PatchSampler([(x1, x2)], (16, 16, 16), "flips+head")
+    patches = PatchSampler([(x1, x2)], (16, 16, 16), "flips", head_fraction=0.5)
     drawn = [patches.sample(0, np.random.default_rng([6, i])) for i in range(12)]
     cut = [pair for pair in drawn if pair[0].min() == 0]
     assert cut and all(any(np.array_equal(pair[0], window) for window in _flipped_patches(whole[0], 16))
                        for pair in cut)
     # A pair without a head (a constant volume) is drawn as it is.
     flat = np.full((20, 20, 20), 0.5, np.float32)
-    assert np.all(PatchSampler([(flat, flat)], None, "flips+head").sample(0, np.random.default_rng(0))[0] == 0.5)
+    assert np.all(PatchSampler([(flat, flat)], None, "flips", head_fraction=0.5).sample(0, np.random.default_rng(0))[0] == 0.5)
 
 
 def _flipped_patches(volume, size):
@@ -259,3 +259,10 @@ def test_a_volume_thinner_than_the_patch_is_padded_with_background():
         assert a.shape == b.shape == (16, 16, 16)
     a, _ = sampler.sample(0, np.random.default_rng(0))
     assert np.all(a[10:] == 0) and np.any(a[:10] > 0)
+
+
+def test_head_fraction_outside_zero_to_one_is_refused():
+    from lpmnet.engine.train import TrainConfig
+
+    with pytest.raises(ValueError, match="head_fraction must be in"):
+        TrainConfig(method="lpmnet", head_fraction=1.5)

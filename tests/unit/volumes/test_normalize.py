@@ -113,3 +113,15 @@ def test_normalize_in_head_windows_inside_the_filled_head_and_zeroes_the_rest():
         assert x.dtype == np.float32 and np.all(x[~mask] == 0) and x[mask].max() == 1 and x[mask].mean() > 0.3
     with pytest.raises(ValueError, match="no head to normalise inside"):
         normalize_in_head(np.ones((8, 8, 8)), np.ones((8, 8, 8)))
+
+
+def test_head_mask_keeps_a_head_cut_by_the_field_of_view():
+    from lpmnet.volumes.normalize import head_mask
+
+    # A cropped template or a few thick slices: the head runs through the volume's faces.
+    grid = np.indices((12, 40, 40)) - np.array([5.5, 19.5, 19.5])[:, None, None, None]
+    head = np.sum(grid[1:] ** 2, axis=0) < 15 ** 2
+    ventricle = (np.sum(grid[1:] ** 2, axis=0) < 4 ** 2) & (np.abs(grid[0]) < 3)
+    x = np.where(head & ~ventricle, 100.0 + grid[1], np.random.default_rng(1).uniform(0, 5, head.shape))
+    mask = head_mask(x)
+    assert np.array_equal(mask, head)  # every slice, the first and last included, and the ventricle filled
