@@ -154,8 +154,9 @@ class TrainConfig:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2, not {self.slice_axis!r}")
-        if not 0 <= self.head_fraction <= 1:
-            raise ValueError(f"head_fraction must be in [0, 1], not {self.head_fraction}")
+        if isinstance(self.head_fraction, bool) or not 0 <= self.head_fraction <= 1:
+            raise ValueError(f"head_fraction must be a number in [0, 1], not {self.head_fraction!r}")
+        self.head_fraction = float(self.head_fraction)
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), not {self.ema_decay}")
         make_loss(self.loss, spec.dims, self.loss_settings)  # an unknown loss or setting fails here

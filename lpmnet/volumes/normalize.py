@@ -162,17 +162,24 @@ def foreground_mask(x, bins: int = 256) -> np.ndarray:
     return arr > otsu_threshold(arr, bins=bins)
 
 
-def head_mask(anatomical, closing: int = 2) -> np.ndarray:
-    """The head of an anatomical volume: its Otsu foreground closed by ``closing`` voxels and with the holes
-    filled (ventricles, dark lesions), so that percentiles taken over it are the whole head's, not its bright
-    tissue's."""
+def head_mask(anatomical) -> np.ndarray:
+    """The head of an anatomical volume: its Otsu foreground closed by 2 voxels and with the holes filled
+    (ventricles, dark lesions, the dark brain inside a bright scalp), so that percentiles taken over it are the
+    whole head's, not its bright tissue's. A head cut by the field of view (a cropped template, a few thick
+    slices) keeps its voxels on the volume's faces, and its holes are filled too."""
     from scipy import ndimage
 
-    # Closing erodes from outside the volume too; the foreground is extended beyond the field of view first so
-    # that a head cut by it (cropped templates, a few thick slices) keeps its voxels on the volume's faces.
+    closing = 2
+    # Closing erodes from outside the volume too: the foreground is first extended beyond the faces.
     foreground = np.pad(foreground_mask(anatomical), closing, mode="edge")
-    closed = ndimage.binary_closing(foreground, iterations=closing)[(slice(closing, -closing),) * foreground.ndim]
-    return ndimage.binary_fill_holes(closed)
+    head = ndimage.binary_fill_holes(
+        ndimage.binary_closing(foreground, iterations=closing)[(slice(closing, -closing),) * foreground.ndim])
+    # The dark inside of a head cut by a face of the volume reaches that face, so it is no hole in 3D; in each
+    # slice across the face the head is still a closed outline.
+    for axis in range(head.ndim):
+        if head.take(0, axis).any() or head.take(-1, axis).any():
+            head |= np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(head, axis, 0)], axis=axis)
+    return head
 
 
 def head_windows(x1, x2, low: float = 0.5, high: float = 99.5):

@@ -261,8 +261,27 @@ def test_a_volume_thinner_than_the_patch_is_padded_with_background():
     assert np.all(a[10:] == 0) and np.any(a[:10] > 0)
 
 
-def test_head_fraction_outside_zero_to_one_is_refused():
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan"), True])
+def test_head_fraction_outside_zero_to_one_is_refused(fraction):
     from lpmnet.engine.train import TrainConfig
 
-    with pytest.raises(ValueError, match="head_fraction must be in"):
-        TrainConfig(method="lpmnet", head_fraction=1.5)
+    with pytest.raises(ValueError, match="head_fraction must be a number in"):
+        TrainConfig(method="lpmnet", head_fraction=fraction)
+    assert TrainConfig(method="lpmnet", head_fraction=1).head_fraction == 1.0  # YAML's 1 and 1.0: one setting
+
+
+@pytest.mark.parametrize("fraction, augmentation, slice_axis", [
+    (0.0, "flips", None), (1.0, "none", None), (1.0, "dihedral", 0), (0.3, "flips", None)])
+def test_head_fraction_is_the_share_of_head_normalised_patches_under_any_augmentation(fraction, augmentation,
+                                                                                      slice_axis):
+    from lpmnet.engine.train import PatchSampler
+
+    x1, x2 = smooth_pair((24, 24, 24), seed=3)
+    head = np.sum((np.indices(x1.shape) - 11.5) ** 2, axis=0) < 9 ** 2  # symmetric under flips and rotations
+    noise = np.random.default_rng(0).uniform(0.001, 0.04, x1.shape)
+    x1, x2 = (np.where(head, 0.2 + 0.8 * x / x.max(), noise).astype(np.float32) for x in (x1, x2))
+    size = (24, 24) if slice_axis is not None else None
+    sampler = PatchSampler([(x1, x2)], size, augmentation, slice_axis=slice_axis, head_fraction=fraction)
+    assert (sampler.heads is None) == (fraction == 0)
+    cut = [sampler.sample(0, np.random.default_rng([7, i]))[1].min() == 0 for i in range(100)]
+    assert abs(np.mean(cut) - fraction) < 0.1

@@ -115,13 +115,21 @@ def test_normalize_in_head_windows_inside_the_filled_head_and_zeroes_the_rest():
         normalize_in_head(np.ones((8, 8, 8)), np.ones((8, 8, 8)))
 
 
-def test_head_mask_keeps_a_head_cut_by_the_field_of_view():
+def test_head_mask_keeps_and_fills_a_head_cut_by_the_field_of_view():
     from lpmnet.volumes.normalize import head_mask
 
-    # A cropped template or a few thick slices: the head runs through the volume's faces.
+    # A cropped template or a few thick slices: the head runs through the volume's first and last slices.
     grid = np.indices((12, 40, 40)) - np.array([5.5, 19.5, 19.5])[:, None, None, None]
-    head = np.sum(grid[1:] ** 2, axis=0) < 15 ** 2
-    ventricle = (np.sum(grid[1:] ** 2, axis=0) < 4 ** 2) & (np.abs(grid[0]) < 3)
-    x = np.where(head & ~ventricle, 100.0 + grid[1], np.random.default_rng(1).uniform(0, 5, head.shape))
-    mask = head_mask(x)
-    assert np.array_equal(mask, head)  # every slice, the first and last included, and the ventricle filled
+    radius = np.sqrt(np.sum(grid[1:] ** 2, axis=0))
+    head = radius < 15
+    noise = np.random.default_rng(1).uniform(0, 5, head.shape)
+    ventricle = (radius < 4) & (np.abs(grid[0]) < 3)  # a hole inside the volume
+    x = np.where(head & ~ventricle, 100.0 + grid[1], noise)
+    assert np.array_equal(head_mask(x), head)
+    # A bright scalp around a brain darker than Otsu's threshold, through every slice: in 3D the brain reaches
+    # the faces, in every slice it is enclosed.
+    scalp = np.where(radius > 12, 200.0, 40.0 + grid[2])
+    x = np.where(head, scalp, noise)
+    assert np.array_equal(head_mask(x), head)
+    # In 2D as well.
+    assert np.array_equal(head_mask(x[0]), head[0])
