@@ -174,8 +174,10 @@ def save_checkpoint(path, model, method, model_kwargs, model_card=None, **traini
         "model_card": json.loads(json.dumps(to_jsonable(model_card or {}))),
         **training_state,
     }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    # Saved through a stream: torch.save names the archive inside the file after a path's stem (here the
+    # temporary file's random one), which would make two saves of one model differ in their sha256.
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+        torch.save(payload, stream)
 
 
 def read_payload(path, map_location="cpu"):

@@ -112,3 +112,16 @@ def test_asfe_fuses_a_volume_from_a_state_dict_of_the_original(tmp_path):
     with pytest.raises(InputError, match="asfe.pth"):  # the CLI's default configuration is the full width
         fuse_files(a, b, tmp_path / "f.nii.gz", saved, method="asfe")
     assert not (tmp_path / "f.nii.gz").exists()
+
+
+def test_a_checkpoint_saved_twice_is_the_same_bytes(tmp_path):
+    """make pretrained states the sha256 of the models it writes: one model saved again (by another run, to
+    another file) must give the same file."""
+    from lpmnet.methods import save_checkpoint
+    from lpmnet.methods.lpmnet.network import LPMNet
+
+    torch.manual_seed(0)
+    network = LPMNet()
+    for name in ("first.pt", "second.pt"):
+        save_checkpoint(tmp_path / name, network, "lpmnet", network.config, model_card={"data": [1, 2]})
+    assert (tmp_path / "first.pt").read_bytes() == (tmp_path / "second.pt").read_bytes()
