@@ -513,7 +513,8 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
     # Only once the inputs are known to be good: bad input leaves no (empty) output folder behind.
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = PatchSampler(volumes, config.patch_size, config.augmentation,
-                           slice_axis=config.slice_axis if spec.dims == 2 else None, head_fraction=config.head_fraction)
+                           slice_axis=config.slice_axis if spec.dims == 2 else None,
+                           head_fraction=config.head_fraction)
 
     torch.manual_seed(config.seed)
     model = spec.build(**config.model).to(device)
