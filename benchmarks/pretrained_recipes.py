@@ -43,7 +43,7 @@ def variant(kind, loss="mif", augmentation="flips", real=True, head_fraction=0.0
 
 
 #: name -> variant: the shipped recipe with these loss, augmentation, head fraction and loss settings
-#: ("+head": half the patches normalised inside the head).
+#: ("flips+head": flips with head_fraction 0.5, half the patches normalised inside the head).
 VARIANTS = {
     "mif, synthetic only": variant("mri-mri", real=False),
     "mif": variant("mri-mri"),
