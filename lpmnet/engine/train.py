@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -633,7 +634,11 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             row = {"iteration": iteration + 1, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **terms}
             card["final_loss"] = terms
             if step == iters_per_epoch - 1:
-                scheduler.step()
+                with warnings.catch_warnings():
+                    if config.recreate_optimizer:  # the schedule's optimiser lends its lr and never steps itself
+                        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before",
+                                                UserWarning)
+                    scheduler.step()
             done = iteration + 1
             if val_volumes and (done % config.val_every == 0 or done == config.iterations):
                 model.eval()
