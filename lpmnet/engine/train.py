@@ -422,6 +422,16 @@ def _optimizer(config, parameters):
     return kind(parameters, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
 
+@contextlib.contextmanager
+def _rate_lent_to_fresh_optimisers():
+    """Quiets PyTorch's warning that the schedule stepped before its optimiser: with ``recreate_optimizer``
+    that optimiser never steps, by design; it only holds the scheduled rate that each fresh one copies, so
+    no scheduled rate is skipped."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        yield
+
+
 def _scheduler(config, optimizer, max_epoch):
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epoch)
@@ -634,10 +644,7 @@ def train(pairs, out_dir, config=None, val_pairs=(), device="auto", model_card=N
             row = {"iteration": iteration + 1, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **terms}
             card["final_loss"] = terms
             if step == iters_per_epoch - 1:
-                with warnings.catch_warnings():
-                    if config.recreate_optimizer:  # the schedule's optimiser lends its lr and never steps itself
-                        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before",
-                                                UserWarning)
+                with _rate_lent_to_fresh_optimisers() if config.recreate_optimizer else contextlib.nullcontext():
                     scheduler.step()
             done = iteration + 1
             if val_volumes and (done % config.val_every == 0 or done == config.iterations):

@@ -191,7 +191,7 @@ def test_recreating_the_optimizer_every_step_makes_each_update_a_signed_step(pai
     with one_thread():
         train(pairs[:1], tmp_path / "first", TrainConfig(**{**settings, "iterations": 1}), progress=False)
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # the schedule's own optimiser never steps: no warning of it
+            warnings.filterwarnings("error", r"Detected call of `lr_scheduler", UserWarning)
             train(pairs[:1], tmp_path / "fresh", TrainConfig(**settings, recreate_optimizer=True), progress=False)
         train(pairs[:1], tmp_path / "kept", TrainConfig(**settings), progress=False)
     first, fresh, kept = (read_payload(tmp_path / d / "model.pt")["state_dict"] for d in ("first", "fresh", "kept"))
