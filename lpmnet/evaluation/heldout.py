@@ -33,7 +33,7 @@ from lpmnet.volumes.normalize import normalize_in_head, normalize_intensity
 
 __all__ = ["RIVALS", "NORMALISATIONS", "HeldOutResult", "normalised_pair", "metrics_of", "wins",
            "evaluate_model", "blend_profile", "BLEND_STEPS", "HELD_OUT_COLUMNS", "held_out_rows", "write_held_out_table",
-           "read_held_out_table"]
+           "read_held_out_table", "fused_with_grid_shift", "grid_cancelled"]
 
 #: The rules a model must beat together.
 RIVALS = ("mean", "max", "laplacian")
@@ -133,6 +133,27 @@ def blend_profile(a, b, others=None) -> dict:
                 _better(metric, s[metric], end) for end in (values[0], values[-1]))} for name, s in scored.items()},
         }
     return profile
+
+
+def fused_with_grid_shift(fuse, a, b, shift) -> np.ndarray:
+    """``fuse(a, b)`` with the fusion's own grid (tiles, Mamba windows) moved against the anatomy: both
+    volumes padded in front by ``shift`` voxels (one int, or one per axis), fused, cropped back."""
+    shifts = (shift,) * a.ndim if np.isscalar(shift) else tuple(shift)
+    if len(shifts) != a.ndim or min(shifts) < 0:
+        raise ValueError(f"shift must be one count >= 0 or one per axis of the {a.ndim}D volumes, not {shift!r}")
+    pad = [(s, 0) for s in shifts]
+    fused = np.asarray(fuse(np.pad(a, pad), np.pad(b, pad)))
+    return fused[tuple(slice(s, None) for s in shifts)]
+
+
+def grid_cancelled(fuse, a, b, period: int) -> np.ndarray:
+    """The average of ``fuse``'s fusions with its grid moved by 0 or ``period`` / 2 voxels along each axis
+    (every combination): a component of the fusion locked to a grid of that period, odd in its harmonic
+    along some axis, cancels; the anatomy stays where it was."""
+    half = period // 2
+    combinations = np.stack(np.meshgrid(*[(0, half)] * a.ndim, indexing="ij"), -1).reshape(-1, a.ndim)
+    return np.mean([fused_with_grid_shift(fuse, a, b, tuple(int(s) for s in shifts)) for shifts in combinations],
+                   axis=0)
 
 
 #: The columns of a held-out table (:func:`held_out_rows`): one row per pair, normalisation and method.

@@ -6,8 +6,9 @@ import pytest
 
 from helpers import TEST_AFFINE, smooth_pair, write_pair
 from lpmnet.errors import InputError
-from lpmnet.evaluation.heldout import (BLEND_STEPS, blend_profile, held_out_rows, normalised_pair,
-                                       read_held_out_table, wins, write_held_out_table, HeldOutResult)
+from lpmnet.evaluation.heldout import (BLEND_STEPS, blend_profile, fused_with_grid_shift, grid_cancelled,
+                                       held_out_rows, normalised_pair, read_held_out_table, wins,
+                                       write_held_out_table, HeldOutResult)
 from lpmnet.metrics import PAPER_METRICS
 from lpmnet.methods.classical import fuse_classical
 from lpmnet.volumes.io import dhw, save_volume
@@ -71,3 +72,24 @@ def test_the_blends_run_from_the_mean_to_the_max_fusion():
         assert along[1.0] == pytest.approx(profile[metric]["fusions"]["max"]["value"])
         # Neither end beats itself: the mean and the max never beat both ends.
         assert not any(f["beats_mean_and_max"] for f in profile[metric]["fusions"].values())
+
+
+def test_a_grid_shift_moves_what_is_locked_to_the_fusions_grid_and_cancelling_removes_it():
+    """A fusion that adds a ripple of period 8 starting at its own first voxel along every axis: moved by 3,
+    the ripple starts 3 voxels earlier in the anatomy's frame; the average over the moves by 0 and 4 has none,
+    and the sources' part is untouched throughout."""
+    a, b = smooth_pair((24, 20, 16), seed=5)
+
+    def rippled(x1, x2):
+        ripple = sum(np.cos(2 * np.pi * np.arange(n) / 8).reshape([-1 if k == axis else 1 for k in range(3)])
+                     for axis, n in enumerate(x1.shape))
+        return (x1 + x2) / 2 + ripple
+
+    mean = (a + b) / 2
+    ripple = rippled(a, b) - mean
+    moved = fused_with_grid_shift(rippled, a, b, 3) - mean
+    np.testing.assert_allclose(moved[:-3, :-3, :-3], ripple[3:, 3:, 3:], atol=1e-12)
+    np.testing.assert_allclose(fused_with_grid_shift(rippled, a, b, (0, 0, 0)), rippled(a, b))
+    np.testing.assert_allclose(grid_cancelled(rippled, a, b, 8), mean, atol=1e-12)
+    with pytest.raises(ValueError, match="one per axis"):
+        fused_with_grid_shift(rippled, a, b, (1, 2))
