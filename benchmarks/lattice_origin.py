@@ -1,8 +1,8 @@
 """Where a held-out pair's lattice figure comes from: the model's window grid or the anatomy.
 
 For each held-out pair of one kind in config/pretrained.yaml (raw volumes as the workflow downloaded them,
-normalised by --normalisation; by default the head-only one, where the shipped mri-pet model misses the
-lattice check), with the shipped model of that kind or --checkpoint:
+normalised by --normalisation; by default the head-only one, where the shipped mri-pet model's lattice
+figure comes closest to its limit), with the shipped model of that kind or --checkpoint:
 
 - the spectral peak at the window period along each axis (:func:`lpmnet.metrics.artefacts.spectral_peak`) of
   each source, of the mean, max and Laplacian-pyramid fusions and of the model's fusion, and the lattice

@@ -184,19 +184,9 @@ def held_out_pairs(shared_data, kind):
             if kind_of_modalities(first, second) == kind]
 
 
-#: Where the shipped models do not reach issue 26's bar yet (its note gives the figures): a strict xfail, so that
-#: a model that reaches it fails here until the mark is removed.
-NOT_YET = {
-    ("mri-pet", "head"): "T1-PET wins 4 (Qabf, VIF, AG, rSFe), but its lattice is 1.102 against the limit of 1.10 "
-                         "(the max fusion's is 1.127 there)",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, normalisation", [
-    pytest.param(kind, normalisation, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[kind, normalisation])
-                 if (kind, normalisation) in NOT_YET else ())
-    for kind in KINDS for normalisation in NORMALISATIONS])
+@pytest.mark.parametrize("normalisation", NORMALISATIONS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_shipped_models_beat_mean_max_and_laplacian_on_every_held_out_real_pair(shared_data, kind, normalisation):
     """Issue 26's bar: on every real pair held out from training, under the workflow's normalisation and with a
     background of exactly 0 (percentiles inside the head), each shipped model beats the mean, max and
