@@ -149,7 +149,9 @@ def fused_with_grid_shift(fuse, a, b, shift) -> np.ndarray:
 def grid_cancelled(fuse, a, b, period: int) -> np.ndarray:
     """The average of ``fuse``'s fusions with its grid moved by 0 or ``period`` / 2 voxels along each axis
     (every combination): a component of the fusion locked to a grid of that period, odd in its harmonic
-    along some axis, cancels; the anatomy stays where it was."""
+    along some axis, cancels; the anatomy stays where it was. ``period``: even, at least 2."""
+    if period < 2 or period % 2:
+        raise ValueError(f"period must be an even number of voxels >= 2, not {period!r}")
     half = period // 2
     combinations = np.stack(np.meshgrid(*[(0, half)] * a.ndim, indexing="ij"), -1).reshape(-1, a.ndim)
     return np.mean([fused_with_grid_shift(fuse, a, b, tuple(int(s) for s in shifts)) for shifts in combinations],

@@ -75,15 +75,15 @@ def test_the_blends_run_from_the_mean_to_the_max_fusion():
 
 
 def test_a_grid_shift_moves_what_is_locked_to_the_fusions_grid_and_cancelling_removes_it():
-    """A fusion that adds a ripple of period 8 starting at its own first voxel along every axis: moved by 3,
-    the ripple starts 3 voxels earlier in the anatomy's frame; the average over the moves by 0 and 4 has none,
-    and the sources' part is untouched throughout."""
+    """A fusion that adds a ripple of period 8 starting at its own first voxel along every axis, plus one
+    across two axes: moved by 3, the ripple starts 3 voxels earlier in the anatomy's frame; the average over
+    the moves by 0 and 4 along each axis has none, and the sources' part is untouched throughout."""
     a, b = smooth_pair((24, 20, 16), seed=5)
 
     def rippled(x1, x2):
-        ripple = sum(np.cos(2 * np.pi * np.arange(n) / 8).reshape([-1 if k == axis else 1 for k in range(3)])
-                     for axis, n in enumerate(x1.shape))
-        return (x1 + x2) / 2 + ripple
+        waves = [np.cos(2 * np.pi * np.arange(n) / 8).reshape([-1 if k == axis else 1 for k in range(3)])
+                 for axis, n in enumerate(x1.shape)]
+        return (x1 + x2) / 2 + sum(waves) + waves[0] * waves[1]  # the product survives diagonal moves alone
 
     mean = (a + b) / 2
     ripple = rippled(a, b) - mean
@@ -93,3 +93,5 @@ def test_a_grid_shift_moves_what_is_locked_to_the_fusions_grid_and_cancelling_re
     np.testing.assert_allclose(grid_cancelled(rippled, a, b, 8), mean, atol=1e-12)
     with pytest.raises(ValueError, match="one per axis"):
         fused_with_grid_shift(rippled, a, b, (1, 2))
+    with pytest.raises(ValueError, match="even number of voxels"):
+        grid_cancelled(rippled, a, b, 7)
