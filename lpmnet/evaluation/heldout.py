@@ -21,6 +21,7 @@ or max-like volumes, and whether any single volume can beat both ends at once.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,10 +153,8 @@ def grid_cancelled(fuse, a, b, period: int) -> np.ndarray:
     along some axis, cancels; the anatomy stays where it was. ``period``: even, at least 2."""
     if period < 2 or period % 2:
         raise ValueError(f"period must be an even number of voxels >= 2, not {period!r}")
-    half = period // 2
-    combinations = np.stack(np.meshgrid(*[(0, half)] * a.ndim, indexing="ij"), -1).reshape(-1, a.ndim)
-    return np.mean([fused_with_grid_shift(fuse, a, b, tuple(int(s) for s in shifts)) for shifts in combinations],
-                   axis=0)
+    moves = itertools.product((0, period // 2), repeat=a.ndim)
+    return np.mean([fused_with_grid_shift(fuse, a, b, shifts) for shifts in moves], axis=0)
 
 
 #: The columns of a held-out table (:func:`held_out_rows`): one row per pair, normalisation and method.
